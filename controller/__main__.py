@@ -1,0 +1,5 @@
+"""``python -m controller`` runs the ``sluice`` command."""
+
+from controller.cli.app import main
+
+main()

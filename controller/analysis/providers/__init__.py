@@ -1,0 +1,1 @@
+"""Metrics providers, one module per backend behind a ``MetricsProvider`` protocol (issue 4)."""

@@ -1,0 +1,1 @@
+"""The ``sluice`` command line (typer); thin, formats output for people and scripts."""

@@ -1,0 +1,30 @@
+"""The ``sluice`` command: one typer app, one module per command group.
+
+Exit codes (stable, for scripts):
+    0  success
+    1  the operation ran and reported a failure (e.g. a weight change NACKed or timed out)
+    2  invalid input (a file failed validation, a bad argument)
+    3  the controller could not be reached
+"""
+
+from __future__ import annotations
+
+import typer
+
+from controller.cli import gateway, serve, xds
+
+app = typer.Typer(
+    name="sluice",
+    help="Progressive traffic shifting for Envoy: xDS control plane and rollout controller.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(gateway.app, name="gateway")
+app.add_typer(xds.app, name="xds")
+app.command("serve")(serve.serve)
+
+
+def main() -> None:
+    """Console entry point (``sluice``)."""
+    app()

@@ -1,0 +1,63 @@
+"""``sluice gateway``: work with gateway files (listeners, routes, clusters)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from controller.cli import exitcodes
+from controller.policy.loading import load_gateway
+from controller.policy.source import DocumentError, Issue
+
+app = typer.Typer(
+    help="Gateway files: listeners, virtual hosts, routes and clusters served to Envoy.",
+    no_args_is_help=True,
+)
+
+
+@app.callback()
+def _group() -> None:
+    """Keep ``gateway`` a command group even while it has a single command."""
+
+
+@app.command()
+def validate(
+    files: Annotated[
+        list[Path],
+        typer.Argument(help="Gateway files to check ('-' reads standard input).", metavar="FILE"),
+    ],
+) -> None:
+    """Check gateway files: YAML syntax, fields, and cross-references (names, clusters).
+
+    Prints "OK FILE" per valid file, and every problem on stderr as "file:line: field: message".
+
+    Exit code: 0 when every file is valid, 2 otherwise.
+    """
+    failed = False
+    for path in files:
+        name = "<stdin>" if str(path) == "-" else str(path)
+        issues = _check(path, name)
+        if issues:
+            failed = True
+            for issue in issues:
+                typer.echo(str(issue), err=True)
+        else:
+            typer.echo(f"OK {name}")
+    raise typer.Exit(exitcodes.INVALID_INPUT if failed else exitcodes.OK)
+
+
+def _check(path: Path, name: str) -> tuple[Issue, ...]:
+    """The problems of one file (reading it included); empty when it is a sound gateway."""
+    try:
+        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return (Issue(name, None, "", f"cannot read: {reason}"),)
+    try:
+        load_gateway(text, name)
+    except DocumentError as exc:
+        return exc.issues
+    return ()

@@ -1,0 +1,184 @@
+"""``sluice xds``: what the connected Envoys hold, and the low-level weight primitive."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from controller.cli import exitcodes
+from controller.policy.units import parse_duration
+
+app = typer.Typer(help="Inspect and drive the xDS server.", no_args_is_help=True)
+
+ADMIN_DEFAULT = os.environ.get("SLUICE_ADMIN", "http://127.0.0.1:18001")
+AdminOption = Annotated[
+    str, typer.Option("--admin", help="Admin API URL of `sluice serve` (env SLUICE_ADMIN).")
+]
+
+
+class Output(StrEnum):
+    """Output formats."""
+
+    table = "table"
+    json = "json"
+
+
+OutputOption = Annotated[Output, typer.Option("--output", "-o", help="table or json.")]
+
+
+def _request(method: str, url: str, timeout_s: float = 10.0, **kwargs: Any) -> httpx.Response:
+    try:
+        return httpx.request(method, url, timeout=timeout_s, **kwargs)
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: cannot reach the controller at {url}: {exc}", err=True)
+        raise typer.Exit(exitcodes.UNREACHABLE) from exc
+
+
+def _ago(at: float | None) -> str:
+    if at is None:
+        return "-"
+    return datetime.fromtimestamp(at, UTC).strftime("%H:%M:%S")
+
+
+@app.command()
+def status(admin: AdminOption = ADMIN_DEFAULT, output: OutputOption = Output.table) -> None:
+    """Connected nodes, the version each ACKed per type, and the last NACK with its message."""
+    data = _request("GET", f"{admin.rstrip('/')}/v1/xds/status").json()
+    if output is Output.json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    console = Console()
+    versions = data["versions"]
+    console.print(
+        "served: " + "  ".join(f"{t} [bold]{v}[/bold]" for t, v in versions.items()),
+        highlight=False,
+    )
+    table = Table(show_lines=False)
+    for column in ("node", "cluster", "proto", "conn", *versions.keys(), "last NACK"):
+        table.add_column(column)
+    for node in data["nodes"]:
+        cells = []
+        nack_lines = []
+        for short, served in versions.items():
+            ts = node["types"].get(short)
+            if ts is None:
+                cells.append("-")
+                continue
+            acked = ts["acked_version"]
+            mark = "✓" if acked == served else "…"
+            cells.append(f"{acked or '-'} {mark}")
+            nack = ts["last_nack"]
+            if nack is not None:
+                nack_lines.append(
+                    f"{short} {nack['version']} at {_ago(nack['at'])}: {nack['message']}"
+                )
+        table.add_row(
+            node["node_id"],
+            node["cluster"] or "-",
+            node["protocol"],
+            "yes" if node["connected"] else "no",
+            *cells,
+            "\n".join(nack_lines) or "-",
+        )
+    console.print(table)
+    if not data["nodes"]:
+        console.print("no node has connected yet")
+
+
+def _parse_weights(pairs: list[str]) -> dict[str, int]:
+    weights: dict[str, int] = {}
+    for pair in pairs:
+        cluster, sep, value = pair.partition("=")
+        if not sep or not cluster or not value.isdigit():
+            typer.echo(f"error: {pair!r} is not CLUSTER=WEIGHT (a whole number)", err=True)
+            raise typer.Exit(exitcodes.INVALID_INPUT)
+        weights[cluster] = int(value)
+    return weights
+
+
+@app.command("set-weights")
+def set_weights(
+    route: Annotated[str, typer.Argument(help="Route name from the gateway file.")],
+    weights: Annotated[list[str], typer.Argument(help="CLUSTER=WEIGHT pairs, e.g. a=90 b=10.")],
+    node: Annotated[
+        list[str] | None,
+        typer.Option("--node", help="Node id that must ACK (repeatable). Default: all connected."),
+    ] = None,
+    timeout: Annotated[str, typer.Option(help="How long to wait for the ACKs.")] = "10s",
+    admin: AdminOption = ADMIN_DEFAULT,
+    output: OutputOption = Output.table,
+) -> None:
+    """Set a route's weighted_clusters and wait until the nodes ACK the new version.
+
+    Exit 0 when every node ACKed; 1 on NACK, timeout or no connected node; 2 on bad input.
+    """
+    parsed = _parse_weights(weights)
+    try:
+        timeout_s = parse_duration(timeout).total_seconds()
+    except ValueError as exc:
+        typer.echo(f"error: --timeout: {exc}", err=True)
+        raise typer.Exit(exitcodes.INVALID_INPUT) from exc
+    body = {"weights": parsed, "nodes": node or None, "timeout_s": timeout_s}
+    response = _request(
+        "PUT",
+        f"{admin.rstrip('/')}/v1/routes/{route}/weights",
+        timeout_s=timeout_s + 5,
+        json=body,
+    )
+    data = response.json()
+    if response.status_code in (400, 404):
+        typer.echo(f"error: {data['error']}", err=True)
+        raise typer.Exit(exitcodes.INVALID_INPUT)
+    if output is Output.json:
+        typer.echo(json.dumps(data, indent=2))
+    else:
+        typer.echo(
+            f"{data['route']}: {data['weights']} → RDS {data['version']}: {data['outcome']}"
+            f" in {data['elapsed_ms']} ms (acked {len(data['acked'])}, nacked"
+            f" {len(data['nacked'])}, pending {len(data['pending'])})"
+        )
+        for node_id, message in data["nacked"].items():
+            typer.echo(f"  NACK from {node_id}: {message}")
+        for node_id in data["pending"]:
+            typer.echo(f"  no answer from {node_id}")
+    if data["outcome"] != "acked":
+        raise typer.Exit(exitcodes.FAILED)
+
+
+@app.command()
+def bootstrap(
+    node_id: Annotated[str, typer.Option(help="node.id of the Envoy.")] = "gateway-0",
+    node_cluster: Annotated[str, typer.Option(help="node.cluster of the Envoy.")] = "gateway",
+    xds: Annotated[str, typer.Option(help="host:port of `sluice serve`'s xDS server.")] = (
+        "127.0.0.1:18000"
+    ),
+    admin_port: Annotated[int, typer.Option(help="Envoy admin port (0: any).")] = 9901,
+    delta: Annotated[bool, typer.Option(help="Use Delta ADS instead of SotW.")] = False,
+) -> None:
+    """Print an Envoy bootstrap (YAML) that takes all its configuration from Sluice over ADS."""
+    from controller.cli.yamlout import dump
+    from controller.runtime.address import split_address
+    from controller.xds.bootstrap import envoy_bootstrap
+
+    try:
+        host, port = split_address(xds)
+    except ValueError as exc:
+        typer.echo(f"error: --xds: {exc}", err=True)
+        raise typer.Exit(exitcodes.INVALID_INPUT) from exc
+    doc = envoy_bootstrap(
+        node_id=node_id,
+        node_cluster=node_cluster,
+        xds_host=host,
+        xds_port=port,
+        admin_port=admin_port,
+        api_type="DELTA_GRPC" if delta else "GRPC",
+    )
+    typer.echo(dump(doc))

@@ -1,0 +1,1 @@
+"""Kubernetes adapters: watches, Lease leader election, EndpointSlices → EDS (issue 6)."""

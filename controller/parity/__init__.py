@@ -1,0 +1,1 @@
+"""The tap-compare comparator (issue 5)."""

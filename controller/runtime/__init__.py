@@ -1,0 +1,1 @@
+"""Wiring of a running controller: xDS server, admin API, persisted state, signals."""

@@ -1,0 +1,99 @@
+"""The controller's admin HTTP API (aiohttp), used by the CLI and by operators' scripts.
+
+Routes (JSON):
+    GET  /healthz                     liveness
+    GET  /readyz                      readiness (the xDS server is serving)
+    GET  /v1/xds/status               served versions per type, and every node's ACK/NACK state
+    GET  /v1/routes                   every route's served weights
+    PUT  /v1/routes/{route}/weights   {"weights": {cluster: int}, "nodes": [..]?, "timeout_s": n?}
+                                      → the ACK outcome; 200 when ACKed, 409 on NACK,
+                                      504 on timeout or no node; 400/404 on bad input
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from controller.xds.cache import SnapshotCache
+from controller.xds.typeurls import PUSH_ORDER, short_name
+from controller.xds.weights import WeightChange, WeightController
+
+
+class WeightRequest(BaseModel):
+    """Body of ``PUT /v1/routes/{route}/weights``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: dict[str, int] = Field(min_length=1)
+    nodes: list[str] | None = None
+    timeout_s: float = Field(default=10.0, gt=0, le=600)
+
+
+_STATUS = {"acked": 200, "nacked": 409, "timeout": 504, "no_nodes": 504}
+
+
+def change_to_json(change: WeightChange) -> dict[str, Any]:
+    """JSON form of a weight change and its ACK outcome."""
+    ack = change.ack
+    return {
+        "route": change.route,
+        "weights": change.weights,
+        "outcome": ack.outcome,
+        "type": short_name(ack.type_url),
+        "version": ack.version,
+        "acked": list(ack.acked),
+        "nacked": ack.nacked,
+        "pending": list(ack.pending),
+        "disconnected": list(ack.disconnected),
+        "elapsed_ms": round(ack.elapsed_s * 1000, 1),
+    }
+
+
+def status_json(cache: SnapshotCache) -> dict[str, Any]:
+    """Served versions and node states (``sluice xds status -o json``)."""
+    snapshot = cache.snapshot
+    return {
+        "versions": {short_name(t): snapshot.version(t) for t in PUSH_ORDER},
+        "snapshot": snapshot.label,
+        "nodes": [n.to_json() for n in cache.nodes()],
+    }
+
+
+def make_app(cache: SnapshotCache, weights: WeightController) -> web.Application:
+    """The admin application over the running controller's cache and weights."""
+    app = web.Application()
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def xds_status(_: web.Request) -> web.Response:
+        return web.json_response(status_json(cache))
+
+    async def routes(_: web.Request) -> web.Response:
+        return web.json_response({"routes": weights.current()})
+
+    async def set_weights(request: web.Request) -> web.Response:
+        route = request.match_info["route"]
+        if route not in weights.gateway.routes():
+            return web.json_response({"error": f"unknown route {route!r}"}, status=404)
+        try:
+            body = WeightRequest.model_validate_json(await request.read())
+        except ValidationError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        try:
+            change = await weights.set_weights(
+                route, body.weights, nodes=body.nodes, timeout_s=body.timeout_s
+            )
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(change_to_json(change), status=_STATUS[change.ack.outcome])
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", healthz)
+    app.router.add_get("/v1/xds/status", xds_status)
+    app.router.add_get("/v1/routes", routes)
+    app.router.add_put("/v1/routes/{route}/weights", set_weights)
+    return app

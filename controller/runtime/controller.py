@@ -1,0 +1,117 @@
+"""A running controller: the ADS server, the admin API and the persisted weights, wired.
+
+:func:`run` is what ``sluice serve`` executes. It prints one JSON line on stdout when both
+servers listen (``{"event": "ready", "xds": "host:port", "admin": "host:port"}``) so that
+scripts and tests can start it on port 0 and learn the ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from controller.policy.gateway import Gateway
+from controller.runtime.address import split_address
+from controller.runtime.admin import make_app
+from controller.store.weights import SqliteWeightStore
+from controller.xds.cache import SnapshotCache
+from controller.xds.resources import build_snapshot
+from controller.xds.server import start_server
+from controller.xds.weights import WeightController
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The controller cannot start (bad persisted state, address in use...)."""
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How to run the controller.
+
+    Attributes:
+        gateway: the checked gateway to serve.
+        xds_address: ``host:port`` of the ADS gRPC server (port 0: any free port).
+        admin_address: ``host:port`` of the admin HTTP API (port 0: any free port).
+        state_path: the SQLite file holding the served weights.
+    """
+
+    gateway: Gateway
+    xds_address: str
+    admin_address: str
+    state_path: Path
+
+
+async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGINT/SIGTERM (or ``stop`` is set).
+
+    Raises:
+        StartupError: the persisted weights do not fit the gateway, or an address is in use.
+    """
+    store = SqliteWeightStore(config.state_path)
+    persisted = store.load()
+    try:
+        first = build_snapshot(config.gateway, persisted, label="start")
+    except ValueError as exc:
+        store.close()
+        raise StartupError(
+            f"the weights persisted in {config.state_path} do not fit the gateway: {exc}. "
+            "Refusing to serve a default in their place; fix the gateway or remove the state file."
+        ) from exc
+    cache = SnapshotCache(first)
+    weights = WeightController(config.gateway, cache, persisted, persist=store.save)
+    if persisted:
+        log.info("serving persisted weights: %s", persisted)
+
+    try:
+        server, xds_port = await start_server(cache, config.xds_address)
+    except RuntimeError as exc:
+        store.close()
+        raise StartupError(str(exc)) from exc
+    admin_host, admin_port = split_address(config.admin_address)
+    runner = web.AppRunner(make_app(cache, weights), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, admin_host, admin_port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await server.stop(None)
+        await runner.cleanup()
+        store.close()
+        raise StartupError(f"cannot bind the admin API to {config.admin_address}: {exc}") from exc
+    bound_admin = runner.addresses[0][1] if runner.addresses else admin_port
+    xds_host, _ = split_address(config.xds_address)
+    print(
+        json.dumps(
+            {
+                "event": "ready",
+                "xds": f"{xds_host}:{xds_port}",
+                "admin": f"{admin_host}:{bound_admin}",
+                "state": str(config.state_path),
+            }
+        ),
+        flush=True,
+    )
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        await runner.cleanup()
+        await server.stop(grace=1.0)
+        store.close()
+        print(json.dumps({"event": "stopped"}), file=sys.stderr, flush=True)

@@ -1,0 +1,1 @@
+"""Durable state of the controller (SQLite embedded default; Kubernetes CR status later)."""

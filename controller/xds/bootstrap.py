@@ -1,0 +1,100 @@
+"""Envoy bootstrap for a gateway that takes its whole configuration from Sluice over ADS.
+
+Pure: returns a dict ready for ``yaml.safe_dump`` (Envoy reads YAML or JSON bootstraps).
+Source: envoy/config/bootstrap/v3/bootstrap.proto; the xDS cluster must speak HTTP/2
+(``typed_extension_protocol_options`` → ``HttpProtocolOptions.explicit_http_config``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Literal
+
+XDS_CLUSTER = "sluice_xds"
+
+
+def envoy_bootstrap(
+    *,
+    node_id: str,
+    node_cluster: str,
+    xds_host: str,
+    xds_port: int,
+    admin_address: str = "127.0.0.1",
+    admin_port: int = 0,
+    api_type: Literal["GRPC", "DELTA_GRPC"] = "GRPC",
+    stats_flush_interval_s: float = 1.0,
+    initial_fetch_timeout_s: float = 15.0,
+) -> dict[str, Any]:
+    """A bootstrap whose CDS and LDS (and through them EDS and RDS) come from ADS.
+
+    Args:
+        node_id: ``node.id``: the name this Envoy has in ``sluice xds status``.
+        node_cluster: ``node.cluster`` (the gateway's service name).
+        xds_host, xds_port: where ``sluice serve`` listens for xDS: an IP address (STATIC
+            cluster) or a DNS name such as a Kubernetes Service (LOGICAL_DNS cluster).
+        admin_address, admin_port: Envoy's admin listener (port 0: any free port; pass
+            ``--admin-address-path`` to Envoy to learn it).
+        api_type: ``GRPC`` for state-of-the-world ADS, ``DELTA_GRPC`` for Delta ADS.
+        stats_flush_interval_s: seconds between stats flushes (Envoy's default is 5 s; shorter
+            makes analysis fresher).
+        initial_fetch_timeout_s: how long Envoy waits for a resource before going on without.
+    """
+    ads = {"ads": {}, "resource_api_version": "V3"}
+    try:
+        ipaddress.ip_address(xds_host)
+        xds_type = "STATIC"
+    except ValueError:
+        # A Kubernetes Service name: resolve it, and re-resolve when the connection breaks.
+        xds_type = "LOGICAL_DNS"
+    return {
+        "node": {"id": node_id, "cluster": node_cluster},
+        "admin": {
+            "address": {"socket_address": {"address": admin_address, "port_value": admin_port}}
+        },
+        "stats_flush_interval": f"{stats_flush_interval_s}s",
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": api_type,
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+                "set_node_on_first_message_only": True,
+            },
+            "cds_config": {**ads, "initial_fetch_timeout": f"{initial_fetch_timeout_s}s"},
+            "lds_config": {**ads, "initial_fetch_timeout": f"{initial_fetch_timeout_s}s"},
+        },
+        "static_resources": {
+            "clusters": [
+                {
+                    "name": XDS_CLUSTER,
+                    "type": xds_type,
+                    "connect_timeout": "1s",
+                    "typed_extension_protocol_options": {
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                            "@type": "type.googleapis.com/"
+                            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                            "explicit_http_config": {"http2_protocol_options": {}},
+                        }
+                    },
+                    "load_assignment": {
+                        "cluster_name": XDS_CLUSTER,
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {
+                                                "socket_address": {
+                                                    "address": xds_host,
+                                                    "port_value": xds_port,
+                                                }
+                                            }
+                                        }
+                                    }
+                                ]
+                            }
+                        ],
+                    },
+                }
+            ]
+        },
+    }

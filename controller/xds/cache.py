@@ -1,0 +1,166 @@
+"""The snapshot cache: the current snapshot, the open streams to wake, node status and ACK
+waiters. Single-threaded: every method runs on the server's asyncio event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Collection
+
+from controller.xds.acks import AckResult, AckWaiter
+from controller.xds.snapshot import Snapshot
+from controller.xds.status import Nack, NodeStatus, Protocol
+from controller.xds.wire import NodeInfo
+
+
+class SnapshotCache:
+    """Holds the served snapshot and what each node did with it.
+
+    Args:
+        snapshot: the first snapshot to serve (a controller never serves "nothing yet": it
+            starts from the gateway and the persisted weights).
+        clock: wall-clock seconds (``time.time``), for status timestamps.
+        monotonic: monotonic seconds, for timeouts and elapsed times.
+    """
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._snapshot = snapshot
+        self._clock = clock
+        self._monotonic = monotonic
+        self._wakeups: set[asyncio.Event] = set()
+        self._nodes: dict[str, NodeStatus] = {}
+        self._waiters: set[AckWaiter] = set()
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The snapshot being served now."""
+        return self._snapshot
+
+    def set_snapshot(self, snapshot: Snapshot) -> None:
+        """Serve ``snapshot`` from now on and wake every stream to push what changed."""
+        self._snapshot = snapshot
+        for event in self._wakeups:
+            event.set()
+
+    # --- streams -------------------------------------------------------------------------
+
+    def open_stream(self, node: NodeInfo, protocol: Protocol, wakeup: asyncio.Event) -> NodeStatus:
+        """Register a stream of ``node``; ``wakeup`` is set whenever the snapshot changes."""
+        self._wakeups.add(wakeup)
+        status = self._nodes.get(node.id)
+        if status is None or status.streams == 0:
+            status = NodeStatus(
+                node_id=node.id,
+                cluster=node.cluster,
+                user_agent=f"{node.user_agent_name}/{node.user_agent_version}".strip("/"),
+                protocol=protocol,
+                connected_at=self._clock(),
+            )
+            if node.id in self._nodes:
+                # Keep what we learnt on the previous connection: it is still true of Envoy.
+                status.types = self._nodes[node.id].types
+            self._nodes[node.id] = status
+        status.streams += 1
+        return status
+
+    def close_stream(self, node_id: str, wakeup: asyncio.Event) -> None:
+        """Unregister a stream; when it was the node's last, tell the waiters."""
+        self._wakeups.discard(wakeup)
+        status = self._nodes.get(node_id)
+        if status is None:
+            return
+        status.streams -= 1
+        if status.streams <= 0:
+            status.streams = 0
+            for waiter in list(self._waiters):
+                waiter.on_disconnect(node_id)
+
+    def record_subscribed(self, node_id: str, type_url: str) -> None:
+        """The node subscribed to ``type_url`` (it now counts as a target for that type)."""
+        self._nodes[node_id].type_status(type_url)
+
+    def record_sent(self, node_id: str, type_url: str, version: str) -> None:
+        """A response with ``version`` went to the node."""
+        self._nodes[node_id].type_status(type_url).sent_version = version
+
+    def record_ack(self, node_id: str, type_url: str, version: str) -> None:
+        """The node ACKed ``version`` of ``type_url`` (or reconnected already holding it)."""
+        status = self._nodes[node_id].type_status(type_url)
+        status.acked_version = version
+        status.acked_at = self._clock()
+        for waiter in list(self._waiters):
+            waiter.on_ack(node_id, type_url, version)
+
+    def record_nack(
+        self, node_id: str, type_url: str, version: str, code: int, message: str
+    ) -> None:
+        """The node rejected ``version`` of ``type_url`` with ``error_detail``."""
+        status = self._nodes[node_id].type_status(type_url)
+        status.last_nack = Nack(version=version, message=message, code=code, at=self._clock())
+        for waiter in list(self._waiters):
+            waiter.on_nack(node_id, type_url, version, message)
+
+    def record_unsupported(self, node_id: str, type_url: str) -> None:
+        """The node asked for a type URL this controller does not serve."""
+        self._nodes[node_id].unsupported_types.add(type_url)
+
+    # --- status and waiting --------------------------------------------------------------
+
+    def nodes(self) -> list[NodeStatus]:
+        """Every node seen since start, connected or not, by node id."""
+        return [self._nodes[k] for k in sorted(self._nodes)]
+
+    def connected_nodes(self, type_url: str | None = None) -> set[str]:
+        """Ids of nodes with an open stream (that subscribed to ``type_url`` if given)."""
+        return {
+            n.node_id
+            for n in self._nodes.values()
+            if n.streams > 0 and (type_url is None or type_url in n.types)
+        }
+
+    async def wait_for_version(
+        self,
+        type_url: str,
+        version: str,
+        nodes: Collection[str] | None = None,
+        timeout_s: float = 10.0,
+    ) -> AckResult:
+        """Wait until every target node ACKed (or NACKed) ``version`` of ``type_url``.
+
+        Args:
+            type_url: the type to watch (for weights: the RouteConfiguration type URL).
+            version: the version that must be ACKed.
+            nodes: target node ids; None means every node connected now that subscribed to
+                the type. A named node that is not connected stays pending until it connects
+                and ACKs, or the timeout.
+            timeout_s: seconds to wait at most.
+
+        Returns:
+            An :class:`AckResult`; only ``outcome == "acked"`` is success.
+        """
+        start = self._monotonic()
+        targets = set(nodes) if nodes is not None else self.connected_nodes(type_url)
+        waiter = AckWaiter(type_url, version, targets)
+        for node_id in targets:
+            status = self._nodes.get(node_id)
+            if status is None:
+                continue
+            ts = status.types.get(type_url)
+            if ts is not None and ts.acked_version == version:
+                waiter.on_ack(node_id, type_url, version)
+            elif ts is not None and ts.last_nack is not None and ts.last_nack.version == version:
+                waiter.on_nack(node_id, type_url, version, ts.last_nack.message)
+        self._waiters.add(waiter)
+        try:
+            await asyncio.wait_for(waiter.done.wait(), timeout=timeout_s)
+        except TimeoutError:
+            pass
+        finally:
+            self._waiters.discard(waiter)
+        return waiter.result(self._monotonic() - start)

@@ -1,0 +1,335 @@
+"""Pure builders: a gateway plus the current route weights → Envoy v3 resources.
+
+Each builder returns envoy-data-plane (betterproto2) messages; :func:`build_snapshot` serializes
+them once into a :class:`~controller.xds.snapshot.Snapshot`. Builders are memoized on their
+(immutable, hashable) inputs so a weight change on one route re-serializes only the route table
+that holds it (betterproto2 spends ~1.3 ms per route serializing).
+
+Proto sources: envoy/config/{cluster,endpoint,listener,route}/v3,
+envoy/extensions/filters/network/http_connection_manager/v3, envoy/extensions/upstreams/http/v3.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+
+from envoy_data_plane.envoy.config.cluster.v3 import (
+    Cluster as EnvoyCluster,
+)
+from envoy_data_plane.envoy.config.cluster.v3 import (
+    ClusterDiscoveryType,
+    ClusterEdsClusterConfig,
+    ClusterLbPolicy,
+)
+from envoy_data_plane.envoy.config.core.v3 import (
+    Address,
+    AggregatedConfigSource,
+    ApiVersion,
+    ConfigSource,
+    Http2ProtocolOptions,
+    SocketAddress,
+)
+from envoy_data_plane.envoy.config.endpoint.v3 import (
+    ClusterLoadAssignment,
+    LbEndpoint,
+    LocalityLbEndpoints,
+)
+from envoy_data_plane.envoy.config.endpoint.v3 import (
+    Endpoint as EnvoyEndpoint,
+)
+from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain
+from envoy_data_plane.envoy.config.listener.v3 import Listener as EnvoyListener
+from envoy_data_plane.envoy.config.route.v3 import (
+    HeaderMatcher,
+    RouteAction,
+    RouteConfiguration,
+    WeightedCluster,
+    WeightedClusterClusterWeight,
+)
+from envoy_data_plane.envoy.config.route.v3 import (
+    RetryPolicy as EnvoyRetryPolicy,
+)
+from envoy_data_plane.envoy.config.route.v3 import (
+    Route as EnvoyRoute,
+)
+from envoy_data_plane.envoy.config.route.v3 import (
+    RouteMatch as EnvoyRouteMatch,
+)
+from envoy_data_plane.envoy.config.route.v3 import (
+    VirtualHost as EnvoyVirtualHost,
+)
+from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
+from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
+    HttpConnectionManager,
+    HttpFilter,
+    Rds,
+)
+from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
+    HttpProtocolOptions,
+    HttpProtocolOptionsExplicitHttpConfig,
+)
+from envoy_data_plane.envoy.type.matcher.v3 import RegexMatcher, StringMatcher
+from envoy_data_plane.google.protobuf import Any as ProtoAny
+
+from controller.policy.gateway import (
+    Cluster,
+    ClusterWeight,
+    Gateway,
+    HeaderMatch,
+    Listener,
+    RetryPolicy,
+    Route,
+)
+from controller.xds import typeurls
+from controller.xds.snapshot import Resource, Snapshot
+
+RouteWeights = Mapping[str, Mapping[str, int]]
+"""Weight overrides: route name → cluster name → relative weight (Sluice writes percents)."""
+
+_HCM_TYPE = (
+    "type.googleapis.com/"
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+)
+_ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+_HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_HTTP_OPTIONS_TYPE = "type.googleapis.com/" + _HTTP_OPTIONS_KEY
+_LB = {
+    "round_robin": ClusterLbPolicy.ROUND_ROBIN,
+    "least_request": ClusterLbPolicy.LEAST_REQUEST,
+    "random": ClusterLbPolicy.RANDOM,
+}
+
+
+def _ads() -> ConfigSource:
+    return ConfigSource(ads=AggregatedConfigSource(), resource_api_version=ApiVersion.V3)
+
+
+def _any(type_url: str, message: object) -> ProtoAny:
+    return ProtoAny(type_url=type_url, value=bytes(message))  # type: ignore[call-overload]
+
+
+def cluster(spec: Cluster) -> EnvoyCluster:
+    """``Cluster`` of type EDS whose endpoints come over ADS (EDS resource name = cluster name)."""
+    options: dict[str, ProtoAny] = {}
+    if spec.protocol == "http2":
+        options[_HTTP_OPTIONS_KEY] = _any(
+            _HTTP_OPTIONS_TYPE,
+            HttpProtocolOptions(
+                explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+                    http2_protocol_options=Http2ProtocolOptions()
+                )
+            ),
+        )
+    return EnvoyCluster(
+        name=spec.name,
+        type=ClusterDiscoveryType.EDS,
+        eds_cluster_config=ClusterEdsClusterConfig(eds_config=_ads()),
+        connect_timeout=spec.connect_timeout,
+        lb_policy=_LB[spec.lb_policy],
+        typed_extension_protocol_options=options,
+    )
+
+
+def load_assignment(spec: Cluster) -> ClusterLoadAssignment:
+    """``ClusterLoadAssignment`` with the cluster's static endpoints in one locality."""
+    return ClusterLoadAssignment(
+        cluster_name=spec.name,
+        endpoints=[
+            LocalityLbEndpoints(
+                lb_endpoints=[
+                    LbEndpoint(
+                        endpoint=EnvoyEndpoint(
+                            address=Address(
+                                socket_address=SocketAddress(address=ep.address, port_value=ep.port)
+                            )
+                        ),
+                        load_balancing_weight=ep.weight,
+                    )
+                    for ep in spec.endpoints
+                ]
+            )
+        ],
+    )
+
+
+def listener(spec: Listener) -> EnvoyListener:
+    """``Listener`` with one HTTP connection manager whose routes come over RDS.
+
+    The route configuration name is the listener name.
+    """
+    hcm = HttpConnectionManager(
+        stat_prefix=spec.stat_prefix or spec.name,
+        rds=Rds(config_source=_ads(), route_config_name=spec.name),
+        http_filters=[
+            HttpFilter(name="envoy.filters.http.router", typed_config=_any(_ROUTER_TYPE, Router()))
+        ],
+    )
+    return EnvoyListener(
+        name=spec.name,
+        address=Address(socket_address=SocketAddress(address=spec.address, port_value=spec.port)),
+        filter_chains=[
+            FilterChain(
+                filters=[
+                    Filter(
+                        name="envoy.filters.network.http_connection_manager",
+                        typed_config=_any(_HCM_TYPE, hcm),
+                    )
+                ]
+            )
+        ],
+    )
+
+
+def _header(match: HeaderMatch) -> HeaderMatcher:
+    if match.present is not None:
+        return HeaderMatcher(
+            name=match.name, present_match=match.present, invert_match=match.invert
+        )
+    if match.exact is not None:
+        string = StringMatcher(exact=match.exact)
+    elif match.prefix is not None:
+        string = StringMatcher(prefix=match.prefix)
+    else:
+        string = StringMatcher(safe_regex=RegexMatcher(regex=match.regex or ""))
+    return HeaderMatcher(name=match.name, string_match=string, invert_match=match.invert)
+
+
+def _retry(policy: RetryPolicy) -> EnvoyRetryPolicy:
+    return EnvoyRetryPolicy(
+        retry_on=",".join(policy.retry_on),
+        num_retries=policy.num_retries,
+        per_try_timeout=policy.per_try_timeout,
+    )
+
+
+def effective_weights(
+    route: Route, override: Mapping[str, int] | None
+) -> tuple[ClusterWeight, ...] | None:
+    """The weighted clusters a route serves: the override if any, else the gateway's.
+
+    Clusters keep the gateway's order, then the override's others in name order, so moving
+    weights never reorders Envoy's list. Returns None for a single-cluster route without override.
+    """
+    if override is None:
+        return route.weighted_clusters
+    declared = [w.cluster for w in route.weighted_clusters or ()] or (
+        [route.cluster] if route.cluster else []
+    )
+    order = [c for c in declared if c in override] + sorted(
+        c for c in override if c not in declared
+    )
+    return tuple(ClusterWeight(cluster=c, weight=override[c]) for c in order)
+
+
+def route(spec: Route, override: Mapping[str, int] | None = None) -> EnvoyRoute:
+    """``Route`` with a ``RouteAction`` to one cluster or to ``weighted_clusters``."""
+    match = EnvoyRouteMatch(
+        prefix=spec.match.prefix,
+        path=spec.match.path,
+        headers=[_header(h) for h in spec.match.headers],
+    )
+    weights = effective_weights(spec, override)
+    if weights is not None:
+        action = RouteAction(
+            weighted_clusters=WeightedCluster(
+                clusters=[
+                    WeightedClusterClusterWeight(name=w.cluster, weight=w.weight) for w in weights
+                ]
+            )
+        )
+    else:
+        action = RouteAction(cluster=spec.cluster)
+    action.timeout = spec.timeout
+    if spec.retry_policy is not None:
+        action.retry_policy = _retry(spec.retry_policy)
+    return EnvoyRoute(name=spec.name, match=match, route=action)
+
+
+def route_configuration(spec: Listener, weights: RouteWeights) -> RouteConfiguration:
+    """``RouteConfiguration`` named after the listener, with its virtual hosts and routes."""
+    return RouteConfiguration(
+        name=spec.name,
+        virtual_hosts=[
+            EnvoyVirtualHost(
+                name=vh.name,
+                domains=list(vh.domains),
+                routes=[route(r, weights.get(r.name)) for r in vh.routes],
+            )
+            for vh in spec.virtual_hosts
+        ],
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _cluster_resources(spec: Cluster) -> tuple[Resource, Resource]:
+    return (
+        Resource.from_message_bytes(spec.name, typeurls.CLUSTER, bytes(cluster(spec))),
+        Resource.from_message_bytes(spec.name, typeurls.ENDPOINT, bytes(load_assignment(spec))),
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _listener_resource(spec: Listener) -> Resource:
+    return Resource.from_message_bytes(spec.name, typeurls.LISTENER, bytes(listener(spec)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _route_resource(
+    spec: Listener, weights: tuple[tuple[str, tuple[tuple[str, int], ...]], ...]
+) -> Resource:
+    by_route = {name: dict(cw) for name, cw in weights}
+    config = route_configuration(spec, by_route)
+    clusters: set[str] = set()
+    for vh in spec.virtual_hosts:
+        for r in vh.routes:
+            eff = effective_weights(r, by_route.get(r.name))
+            if eff is not None:
+                clusters.update(w.cluster for w in eff)
+            elif r.cluster is not None:
+                clusters.add(r.cluster)
+    return Resource.from_message_bytes(spec.name, typeurls.ROUTE, bytes(config), clusters)
+
+
+def build_snapshot(gateway: Gateway, weights: RouteWeights, label: str = "") -> Snapshot:
+    """Translate a gateway and weight overrides into a snapshot of CDS, EDS, LDS and RDS.
+
+    Args:
+        gateway: a gateway that passed its checks (unique names, known clusters).
+        weights: overrides by route name; each maps cluster → relative weight.
+
+    Raises:
+        ValueError: an override names a route or cluster the gateway does not declare, or its
+            weights sum to 0 (Envoy would NACK it).
+    """
+    routes = gateway.routes()
+    known = gateway.cluster_names()
+    for name, override in weights.items():
+        if name not in routes:
+            raise ValueError(f"weights for unknown route {name!r}")
+        unknown = sorted(set(override) - known)
+        if unknown:
+            raise ValueError(f"route {name!r}: weights name unknown clusters {unknown}")
+        if any(w < 0 for w in override.values()) or sum(override.values()) <= 0:
+            raise ValueError(f"route {name!r}: weights must be >= 0 and sum to more than 0")
+    clusters = [_cluster_resources(c) for c in gateway.spec.clusters]
+    route_resources = []
+    for spec in gateway.spec.listeners:
+        own = tuple(
+            sorted(
+                (r.name, tuple(sorted(weights[r.name].items())))
+                for vh in spec.virtual_hosts
+                for r in vh.routes
+                if r.name in weights
+            )
+        )
+        route_resources.append(_route_resource(spec, own))
+    return Snapshot.build(
+        {
+            typeurls.CLUSTER: [c for c, _ in clusters],
+            typeurls.ENDPOINT: [e for _, e in clusters],
+            typeurls.LISTENER: [_listener_resource(spec) for spec in gateway.spec.listeners],
+            typeurls.ROUTE: route_resources,
+        },
+        label=label,
+    )

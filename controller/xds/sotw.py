@@ -1,0 +1,182 @@
+"""State-of-the-world ADS: one ``StreamAggregatedResources`` stream.
+
+Protocol source: xDS REST and gRPC protocol, sections "ACK/NACK and resource type instance
+version", "When to send an update", "Resource hints" and "Aggregated Discovery Service"
+(envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol).
+
+Per type URL the stream remembers the last response (version, nonce, names). A request whose
+``response_nonce`` is not the last one sent for its type is stale and ignored. A request with
+the current nonce ACKs (no ``error_detail``) or NACKs the response; after a NACK the rejected
+version is not sent again: only a newer snapshot version is. A first request carrying the
+current ``version_info`` (Envoy reconnecting) is taken as already up to date.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+
+from controller.xds import typeurls, wire
+from controller.xds.cache import SnapshotCache
+from controller.xds.status import NodeStatus
+from controller.xds.stream import (
+    SERVED_TYPES,
+    StreamError,
+    clusters_ready,
+    next_stream_id,
+    run_stream,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _TypeState:
+    names: frozenset[str] | None = None  # None: wildcard (all resources of the type)
+    needs_response: bool = False
+    sent_version: str | None = None
+    sent_nonce: str | None = None
+    sent_names: frozenset[str] = frozenset()
+    acked_version: str | None = None
+    acked_names: frozenset[str] = frozenset()
+
+
+@dataclass
+class SotwStream:
+    """One SotW ADS stream: the reader applies requests, :meth:`pending_responses` writes."""
+
+    cache: SnapshotCache
+    stream_id: int = field(default_factory=next_stream_id)
+    node: NodeStatus | None = None
+    types: dict[str, _TypeState] = field(default_factory=dict)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    _nonce: int = 0
+
+    def handle(self, raw: bytes) -> None:
+        """Apply one request.
+
+        Raises:
+            StreamError: malformed request, missing node on the first request, empty type URL.
+        """
+        try:
+            req = wire.parse_sotw_request(raw)
+        except wire.WireError as exc:
+            raise StreamError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"malformed DiscoveryRequest: {exc}"
+            ) from exc
+        if self.node is None:
+            if req.node is None or not req.node.id:
+                raise StreamError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "the first DiscoveryRequest must carry node.id",
+                )
+            self.node = self.cache.open_stream(req.node, "sotw", self.wakeup)
+        if not req.type_url:
+            raise StreamError(
+                grpc.StatusCode.INVALID_ARGUMENT, "type_url is required on an ADS stream"
+            )
+        node_id = self.node.node_id
+        if req.type_url not in SERVED_TYPES:
+            # Like a resource that does not exist: no response; Envoy's initial_fetch_timeout
+            # applies. Recorded so that `sluice xds status` shows what the node asked for.
+            self.cache.record_unsupported(node_id, req.type_url)
+            return
+        state = self.types.get(req.type_url)
+        names = (
+            None
+            if req.type_url in typeurls.WILDCARD_TYPES
+            and (not req.resource_names or "*" in req.resource_names)
+            else frozenset(req.resource_names)
+        )
+        if state is None or (not req.response_nonce and state.sent_nonce is None):
+            state = self.types.setdefault(req.type_url, _TypeState())
+            state.names = names
+            self.cache.record_subscribed(node_id, req.type_url)
+            current = self.cache.snapshot.get(req.type_url)
+            if req.version_info and current is not None and req.version_info == current.version:
+                state.sent_version = state.acked_version = current.version
+                state.acked_names = frozenset(r.name for r in current.select(names))
+                self.cache.record_ack(node_id, req.type_url, current.version)
+            else:
+                state.needs_response = True
+            self.wakeup.set()
+            return
+        if req.response_nonce != state.sent_nonce:
+            return  # stale: answers a response that a newer one replaced
+        assert state.sent_version is not None
+        if req.error_detail is not None:
+            self.cache.record_nack(
+                node_id,
+                req.type_url,
+                state.sent_version,
+                req.error_detail.code,
+                req.error_detail.message,
+            )
+            log.warning(
+                "node %s NACKed %s version %s: %s",
+                node_id,
+                typeurls.short_name(req.type_url),
+                state.sent_version,
+                req.error_detail.message,
+            )
+        else:
+            state.acked_version = state.sent_version
+            state.acked_names = state.sent_names
+            self.cache.record_ack(node_id, req.type_url, state.sent_version)
+        if names != state.names:
+            state.names = names
+            state.needs_response = True
+        self.wakeup.set()
+
+    def _acked(self, type_url: str) -> frozenset[str] | None:
+        state = self.types.get(type_url)
+        return None if state is None else state.acked_names
+
+    def pending_responses(self) -> list[bytes]:
+        """Responses due now, in make-before-break order (CDS, EDS, LDS, RDS)."""
+        if self.node is None:
+            return []
+        out: list[bytes] = []
+        snapshot = self.cache.snapshot
+        for type_url in typeurls.PUSH_ORDER:
+            state = self.types.get(type_url)
+            current = snapshot.get(type_url)
+            if state is None or current is None:
+                continue
+            if not state.needs_response and current.version in (
+                state.sent_version,
+                state.acked_version,
+            ):
+                continue
+            selected = current.select(state.names)
+            if type_url == typeurls.ROUTE and not clusters_ready(
+                selected, self._acked(typeurls.CLUSTER), self._acked(typeurls.ENDPOINT)
+            ):
+                continue  # woken again when the clusters are ACKed
+            self._nonce += 1
+            nonce = f"{self.stream_id}-{self._nonce}"
+            out.append(current.sotw_body(state.names) + wire.nonce_field(nonce))
+            state.needs_response = False
+            state.sent_version = current.version
+            state.sent_nonce = nonce
+            state.sent_names = frozenset(r.name for r in selected)
+            self.cache.record_sent(self.node.node_id, type_url, current.version)
+        return out
+
+    def close(self) -> None:
+        """Unregister from the cache (idempotent)."""
+        if self.node is not None:
+            self.cache.close_stream(self.node.node_id, self.wakeup)
+            self.node = None
+
+
+async def serve_sotw(
+    cache: SnapshotCache, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+) -> None:
+    """The ``StreamAggregatedResources`` handler body (raw bytes in and out)."""
+    stream = SotwStream(cache)
+    await run_stream(stream, requests, context)

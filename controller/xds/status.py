@@ -1,0 +1,86 @@
+"""What the controller knows about each connected Envoy: per node and type, the version it
+ACKed, the version it was last sent, and the last NACK with its message.
+
+Plain records; :class:`controller.xds.cache.SnapshotCache` owns and updates them. Times are
+wall-clock seconds since the epoch, handed in by the caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from controller.xds.typeurls import short_name
+
+Protocol = Literal["sotw", "delta"]
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    """A rejected response: the version Envoy refused and its ``error_detail``."""
+
+    version: str
+    message: str
+    code: int
+    at: float
+
+
+@dataclass(slots=True)
+class TypeStatus:
+    """One node's state for one type URL."""
+
+    sent_version: str | None = None
+    acked_version: str | None = None
+    acked_at: float | None = None
+    last_nack: Nack | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict (used by the admin API and ``sluice xds status -o json``)."""
+        return {
+            "sent_version": self.sent_version,
+            "acked_version": self.acked_version,
+            "acked_at": self.acked_at,
+            "last_nack": None
+            if self.last_nack is None
+            else {
+                "version": self.last_nack.version,
+                "message": self.last_nack.message,
+                "code": self.last_nack.code,
+                "at": self.last_nack.at,
+            },
+        }
+
+
+@dataclass(slots=True)
+class NodeStatus:
+    """One Envoy node (``Node.id``) and its open ADS streams."""
+
+    node_id: str
+    cluster: str
+    user_agent: str
+    protocol: Protocol
+    connected_at: float
+    streams: int = 0
+    types: dict[str, TypeStatus] = field(default_factory=dict)
+    unsupported_types: set[str] = field(default_factory=set)
+
+    def type_status(self, type_url: str) -> TypeStatus:
+        """The node's record for a type, created on first use."""
+        status = self.types.get(type_url)
+        if status is None:
+            status = self.types[type_url] = TypeStatus()
+        return status
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict keyed by short type names (CDS, EDS, LDS, RDS)."""
+        return {
+            "node_id": self.node_id,
+            "cluster": self.cluster,
+            "user_agent": self.user_agent,
+            "protocol": self.protocol,
+            "connected": self.streams > 0,
+            "streams": self.streams,
+            "connected_at": self.connected_at,
+            "types": {short_name(t): s.to_json() for t, s in sorted(self.types.items())},
+            "unsupported_types": sorted(self.unsupported_types),
+        }

@@ -1,0 +1,103 @@
+"""What ADS streams share: errors that end a stream, the make-before-break gate, nonces."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+
+from controller.xds import typeurls
+from controller.xds.snapshot import Resource
+
+_stream_ids = itertools.count(1)
+
+
+def next_stream_id() -> int:
+    """A process-unique stream number (nonces are ``"<stream>-<n>"``)."""
+    return next(_stream_ids)
+
+
+@dataclass(frozen=True)
+class StreamError(Exception):
+    """A request that ends its stream with a gRPC status (the other streams go on)."""
+
+    code: grpc.StatusCode
+    details: str
+
+
+SERVED_TYPES = frozenset(typeurls.PUSH_ORDER)
+
+
+def clusters_ready(
+    routes: list[Resource],
+    cds_acked: frozenset[str] | None,
+    eds_acked: frozenset[str] | None,
+) -> bool:
+    """Make-before-break gate for route tables.
+
+    A route table may go to a stream only when every cluster it names has been ACKed by that
+    stream in CDS and, if the stream subscribes to EDS, in EDS too (a new EDS cluster is warming
+    until its endpoints arrive). Otherwise Envoy would route to a cluster it does not have: a
+    503 for users. ``None`` means the stream does not subscribe to that type (nothing to wait
+    for, e.g. a client that only reads routes).
+    """
+    needed: set[str] = set()
+    for res in routes:
+        needed |= res.clusters
+    if cds_acked is not None and not needed <= cds_acked:
+        return False
+    return eds_acked is None or needed <= eds_acked
+
+
+class AdsStream(Protocol):
+    """What :func:`run_stream` needs of a SotW or Delta stream."""
+
+    wakeup: asyncio.Event
+
+    def handle(self, raw: bytes) -> None: ...
+
+    def pending_responses(self) -> list[bytes]: ...
+
+    def close(self) -> None: ...
+
+
+async def run_stream(
+    stream: AdsStream, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+) -> None:
+    """Drive one ADS stream: a reader task applies requests; this coroutine writes responses.
+
+    Responses are written whenever the stream's ``wakeup`` is set (a request arrived, or the
+    snapshot changed). Ends when the client half-closes or cancels; a :class:`StreamError`
+    raised by ``handle`` ends this stream alone with its gRPC status.
+    """
+    failure: list[StreamError] = []
+    finished = asyncio.Event()
+
+    async def read() -> None:
+        try:
+            async for raw in requests:
+                stream.handle(raw)
+        except StreamError as exc:
+            failure.append(exc)
+        finally:
+            finished.set()
+            stream.wakeup.set()
+
+    reader = asyncio.create_task(read())
+    try:
+        while True:
+            await stream.wakeup.wait()
+            stream.wakeup.clear()
+            if failure:
+                await context.abort(failure[0].code, failure[0].details)
+            for response in stream.pending_responses():
+                await context.write(response)
+            if finished.is_set():
+                return
+    finally:
+        reader.cancel()
+        stream.close()
