@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from controller.policy.gateway import Gateway
 from controller.policy.gateway_checks import check_gateway
-from controller.policy.source import DocumentError, check_kind, issue_at, load_yaml, validate_data
+from controller.policy.source import DocumentError, issue_at, load_yaml
+from controller.policy.validation import check_kind, validate_data
 
 
 def load_gateway(text: str, filename: str) -> Gateway:

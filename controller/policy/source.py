@@ -1,9 +1,9 @@
 """YAML documents with line-precise errors, for gateway and policy files.
 
 :func:`load_yaml` parses exactly one YAML document into plain data (dicts with string keys,
-lists, scalars) plus a :class:`LineMap` from field paths to line numbers. :func:`validate_data`
-and :func:`validate_document` run a pydantic model over that data and turn every validation
-error into an :class:`Issue` (``file:line: field: message``), the field spelled as in the file.
+lists, scalars) plus a :class:`LineMap` from field paths to line numbers; errors are
+:class:`Issue` values (``file:line: field: message``). Validation against pydantic models is in
+:mod:`controller.policy.validation`.
 
 Stricter than plain YAML on purpose: duplicate keys, non-string keys and several documents in
 one file are errors, not silently resolved. Pure: text in, data or :class:`DocumentError` out.
@@ -11,18 +11,15 @@ one file are errors, not silently resolved. Pure: text in, data or :class:`Docum
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
-import types
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
+from typing import TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
-from pydantic_core import ErrorDetails
+from pydantic import BaseModel
 
 FieldPath = tuple[str | int, ...]
 """Where a value sits in a document: mapping keys (str) and sequence indexes (int)."""
@@ -148,47 +145,6 @@ def load_yaml(text: str, filename: str) -> tuple[object, LineMap]:
     return data, LineMap(builder.lines)
 
 
-def validate_data(model: type[M], data: object, lines: LineMap, filename: str) -> M:
-    """Validate loaded data against ``model``, keys spelled by alias (the file's spelling).
-
-    Raises:
-        DocumentError: one :class:`Issue` per validation error, sorted by line: unknown fields
-            (with the allowed ones), missing fields (at the line of the mapping that lacks
-            them), wrong types or values (with what was found).
-    """
-    try:
-        return model.model_validate(data, by_alias=True, by_name=False)
-    except ValidationError as exc:
-        errors = exc.errors()
-        issues = [
-            _error_issue(model, err, data, lines, filename)
-            for err in errors
-            if not _is_follow_on(err, errors)
-        ]
-        raise DocumentError(sorted(issues, key=lambda i: i.line or 0)) from None
-
-
-def validate_document(model: type[M], text: str, filename: str) -> M:
-    """:func:`load_yaml` then :func:`validate_data`: YAML text in, a validated model out.
-
-    Raises:
-        DocumentError: the YAML could not be loaded or does not fit ``model``.
-    """
-    data, lines = load_yaml(text, filename)
-    return validate_data(model, data, lines, filename)
-
-
-def check_kind(data: object, lines: LineMap, filename: str, kind: str) -> None:
-    """Refuse early a document of another ``kind`` (e.g. a policy given as a gateway).
-
-    Raises:
-        DocumentError: ``data`` is a mapping whose ``kind`` is a string other than ``kind``.
-    """
-    if isinstance(data, dict) and isinstance(data.get("kind"), str) and data["kind"] != kind:
-        msg = f"this is a {data['kind']} document, expected kind {kind}"
-        raise DocumentError([issue_at(filename, lines, ("kind",), msg)])
-
-
 class _Builder:
     """Builds plain data from composed YAML nodes, recording lines and problems."""
 
@@ -299,136 +255,3 @@ def _yaml_issue(filename: str, exc: yaml.MarkedYAMLError) -> Issue:
 def _text(exc: yaml.MarkedYAMLError) -> str:
     parts = [p for p in (exc.context, exc.problem) if p]
     return "; ".join(parts) or str(exc)
-
-
-def _is_follow_on(err: ErrorDetails, errors: list[ErrorDetails]) -> bool:
-    """A length error caused by invalid items (pydantic counts only the valid ones)."""
-    if err["type"] not in ("too_short", "too_long"):
-        return False
-    loc = err["loc"]
-    return any(len(o["loc"]) > len(loc) and o["loc"][: len(loc)] == loc for o in errors)
-
-
-def _error_issue(
-    model: type[BaseModel], err: ErrorDetails, data: object, lines: LineMap, filename: str
-) -> Issue:
-    path = _document_path(err, data)
-    return issue_at(filename, lines, path, _message(model, err, path))
-
-
-def _document_path(err: ErrorDetails, data: object) -> FieldPath:
-    """The error's location as a path in the document, leaving out pydantic's union tags."""
-    path: list[str | int] = []
-    current = data
-    loc = err["loc"]
-    for i, part in enumerate(loc):
-        found, child = _child(current, part)
-        if found:
-            current = child
-        elif not (i == len(loc) - 1 and err["type"] == "missing"):
-            continue
-        path.append(part)
-    return tuple(path)
-
-
-def _child(container: object, part: str | int) -> tuple[bool, object]:
-    if isinstance(container, list) and isinstance(part, int) and 0 <= part < len(container):
-        return True, container[part]
-    if isinstance(container, dict) and part in container:
-        return True, container[part]
-    return False, None
-
-
-def _message(model: type[BaseModel], err: ErrorDetails, path: FieldPath) -> str:
-    kind, ctx, value = err["type"], err.get("ctx") or {}, err["input"]
-    if kind == "missing":
-        return "required field is missing"
-    if kind == "extra_forbidden":
-        return _unknown_field(model, path)
-    if kind in ("value_error", "assertion_error") and "error" in ctx:
-        return str(ctx["error"])
-    if kind in ("model_type", "model_attributes_type", "dict_type"):
-        return f"expected a mapping (key: value), got {_kind(value)}"
-    if kind in ("tuple_type", "list_type"):
-        return f"expected a list, got {_kind(value)}"
-    if kind == "too_short":
-        return f"needs at least {ctx['min_length']} item(s), got {ctx['actual_length']}"
-    if kind == "too_long":
-        return f"allows at most {ctx['max_length']} item(s), got {ctx['actual_length']}"
-    if kind == "literal_error":
-        return f"should be {ctx['expected']}, got {_show(value)}"
-    if kind == "string_type" and isinstance(value, bool | int | float):
-        return f"expected a string, got {_kind(value)} ({_show(value)}); quote it to make it text"
-    return f"{err['msg']} (got {_show(value)})"
-
-
-def _unknown_field(model: type[BaseModel], path: FieldPath) -> str:
-    target = _model_at(model, path[:-1])
-    if target is None:
-        return "unknown field"
-    allowed = [info.alias or name for name, info in target.model_fields.items()]
-    key = str(path[-1])
-    same = [a for a in allowed if a.lower() == key.replace("_", "").replace("-", "").lower()]
-    guess = same or difflib.get_close_matches(key, allowed, n=1)
-    hint = f" (did you mean {guess[0]!r}?)" if guess else ""
-    return f"unknown field{hint}; allowed: {', '.join(allowed)}"
-
-
-def _model_at(model: type[BaseModel], path: FieldPath) -> type[BaseModel] | None:
-    """The model class validating the mapping at ``path`` (following field annotations)."""
-    current: Any = model
-    for part in path:
-        current = _unwrap(current)
-        if isinstance(part, int):
-            args = get_args(current)
-            if get_origin(current) not in (list, tuple) or not args:
-                return None
-            current = args[0]
-        elif isinstance(current, type) and issubclass(current, BaseModel):
-            fields = current.model_fields.items()
-            current = next((f.annotation for n, f in fields if (f.alias or n) == part), None)
-        else:
-            return None
-    current = _unwrap(current)
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
-
-
-def _unwrap(annotation: Any) -> Any:
-    """``X | None`` and ``Annotated[X, ...]`` -> ``X``."""
-    while True:
-        origin = get_origin(annotation)
-        if origin is Annotated:
-            annotation = get_args(annotation)[0]
-        elif origin in (Union, types.UnionType):
-            members = [a for a in get_args(annotation) if a is not type(None)]
-            if len(members) != 1:
-                return annotation
-            annotation = members[0]
-        else:
-            return annotation
-
-
-def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    return "a mapping" if isinstance(value, dict) else type(value).__name__
-
-
-def _show(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, str):
-        return repr(value if len(value) <= 60 else value[:57] + "...")
-    if isinstance(value, int | float):
-        return str(value)
-    return _kind(value)

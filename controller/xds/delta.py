@@ -22,12 +22,15 @@ import grpc
 
 from controller.xds import typeurls, wire
 from controller.xds.cache import SnapshotCache
+from controller.xds.snapshot import Resource
 from controller.xds.status import NodeStatus
 from controller.xds.stream import (
+    CLUSTER_TYPES,
     SERVED_TYPES,
     StreamError,
     clusters_ready,
     next_stream_id,
+    route_clusters,
     run_stream,
 )
 
@@ -37,7 +40,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class _Sent:
     version: str
-    names: frozenset[str]
+    resources: tuple[Resource, ...]
     removed: frozenset[str]
 
 
@@ -49,6 +52,7 @@ class _TypeState:
     told_missing: set[str] = field(default_factory=set)
     needs_response: bool = False
     outstanding: dict[str, _Sent] = field(default_factory=dict)  # nonce → what it carried
+    held: dict[str, Resource] = field(default_factory=dict)  # ACKed, by name
     acked_names: set[str] = field(default_factory=set)
     synced_version: str | None = None  # type version the client holds for its whole scope
     nacked: bool = False  # the last answered response was rejected
@@ -96,6 +100,7 @@ class DeltaStream:
             self.cache.record_unsupported(node_id, req.type_url)
             return
         state = self.types.get(req.type_url)
+        initial = state is None
         if state is None:
             state = self.types[req.type_url] = _TypeState()
             self.cache.record_subscribed(node_id, req.type_url)
@@ -106,7 +111,6 @@ class DeltaStream:
             state.client_versions = dict(req.initial_resource_versions)
             state.acked_names = set(req.initial_resource_versions)
             state.needs_response = not req.initial_resource_versions
-            self._record_initial_ack(state, req.type_url)
         for name in req.resource_names_subscribe:
             if name == "*":
                 state.wildcard = True
@@ -120,20 +124,25 @@ class DeltaStream:
                 state.client_versions.pop(name, None)
                 state.told_missing.discard(name)
                 state.acked_names.discard(name)
+        if initial:
+            self._record_initial_state(state, req.type_url)
         if req.response_nonce:
             self._answer(state, req.type_url, req.response_nonce, req.error_detail)
         self.wakeup.set()
 
-    def _record_initial_ack(self, state: _TypeState, type_url: str) -> None:
-        """On reconnect, a client already holding every current version is up to date."""
+    def _record_initial_state(self, state: _TypeState, type_url: str) -> None:
+        """On reconnect, learn what the client holds; if that is every resource of its
+        subscription at the current version, it is up to date (counted as an ACK)."""
         assert self.node is not None
         current = self.cache.snapshot.get(type_url)
         if current is None or not state.client_versions:
             return
-        holds = {n: r.version for n, r in current.resources.items() if n in state.client_versions}
-        if all(state.client_versions.get(n) == v for n, v in holds.items()) and (
-            not state.wildcard or len(holds) == len(current.resources)
-        ):
+        state.held = {
+            n: r for n, r in current.resources.items() if state.client_versions.get(n) == r.version
+        }
+        in_scope = {n for n in current.resources if state.in_scope(n)}
+        extra = {n for n in state.client_versions if n not in current.resources}
+        if in_scope <= set(state.held) and not (extra and state.wildcard):
             state.synced_version = current.version
             self.cache.record_ack(self.node.node_id, type_url, current.version)
 
@@ -160,8 +169,12 @@ class DeltaStream:
                 error.message,
             )
             return
-        state.acked_names |= sent.names
-        state.acked_names -= sent.removed
+        for res in sent.resources:
+            state.held[res.name] = res
+            state.acked_names.add(res.name)
+        for name in sent.removed:
+            state.held.pop(name, None)
+            state.acked_names.discard(name)
         if not state.outstanding:
             state.synced_version = sent.version
         self.cache.record_ack(self.node.node_id, type_url, sent.version)
@@ -169,6 +182,14 @@ class DeltaStream:
     def _acked(self, type_url: str) -> frozenset[str] | None:
         state = self.types.get(type_url)
         return None if state is None else frozenset(state.acked_names)
+
+    def _route_clusters(self) -> set[str]:
+        """Clusters named by the route tables this client holds or has been sent."""
+        state = self.types.get(typeurls.ROUTE)
+        if state is None:
+            return set()
+        in_flight = [r for sent in state.outstanding.values() for r in sent.resources]
+        return route_clusters([*state.held.values(), *in_flight])
 
     def pending_responses(self) -> list[bytes]:
         """Responses due now, in make-before-break order (CDS, EDS, LDS, RDS)."""
@@ -189,6 +210,10 @@ class DeltaStream:
             removed = {
                 n for n in state.client_versions if n not in current.resources and state.in_scope(n)
             }
+            held_back = removed & self._route_clusters() if type_url in CLUSTER_TYPES else set()
+            # Break after make: a cluster the client's routes still name stays until a route
+            # table without it is ACKed.
+            removed -= held_back
             missing = {
                 n for n in state.names if n not in current.resources and n not in state.told_missing
             } - set(state.client_versions)
@@ -197,6 +222,7 @@ class DeltaStream:
                     current.version != state.synced_version
                     and not state.outstanding
                     and not state.nacked
+                    and not held_back
                 ):
                     # Nothing in this client's scope changed: it already holds this version.
                     state.synced_version = current.version
@@ -220,9 +246,7 @@ class DeltaStream:
                 del state.client_versions[n]
             state.told_missing |= missing
             state.needs_response = False
-            state.outstanding[nonce] = _Sent(
-                current.version, frozenset(r.name for r in changed), frozenset(removed)
-            )
+            state.outstanding[nonce] = _Sent(current.version, tuple(changed), frozenset(removed))
             self.cache.record_sent(self.node.node_id, type_url, current.version)
         return out
 

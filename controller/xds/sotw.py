@@ -22,12 +22,16 @@ import grpc
 
 from controller.xds import typeurls, wire
 from controller.xds.cache import SnapshotCache
+from controller.xds.snapshot import Resource, TypeSnapshot
 from controller.xds.status import NodeStatus
 from controller.xds.stream import (
+    CLUSTER_TYPES,
     SERVED_TYPES,
     StreamError,
     clusters_ready,
     next_stream_id,
+    removals_held_back,
+    route_clusters,
     run_stream,
 )
 
@@ -40,9 +44,9 @@ class _TypeState:
     needs_response: bool = False
     sent_version: str | None = None
     sent_nonce: str | None = None
-    sent_names: frozenset[str] = frozenset()
+    sent_resources: dict[str, Resource] = field(default_factory=dict)
     acked_version: str | None = None
-    acked_names: frozenset[str] = frozenset()
+    acked_resources: dict[str, Resource] = field(default_factory=dict)
 
 
 @dataclass
@@ -99,7 +103,8 @@ class SotwStream:
             current = self.cache.snapshot.get(req.type_url)
             if req.version_info and current is not None and req.version_info == current.version:
                 state.sent_version = state.acked_version = current.version
-                state.acked_names = frozenset(r.name for r in current.select(names))
+                state.sent_resources = {r.name: r for r in current.select(names)}
+                state.acked_resources = state.sent_resources
                 self.cache.record_ack(node_id, req.type_url, current.version)
             else:
                 state.needs_response = True
@@ -125,7 +130,7 @@ class SotwStream:
             )
         else:
             state.acked_version = state.sent_version
-            state.acked_names = state.sent_names
+            state.acked_resources = state.sent_resources
             self.cache.record_ack(node_id, req.type_url, state.sent_version)
         if names != state.names:
             state.names = names
@@ -134,7 +139,15 @@ class SotwStream:
 
     def _acked(self, type_url: str) -> frozenset[str] | None:
         state = self.types.get(type_url)
-        return None if state is None else state.acked_names
+        return None if state is None else frozenset(state.acked_resources)
+
+    def _route_clusters(self) -> set[str]:
+        """Clusters named by the route tables this client holds or has been sent."""
+        state = self.types.get(typeurls.ROUTE)
+        if state is None:
+            return set()
+        held = [*state.acked_resources.values(), *state.sent_resources.values()]
+        return route_clusters(held)
 
     def pending_responses(self) -> list[bytes]:
         """Responses due now, in make-before-break order (CDS, EDS, LDS, RDS)."""
@@ -147,24 +160,33 @@ class SotwStream:
             current = snapshot.get(type_url)
             if state is None or current is None:
                 continue
-            if not state.needs_response and current.version in (
+            served, names = current, state.names
+            if type_url in CLUSTER_TYPES:
+                kept = removals_held_back(current, state.sent_resources, self._route_clusters())
+                if kept:
+                    # Break after make: keep the clusters that the client's routes still name
+                    # until a route table without them is ACKed (then this set is empty).
+                    in_scope = [r for r in kept if names is None or r.name in names]
+                    served = TypeSnapshot.build(type_url, [*current.select(names), *in_scope])
+                    names = None
+            if not state.needs_response and served.version in (
                 state.sent_version,
                 state.acked_version,
             ):
                 continue
-            selected = current.select(state.names)
+            selected = served.select(names)
             if type_url == typeurls.ROUTE and not clusters_ready(
                 selected, self._acked(typeurls.CLUSTER), self._acked(typeurls.ENDPOINT)
             ):
                 continue  # woken again when the clusters are ACKed
             self._nonce += 1
             nonce = f"{self.stream_id}-{self._nonce}"
-            out.append(current.sotw_body(state.names) + wire.nonce_field(nonce))
+            out.append(served.sotw_body(names) + wire.nonce_field(nonce))
             state.needs_response = False
-            state.sent_version = current.version
+            state.sent_version = served.version
             state.sent_nonce = nonce
-            state.sent_names = frozenset(r.name for r in selected)
-            self.cache.record_sent(self.node.node_id, type_url, current.version)
+            state.sent_resources = {r.name: r for r in selected}
+            self.cache.record_sent(self.node.node_id, type_url, served.version)
         return out
 
     def close(self) -> None:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
 
 from controller.xds import typeurls
-from controller.xds.snapshot import Resource
+from controller.xds.snapshot import Resource, TypeSnapshot
 
 _stream_ids = itertools.count(1)
 
@@ -30,6 +30,29 @@ class StreamError(Exception):
 
 
 SERVED_TYPES = frozenset(typeurls.PUSH_ORDER)
+CLUSTER_TYPES = frozenset({typeurls.CLUSTER, typeurls.ENDPOINT})
+"""Types whose removals wait until no route table held by the client names them."""
+
+
+def route_clusters(routes: Iterable[Resource]) -> set[str]:
+    """Every cluster named by the given route tables."""
+    needed: set[str] = set()
+    for res in routes:
+        needed |= res.clusters
+    return needed
+
+
+def removals_held_back(
+    current: TypeSnapshot, sent: Mapping[str, Resource], needed: set[str]
+) -> list[Resource]:
+    """Resources gone from ``current`` that the client must keep for now.
+
+    Break after make (xDS protocol, "Eventual consistency considerations"): a cluster, or its
+    endpoints, leaves a stream only after the stream ACKed route tables that no longer name it.
+    Returns the last-sent copies of the clusters (or load assignments) that ``needed`` names but
+    ``current`` no longer has.
+    """
+    return [sent[n] for n in sorted(needed) if n not in current.resources and n in sent]
 
 
 def clusters_ready(
@@ -45,9 +68,7 @@ def clusters_ready(
     503 for users. ``None`` means the stream does not subscribe to that type (nothing to wait
     for, e.g. a client that only reads routes).
     """
-    needed: set[str] = set()
-    for res in routes:
-        needed |= res.clusters
+    needed = route_clusters(routes)
     if cds_acked is not None and not needed <= cds_acked:
         return False
     return eds_acked is None or needed <= eds_acked

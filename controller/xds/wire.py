@@ -148,7 +148,9 @@ def parse_status(buf: bytes) -> ErrorDetail:
         if number == 1:
             if wire_type != _VARINT or not isinstance(value, int):
                 raise WireError("Status.code: expected a varint")
-            code = value
+            code = value & 0xFFFFFFFF  # int32: negative values arrive as 10-byte varints
+            if code >= 1 << 31:
+                code -= 1 << 32
         elif number == 2:
             message = _text(number, value)
     return ErrorDetail(code, message)

@@ -50,7 +50,8 @@ spec:
           routes:
             - {name: internal-default, match: {prefix: /}, cluster: monolith}
   clusters:
-    - {name: monolith, endpoints: [{address: 10.0.0.1, port: 8000}, {address: 10.0.0.2, port: 8000}]}
+    - name: monolith
+      endpoints: [{address: 10.0.0.1, port: 8000}, {address: 10.0.0.2, port: 8000}]
     - {name: comments-python, connectTimeout: 250ms, endpoints: [{address: 10.0.0.3, port: 8000}]}
     - name: comments-go
       protocol: http2
@@ -120,7 +121,9 @@ def test_listener_uses_rds_named_after_itself(gateway: Gateway) -> None:
     listener = EnvoyListener.parse(_decode(snap, typeurls.LISTENER, "internal"))
     assert listener.address.socket_address.port_value == 10001
     assert listener.address.socket_address.address == "0.0.0.0"
-    assert listener.filter_chains[0].filters[0].name == "envoy.filters.network.http_connection_manager"
+    assert (
+        listener.filter_chains[0].filters[0].name == "envoy.filters.network.http_connection_manager"
+    )
 
 
 def test_versions_are_content_hashes(gateway: Gateway) -> None:
@@ -132,7 +135,8 @@ def test_versions_are_content_hashes(gateway: Gateway) -> None:
     for type_url in (typeurls.CLUSTER, typeurls.ENDPOINT, typeurls.LISTENER):
         assert a.version(type_url) == b.version(type_url)
     route_a, route_b = a.get(typeurls.ROUTE), b.get(typeurls.ROUTE)
-    assert route_a is not None and route_b is not None
+    assert route_a is not None
+    assert route_b is not None
     # Only the route table holding the changed route has a new version.
     assert route_a.resources["internal"].version == route_b.resources["internal"].version
     assert route_a.resources["public"].version != route_b.resources["public"].version

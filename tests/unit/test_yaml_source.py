@@ -15,8 +15,8 @@ from controller.policy.source import (
     LineMap,
     format_path,
     load_yaml,
-    validate_document,
 )
+from controller.policy.validation import validate_document
 
 
 def _issues(text: str) -> list[tuple[int | None, str, str]]:
