@@ -62,9 +62,9 @@ class SnapshotCache:
                 protocol=protocol,
                 connected_at=self._clock(),
             )
-            if node.id in self._nodes:
-                # Keep what we learnt on the previous connection: it is still true of Envoy.
-                status.types = self._nodes[node.id].types
+            # A fresh record, even for a known node id: the connection may come from a new
+            # Envoy process (a restarted pod) that holds nothing yet. A reconnecting process
+            # says what it holds (SotW version_info, Delta initial_resource_versions).
             self._nodes[node.id] = status
         status.streams += 1
         return status
