@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from controller.cli import exitcodes
+from controller.cli.admin import ADMIN_DEFAULT, AdminOption, request
 from controller.policy.loading import load_gateway
 from controller.policy.source import DocumentError, Issue
 
@@ -18,9 +19,19 @@ app = typer.Typer(
 )
 
 
-@app.callback()
-def _group() -> None:
-    """Keep ``gateway`` a command group even while it has a single command."""
+@app.command()
+def reload(admin: AdminOption = ADMIN_DEFAULT) -> None:
+    """Make the running controller re-read its gateway file (like SIGHUP).
+
+    A file that fails validation, or that no longer fits the served weights, changes nothing.
+    Exit code: 0 reloaded, 1 refused (the reason is printed), 3 controller unreachable.
+    """
+    response = request("POST", f"{admin.rstrip('/')}/v1/gateway/reload")
+    data = response.json()
+    if not data.get("reloaded"):
+        typer.echo(f"reload refused, still serving the previous gateway: {data['error']}", err=True)
+        raise typer.Exit(exitcodes.FAILED)
+    typer.echo(f"reloaded gateway {data['name']} from {data['source']}")
 
 
 @app.command()

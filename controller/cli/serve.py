@@ -34,7 +34,8 @@ def serve(
 ) -> None:
     """Serve Envoy its configuration over ADS (SotW and Delta) and keep weights durable.
 
-    Prints one JSON line with the bound addresses when ready; stops on SIGINT/SIGTERM.
+    Prints one JSON line with the bound addresses when ready; SIGHUP re-reads the gateway file
+    (a file that fails validation changes nothing); stops on SIGINT/SIGTERM.
     """
     # Imported here: the xDS stack takes ~1 s to import, which other commands should not pay.
     from controller.runtime.address import split_address
@@ -50,7 +51,7 @@ def serve(
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(exitcodes.INVALID_INPUT) from exc
     gw = read_gateway(gateway)
-    config = ServeConfig(gw, xds_address, admin_address, state)
+    config = ServeConfig(gw, gateway, xds_address, admin_address, state)
     try:
         asyncio.run(run(config))
     except StartupError as exc:

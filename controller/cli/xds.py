@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from controller.cli import exitcodes
+from controller.cli.admin import ADMIN_DEFAULT, AdminOption, request
 from controller.policy.units import parse_duration
 
 app = typer.Typer(help="Inspect and drive the xDS server.", no_args_is_help=True)
-
-ADMIN_DEFAULT = os.environ.get("SLUICE_ADMIN", "http://127.0.0.1:18001")
-AdminOption = Annotated[
-    str, typer.Option("--admin", help="Admin API URL of `sluice serve` (env SLUICE_ADMIN).")
-]
 
 
 class Output(StrEnum):
@@ -34,14 +28,6 @@ class Output(StrEnum):
 OutputOption = Annotated[Output, typer.Option("--output", "-o", help="table or json.")]
 
 
-def _request(method: str, url: str, timeout_s: float = 10.0, **kwargs: Any) -> httpx.Response:
-    try:
-        return httpx.request(method, url, timeout=timeout_s, **kwargs)
-    except httpx.HTTPError as exc:
-        typer.echo(f"error: cannot reach the controller at {url}: {exc}", err=True)
-        raise typer.Exit(exitcodes.UNREACHABLE) from exc
-
-
 def _ago(at: float | None) -> str:
     if at is None:
         return "-"
@@ -51,7 +37,7 @@ def _ago(at: float | None) -> str:
 @app.command()
 def status(admin: AdminOption = ADMIN_DEFAULT, output: OutputOption = Output.table) -> None:
     """Connected nodes, the version each ACKed per type, and the last NACK with its message."""
-    data = _request("GET", f"{admin.rstrip('/')}/v1/xds/status").json()
+    data = request("GET", f"{admin.rstrip('/')}/v1/xds/status").json()
     if output is Output.json:
         typer.echo(json.dumps(data, indent=2))
         return
@@ -127,7 +113,7 @@ def set_weights(
         typer.echo(f"error: --timeout: {exc}", err=True)
         raise typer.Exit(exitcodes.INVALID_INPUT) from exc
     body = {"weights": parsed, "nodes": node or None, "timeout_s": timeout_s}
-    response = _request(
+    response = request(
         "PUT",
         f"{admin.rstrip('/')}/v1/routes/{route}/weights",
         timeout_s=timeout_s + 5,

@@ -5,6 +5,7 @@ Routes (JSON):
     GET  /readyz                      readiness (the xDS server is serving)
     GET  /v1/xds/status               served versions per type, and every node's ACK/NACK state
     GET  /v1/routes                   every route's served weights
+    POST /v1/gateway/reload           re-read the gateway file; 200, or 422 with the reason
     PUT  /v1/routes/{route}/weights   {"weights": {cluster: int}, "nodes": [..]?, "timeout_s": n?}
                                       → the ACK outcome; 200 when ACKed, 409 on NACK,
                                       504 on timeout or no node; 400/404 on bad input
@@ -17,6 +18,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from controller.runtime.reload import GatewayReloader
 from controller.xds.cache import SnapshotCache
 from controller.xds.typeurls import PUSH_ORDER, short_name
 from controller.xds.weights import WeightChange, WeightController
@@ -52,25 +54,28 @@ def change_to_json(change: WeightChange) -> dict[str, Any]:
     }
 
 
-def status_json(cache: SnapshotCache) -> dict[str, Any]:
-    """Served versions and node states (``sluice xds status -o json``)."""
+def status_json(cache: SnapshotCache, reloader: GatewayReloader | None = None) -> dict[str, Any]:
+    """Served versions, the gateway and node states (``sluice xds status -o json``)."""
     snapshot = cache.snapshot
     return {
         "versions": {short_name(t): snapshot.version(t) for t in PUSH_ORDER},
         "snapshot": snapshot.label,
+        "gateway": reloader.to_json() if reloader is not None else None,
         "nodes": [n.to_json() for n in cache.nodes()],
     }
 
 
-def make_app(cache: SnapshotCache, weights: WeightController) -> web.Application:
-    """The admin application over the running controller's cache and weights."""
+def make_app(
+    cache: SnapshotCache, weights: WeightController, reloader: GatewayReloader | None = None
+) -> web.Application:
+    """The admin application over the running controller's cache, weights and gateway."""
     app = web.Application()
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def xds_status(_: web.Request) -> web.Response:
-        return web.json_response(status_json(cache))
+        return web.json_response(status_json(cache, reloader))
 
     async def routes(_: web.Request) -> web.Response:
         return web.json_response({"routes": weights.current()})
@@ -91,7 +96,14 @@ def make_app(cache: SnapshotCache, weights: WeightController) -> web.Application
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response(change_to_json(change), status=_STATUS[change.ack.outcome])
 
+    async def reload_gateway(_: web.Request) -> web.Response:
+        if reloader is None or not reloader.reload():
+            error = reloader.last_error if reloader is not None else "reload not available"
+            return web.json_response({"reloaded": False, "error": error}, status=422)
+        return web.json_response({"reloaded": True, **reloader.to_json()})
+
     app.router.add_get("/healthz", healthz)
+    app.router.add_post("/v1/gateway/reload", reload_gateway)
     app.router.add_get("/readyz", healthz)
     app.router.add_get("/v1/xds/status", xds_status)
     app.router.add_get("/v1/routes", routes)

@@ -21,6 +21,7 @@ from aiohttp import web
 from controller.policy.gateway import Gateway
 from controller.runtime.address import split_address
 from controller.runtime.admin import make_app
+from controller.runtime.reload import GatewayReloader
 from controller.store.weights import SqliteWeightStore
 from controller.xds.cache import SnapshotCache
 from controller.xds.resources import build_snapshot
@@ -40,19 +41,21 @@ class ServeConfig:
 
     Attributes:
         gateway: the checked gateway to serve.
+        gateway_path: its file (re-read on SIGHUP), or None for the embedded default.
         xds_address: ``host:port`` of the ADS gRPC server (port 0: any free port).
         admin_address: ``host:port`` of the admin HTTP API (port 0: any free port).
         state_path: the SQLite file holding the served weights.
     """
 
     gateway: Gateway
+    gateway_path: Path | None
     xds_address: str
     admin_address: str
     state_path: Path
 
 
 async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
-    """Serve until SIGINT/SIGTERM (or ``stop`` is set).
+    """Serve until SIGINT/SIGTERM (or ``stop`` is set); SIGHUP reloads the gateway file.
 
     Raises:
         StartupError: the persisted weights do not fit the gateway, or an address is in use.
@@ -78,7 +81,8 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         store.close()
         raise StartupError(str(exc)) from exc
     admin_host, admin_port = split_address(config.admin_address)
-    runner = web.AppRunner(make_app(cache, weights), access_log=None)
+    reloader = GatewayReloader(config.gateway_path, weights)
+    runner = web.AppRunner(make_app(cache, weights, reloader), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, admin_host, admin_port)
     try:
@@ -107,6 +111,8 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, reloader.reload)
     try:
         await stop.wait()
     finally:

@@ -77,6 +77,17 @@ class WeightController:
                 out[name] = {w.cluster: w.weight for w in eff}
         return out
 
+    def replace_gateway(self, gateway: Gateway) -> None:
+        """Serve another gateway with the current weights (a gateway file reload).
+
+        Raises:
+            ValueError: the current weights name a route or cluster the new gateway lacks;
+                nothing changes then.
+        """
+        snapshot = build_snapshot(gateway, self._weights, label=f"gateway {gateway.metadata.name}")
+        self._gateway = gateway
+        self._cache.set_snapshot(snapshot)
+
     async def set_weights(
         self,
         route: str,

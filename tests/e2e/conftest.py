@@ -93,15 +93,20 @@ def shared_controller(
 
 @pytest.fixture
 def controller_factory(tmp_path: Path, gateway_file: Path) -> Iterator[Callable[..., Controller]]:
-    """Start controllers owned by the test: ``factory(state_path=..., xds_port=0, name=...)``."""
+    """Start controllers owned by the test:
+    ``factory(state_path=..., xds_port=0, name=..., gateway_path=...)``."""
     started: list[Controller] = []
 
     def start(
-        *, state_path: Path | None = None, xds_port: int = 0, name: str = "controller"
+        *,
+        state_path: Path | None = None,
+        xds_port: int = 0,
+        name: str = "controller",
+        gateway_path: Path | None = None,
     ) -> Controller:
         controller = Controller.start(
             tmp_path,
-            gateway_file,
+            gateway_path or gateway_file,
             state_path or tmp_path / "state.db",
             xds_port=xds_port,
             name=f"{name}-{len(started) + 1}",

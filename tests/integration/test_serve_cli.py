@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -280,3 +281,44 @@ def test_busy_xds_port_is_a_clear_error(state: Path, tmp_path: Path) -> None:
         assert "cannot bind the xDS server" in proc.stderr
     finally:
         first.stop()
+
+
+def test_sighup_and_cli_reload_the_gateway_file(state: Path, tmp_path: Path) -> None:
+    default = subprocess.run(
+        [sys.executable, "-c", "from controller.policy.defaults import default_gateway_text as d;"
+         "print(d())"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    gateway = tmp_path / "gateway.yaml"
+    gateway.write_text(default)
+    controller = Controller(state, gateway=gateway)
+    try:
+
+        def status() -> dict[str, object]:
+            result = controller.cli("xds", "status", "-o", "json")
+            assert result.returncode == 0, result.stderr
+            return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+        before = status()
+        gateway.write_text(default.replace("timeout: 5s", "timeout: 7s"))
+        controller.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while status()["versions"] == before["versions"]:
+            assert time.monotonic() < deadline, "SIGHUP did not reload the gateway"
+            time.sleep(0.1)
+        after = status()
+        assert after["versions"]["CDS"] == before["versions"]["CDS"]  # only routes changed
+        assert after["gateway"]["last_reload_error"] is None  # type: ignore[index]
+
+        gateway.write_text(default.replace("cluster: monolith", "cluster: nowhere"))
+        refused = controller.cli("gateway", "reload")
+        assert refused.returncode == 1
+        assert "unknown cluster" in refused.stderr
+        assert status()["versions"] == after["versions"]
+
+        gateway.write_text(default)
+        reloaded = controller.cli("gateway", "reload")
+        assert reloaded.returncode == 0, reloaded.stderr
+        assert status()["versions"] == before["versions"]
+    finally:
+        controller.stop()

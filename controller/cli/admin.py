@@ -1,0 +1,29 @@
+"""Talking to a running controller's admin API from the CLI."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from controller.cli import exitcodes
+
+ADMIN_DEFAULT = os.environ.get("SLUICE_ADMIN", "http://127.0.0.1:18001")
+AdminOption = Annotated[
+    str, typer.Option("--admin", help="Admin API URL of `sluice serve` (env SLUICE_ADMIN).")
+]
+
+
+def request(method: str, url: str, timeout_s: float = 10.0, **kwargs: Any) -> httpx.Response:
+    """One HTTP request to the controller.
+
+    Raises:
+        typer.Exit: with code 3 when the controller cannot be reached.
+    """
+    try:
+        return httpx.request(method, url, timeout=timeout_s, **kwargs)
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: cannot reach the controller at {url}: {exc}", err=True)
+        raise typer.Exit(exitcodes.UNREACHABLE) from exc

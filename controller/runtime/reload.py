@@ -1,0 +1,68 @@
+"""Reloading the gateway file while serving (SIGHUP or ``POST /v1/gateway/reload``).
+
+A reload that fails (the file no longer validates, or the served weights no longer fit it)
+changes nothing: the last good gateway stays served and the error is kept for status.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controller.policy.loading import load_gateway
+from controller.policy.source import DocumentError
+from controller.xds.weights import WeightController
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GatewayReloader:
+    """Re-reads ``path`` and swaps the served gateway when it is valid.
+
+    Attributes:
+        path: the gateway file; None when serving the embedded default (nothing to reload).
+        weights: the weight controller that owns the served gateway.
+        loaded_at: wall-clock seconds of the last successful load.
+        last_error: why the last reload failed, or None after a success.
+    """
+
+    path: Path | None
+    weights: WeightController
+    loaded_at: float = field(default_factory=time.time)
+    last_error: str | None = None
+
+    def reload(self) -> bool:
+        """Load the file again and serve it; return True on success.
+
+        Never raises for a bad file: the error is logged and kept in :attr:`last_error`.
+        """
+        if self.path is None:
+            self.last_error = "serving the embedded default gateway: no file to reload"
+            return False
+        try:
+            gateway = load_gateway(self.path.read_text(encoding="utf-8"), str(self.path))
+            self.weights.replace_gateway(gateway)
+        except DocumentError as exc:
+            self.last_error = "; ".join(str(i) for i in exc.issues)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            self.last_error = f"{self.path}: {exc}"
+        else:
+            self.last_error = None
+            self.loaded_at = time.time()
+            log.info("gateway reloaded from %s", self.path)
+            return True
+        log.error("gateway reload failed, still serving the previous one: %s", self.last_error)
+        return False
+
+    def to_json(self) -> dict[str, Any]:
+        """Status of the served gateway (source, load time, last reload error)."""
+        return {
+            "name": self.weights.gateway.metadata.name,
+            "source": str(self.path) if self.path else "embedded default",
+            "loaded_at": self.loaded_at,
+            "last_reload_error": self.last_error,
+        }
