@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import signal
@@ -93,6 +94,11 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         store.close()
         raise StartupError(f"cannot bind the admin API to {config.admin_address}: {exc}") from exc
     bound_admin = runner.addresses[0][1] if runner.addresses else admin_port
+    # Everything alive now (imported modules, envoy-data-plane's classes, the first snapshot)
+    # lives as long as the process: keep it out of every future collection, whose full passes
+    # otherwise walked ~86,000 objects and paused pushes by 100+ ms at 1,000 streams.
+    gc.collect()
+    gc.freeze()
     xds_host, _ = split_address(config.xds_address)
     print(
         json.dumps(

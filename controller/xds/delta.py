@@ -70,6 +70,7 @@ class DeltaStream:
     node: NodeStatus | None = None
     types: dict[str, _TypeState] = field(default_factory=dict)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    holding: bool = False  # something waits for an ACK (a route table, a cluster removal)
     _nonce: int = 0
 
     def handle(self, raw: bytes) -> None:
@@ -79,7 +80,7 @@ class DeltaStream:
             StreamError: malformed request, missing node on the first request, empty type URL.
         """
         try:
-            req = wire.parse_delta_request(raw)
+            req = wire.parse_delta_request(raw, with_node=self.node is None)
         except wire.WireError as exc:
             raise StreamError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"malformed DeltaDiscoveryRequest: {exc}"
@@ -128,7 +129,16 @@ class DeltaStream:
             self._record_initial_state(state, req.type_url)
         if req.response_nonce:
             self._answer(state, req.type_url, req.response_nonce, req.error_detail)
-        self.wakeup.set()
+        if (
+            initial
+            or req.resource_names_subscribe
+            or req.resource_names_unsubscribe
+            or self.holding
+            or state.needs_response
+            or state.synced_version != self.cache.snapshot.version(req.type_url)
+        ):
+            # A plain ACK of the current version creates no work: no wakeup for it.
+            self.wakeup.set()
 
     def _record_initial_state(self, state: _TypeState, type_url: str) -> None:
         """On reconnect, learn what the client holds; if that is every resource of its
@@ -197,6 +207,7 @@ class DeltaStream:
             return []
         out: list[bytes] = []
         snapshot = self.cache.snapshot
+        self.holding = False
         for type_url in typeurls.PUSH_ORDER:
             state = self.types.get(type_url)
             current = snapshot.get(type_url)
@@ -214,6 +225,7 @@ class DeltaStream:
             # Break after make: a cluster the client's routes still name stays until a route
             # table without it is ACKed.
             removed -= held_back
+            self.holding |= bool(held_back)
             missing = {
                 n for n in state.names if n not in current.resources and n not in state.told_missing
             } - set(state.client_versions)
@@ -231,6 +243,7 @@ class DeltaStream:
             if type_url == typeurls.ROUTE and not clusters_ready(
                 changed, self._acked(typeurls.CLUSTER), self._acked(typeurls.ENDPOINT)
             ):
+                self.holding = True  # woken again when the clusters are ACKed
                 continue
             self._nonce += 1
             nonce = f"{self.stream_id}-{self._nonce}"

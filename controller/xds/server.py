@@ -51,6 +51,10 @@ async def start_server(cache: SnapshotCache, address: str) -> tuple[grpc.aio.Ser
         options=[
             # A second controller on the same port must fail, not silently share the port.
             ("grpc.so_reuseport", 0),
+            # gRPC refuses new calls beyond 1,000 pending by default: a fleet of Envoys
+            # reconnecting after a controller restart would be turned away in part.
+            ("grpc.server.max_pending_requests", 20_000),
+            ("grpc.server.max_pending_requests_hard_limit", 40_000),
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),

@@ -47,6 +47,7 @@ class _TypeState:
     sent_resources: dict[str, Resource] = field(default_factory=dict)
     acked_version: str | None = None
     acked_resources: dict[str, Resource] = field(default_factory=dict)
+    holding_removals: bool = False  # the last response kept clusters routes still name
 
 
 @dataclass
@@ -58,6 +59,7 @@ class SotwStream:
     node: NodeStatus | None = None
     types: dict[str, _TypeState] = field(default_factory=dict)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    holding: bool = False  # something waits for an ACK (a route table, a cluster removal)
     _nonce: int = 0
 
     def handle(self, raw: bytes) -> None:
@@ -67,7 +69,7 @@ class SotwStream:
             StreamError: malformed request, missing node on the first request, empty type URL.
         """
         try:
-            req = wire.parse_sotw_request(raw)
+            req = wire.parse_sotw_request(raw, with_node=self.node is None)
         except wire.WireError as exc:
             raise StreamError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"malformed DiscoveryRequest: {exc}"
@@ -135,7 +137,10 @@ class SotwStream:
         if names != state.names:
             state.names = names
             state.needs_response = True
-        self.wakeup.set()
+        if state.needs_response or self.holding:
+            # A plain ACK creates no work unless something waited for it: skipping the wakeup
+            # halves the writer's passes during a push to many streams.
+            self.wakeup.set()
 
     def _acked(self, type_url: str) -> frozenset[str] | None:
         state = self.types.get(type_url)
@@ -155,14 +160,19 @@ class SotwStream:
             return []
         out: list[bytes] = []
         snapshot = self.cache.snapshot
+        self.holding = False
         for type_url in typeurls.PUSH_ORDER:
             state = self.types.get(type_url)
             current = snapshot.get(type_url)
             if state is None or current is None:
                 continue
             served, names = current, state.names
-            if type_url in CLUSTER_TYPES:
+            if type_url in CLUSTER_TYPES and (
+                current.version != state.sent_version or state.holding_removals
+            ):
                 kept = removals_held_back(current, state.sent_resources, self._route_clusters())
+                state.holding_removals = bool(kept)
+                self.holding |= bool(kept)
                 if kept:
                     # Break after make: keep the clusters that the client's routes still name
                     # until a route table without them is ACKed (then this set is empty).
@@ -178,7 +188,8 @@ class SotwStream:
             if type_url == typeurls.ROUTE and not clusters_ready(
                 selected, self._acked(typeurls.CLUSTER), self._acked(typeurls.ENDPOINT)
             ):
-                continue  # woken again when the clusters are ACKed
+                self.holding = True  # woken again when the clusters are ACKed
+                continue
             self._nonce += 1
             nonce = f"{self.stream_id}-{self._nonce}"
             out.append(served.sotw_body(names) + wire.nonce_field(nonce))

@@ -156,8 +156,11 @@ def parse_status(buf: bytes) -> ErrorDetail:
     return ErrorDetail(code, message)
 
 
-def parse_sotw_request(buf: bytes) -> SotwRequest:
+def parse_sotw_request(buf: bytes, with_node: bool = True) -> SotwRequest:
     """Decode a ``DiscoveryRequest``.
+
+    ``with_node=False`` leaves ``node`` undecoded (None): a stream needs it from its first
+    request only, and Envoy sends it on every request unless told otherwise.
 
     Raises:
         WireError: malformed wire data, or a string field that is not UTF-8.
@@ -170,7 +173,9 @@ def parse_sotw_request(buf: bytes) -> SotwRequest:
         if number == 1:
             version_info = _text(number, value)
         elif number == 2:
-            node = parse_node(_bytes(number, value))
+            node_bytes = _bytes(number, value)
+            if with_node:
+                node = parse_node(node_bytes)
         elif number == 3:
             names.append(_text(number, value))
         elif number == 4:
@@ -192,8 +197,8 @@ def _parse_map_entry(buf: bytes) -> tuple[str, str]:
     return key, val
 
 
-def parse_delta_request(buf: bytes) -> DeltaRequest:
-    """Decode a ``DeltaDiscoveryRequest``.
+def parse_delta_request(buf: bytes, with_node: bool = True) -> DeltaRequest:
+    """Decode a ``DeltaDiscoveryRequest`` (``with_node=False``: leave ``node`` undecoded).
 
     Raises:
         WireError: malformed wire data, or a string field that is not UTF-8.
@@ -206,7 +211,9 @@ def parse_delta_request(buf: bytes) -> DeltaRequest:
     error: ErrorDetail | None = None
     for number, _, value in _fields(buf):
         if number == 1:
-            node = parse_node(_bytes(number, value))
+            node_bytes = _bytes(number, value)
+            if with_node:
+                node = parse_node(node_bytes)
         elif number == 2:
             type_url = _text(number, value)
         elif number == 3:
