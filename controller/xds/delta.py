@@ -13,7 +13,6 @@ keeps its old resources and the rejected versions are not re-sent: only newer ve
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -23,13 +22,13 @@ import grpc
 from controller.xds import typeurls, wire
 from controller.xds.cache import SnapshotCache
 from controller.xds.snapshot import Resource
-from controller.xds.status import NodeStatus
 from controller.xds.stream import (
     CLUSTER_TYPES,
     SERVED_TYPES,
+    StreamBase,
     StreamError,
+    admit,
     clusters_ready,
-    next_stream_id,
     route_clusters,
     run_stream,
 )
@@ -62,16 +61,10 @@ class _TypeState:
 
 
 @dataclass
-class DeltaStream:
+class DeltaStream(StreamBase):
     """One Delta ADS stream: the reader applies requests, :meth:`pending_responses` writes."""
 
-    cache: SnapshotCache
-    stream_id: int = field(default_factory=next_stream_id)
-    node: NodeStatus | None = None
     types: dict[str, _TypeState] = field(default_factory=dict)
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
-    holding: bool = False  # something waits for an ACK (a route table, a cluster removal)
-    _nonce: int = 0
 
     def handle(self, raw: bytes) -> None:
         """Apply one request.
@@ -85,17 +78,7 @@ class DeltaStream:
             raise StreamError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"malformed DeltaDiscoveryRequest: {exc}"
             ) from exc
-        if self.node is None:
-            if req.node is None or not req.node.id:
-                raise StreamError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    "the first DeltaDiscoveryRequest must carry node.id",
-                )
-            self.node = self.cache.open_stream(req.node, "delta", self.wakeup)
-        if not req.type_url:
-            raise StreamError(
-                grpc.StatusCode.INVALID_ARGUMENT, "type_url is required on an ADS stream"
-            )
+        self.node = admit(self.cache, self.node, req.node, req.type_url, "delta", self.wakeup)
         node_id = self.node.node_id
         if req.type_url not in SERVED_TYPES:
             self.cache.record_unsupported(node_id, req.type_url)
@@ -245,8 +228,7 @@ class DeltaStream:
             ):
                 self.holding = True  # woken again when the clusters are ACKed
                 continue
-            self._nonce += 1
-            nonce = f"{self.stream_id}-{self._nonce}"
+            nonce = self.new_nonce()
             gone = sorted(removed | missing)
             out.append(
                 wire.delta_response(
@@ -262,12 +244,6 @@ class DeltaStream:
             state.outstanding[nonce] = _Sent(current.version, tuple(changed), frozenset(removed))
             self.cache.record_sent(self.node.node_id, type_url, current.version)
         return out
-
-    def close(self) -> None:
-        """Unregister from the cache (idempotent)."""
-        if self.node is not None:
-            self.cache.close_stream(self.node.node_id, self.wakeup)
-            self.node = None
 
 
 def _seq(nonce: str) -> int:

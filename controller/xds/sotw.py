@@ -13,7 +13,6 @@ current ``version_info`` (Envoy reconnecting) is taken as already up to date.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -23,13 +22,13 @@ import grpc
 from controller.xds import typeurls, wire
 from controller.xds.cache import SnapshotCache
 from controller.xds.snapshot import Resource, TypeSnapshot
-from controller.xds.status import NodeStatus
 from controller.xds.stream import (
     CLUSTER_TYPES,
     SERVED_TYPES,
+    StreamBase,
     StreamError,
+    admit,
     clusters_ready,
-    next_stream_id,
     removals_held_back,
     route_clusters,
     run_stream,
@@ -51,16 +50,10 @@ class _TypeState:
 
 
 @dataclass
-class SotwStream:
+class SotwStream(StreamBase):
     """One SotW ADS stream: the reader applies requests, :meth:`pending_responses` writes."""
 
-    cache: SnapshotCache
-    stream_id: int = field(default_factory=next_stream_id)
-    node: NodeStatus | None = None
     types: dict[str, _TypeState] = field(default_factory=dict)
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
-    holding: bool = False  # something waits for an ACK (a route table, a cluster removal)
-    _nonce: int = 0
 
     def handle(self, raw: bytes) -> None:
         """Apply one request.
@@ -74,17 +67,7 @@ class SotwStream:
             raise StreamError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"malformed DiscoveryRequest: {exc}"
             ) from exc
-        if self.node is None:
-            if req.node is None or not req.node.id:
-                raise StreamError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    "the first DiscoveryRequest must carry node.id",
-                )
-            self.node = self.cache.open_stream(req.node, "sotw", self.wakeup)
-        if not req.type_url:
-            raise StreamError(
-                grpc.StatusCode.INVALID_ARGUMENT, "type_url is required on an ADS stream"
-            )
+        self.node = admit(self.cache, self.node, req.node, req.type_url, "sotw", self.wakeup)
         node_id = self.node.node_id
         if req.type_url not in SERVED_TYPES:
             # Like a resource that does not exist: no response; Envoy's initial_fetch_timeout
@@ -190,8 +173,7 @@ class SotwStream:
             ):
                 self.holding = True  # woken again when the clusters are ACKed
                 continue
-            self._nonce += 1
-            nonce = f"{self.stream_id}-{self._nonce}"
+            nonce = self.new_nonce()
             out.append(served.sotw_body(names) + wire.nonce_field(nonce))
             state.needs_response = False
             state.sent_version = served.version
@@ -199,12 +181,6 @@ class SotwStream:
             state.sent_resources = {r.name: r for r in selected}
             self.cache.record_sent(self.node.node_id, type_url, served.version)
         return out
-
-    def close(self) -> None:
-        """Unregister from the cache (idempotent)."""
-        if self.node is not None:
-            self.cache.close_stream(self.node.node_id, self.wakeup)
-            self.node = None
 
 
 async def serve_sotw(

@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import grpc
 
 from controller.xds import typeurls
+from controller.xds.cache import SnapshotCache
 from controller.xds.snapshot import Resource, TypeSnapshot
+from controller.xds.status import NodeStatus
+from controller.xds.status import Protocol as AdsFlavour
+from controller.xds.wire import NodeInfo
 
 _stream_ids = itertools.count(1)
 
@@ -27,6 +31,57 @@ class StreamError(Exception):
 
     code: grpc.StatusCode
     details: str
+
+
+def admit(
+    cache: SnapshotCache,
+    node: NodeStatus | None,
+    request_node: NodeInfo | None,
+    type_url: str,
+    flavour: AdsFlavour,
+    wakeup: asyncio.Event,
+) -> NodeStatus:
+    """The checks every ADS request passes; registers the stream on its first request.
+
+    Returns:
+        The stream's node status (``node`` itself after the first request).
+
+    Raises:
+        StreamError: ``INVALID_ARGUMENT`` when the first request has no ``node.id`` or a request
+            has no ``type_url`` (ADS multiplexes types: it cannot be inferred).
+    """
+    if node is None:
+        if request_node is None or not request_node.id:
+            raise StreamError(
+                grpc.StatusCode.INVALID_ARGUMENT, "the first request on a stream must carry node.id"
+            )
+        node = cache.open_stream(request_node, flavour, wakeup)
+    if not type_url:
+        raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, "type_url is required on an ADS stream")
+    return node
+
+
+@dataclass
+class StreamBase:
+    """What SotW and Delta streams share: identity, the node, the writer's wakeup, nonces."""
+
+    cache: SnapshotCache
+    stream_id: int = field(default_factory=next_stream_id)
+    node: NodeStatus | None = None
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    holding: bool = False  # something waits for an ACK (a route table, a cluster removal)
+    _nonce: int = 0
+
+    def new_nonce(self) -> str:
+        """``"<stream>-<n>"``: unique per stream and type-independent (xDS allows either)."""
+        self._nonce += 1
+        return f"{self.stream_id}-{self._nonce}"
+
+    def close(self) -> None:
+        """Unregister from the cache (idempotent)."""
+        if self.node is not None:
+            self.cache.close_stream(self.node.node_id, self.wakeup)
+            self.node = None
 
 
 SERVED_TYPES = frozenset(typeurls.PUSH_ORDER)
