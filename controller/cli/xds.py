@@ -123,6 +123,9 @@ def set_weights(
     if response.status_code in (400, 404):
         typer.echo(f"error: {data['error']}", err=True)
         raise typer.Exit(exitcodes.INVALID_INPUT)
+    if "outcome" not in data:
+        typer.echo(f"error: {data.get('error', response.text)}", err=True)
+        raise typer.Exit(exitcodes.FAILED)
     if output is Output.json:
         typer.echo(json.dumps(data, indent=2))
     else:

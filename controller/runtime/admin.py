@@ -8,7 +8,8 @@ Routes (JSON):
     POST /v1/gateway/reload           re-read the gateway file; 200, or 422 with the reason
     PUT  /v1/routes/{route}/weights   {"weights": {cluster: int}, "nodes": [..]?, "timeout_s": n?}
                                       → the ACK outcome; 200 when ACKed, 409 on NACK,
-                                      504 on timeout or no node; 400/404 on bad input
+                                      504 on timeout or no node; 400/404 on bad input;
+                                      503 when the weights could not be saved (nothing changed)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from controller.runtime.reload import GatewayReloader
 from controller.xds.cache import SnapshotCache
 from controller.xds.typeurls import PUSH_ORDER, short_name
-from controller.xds.weights import WeightChange, WeightController
+from controller.xds.weights import PersistError, WeightChange, WeightController
 
 
 class WeightRequest(BaseModel):
@@ -94,6 +95,8 @@ def make_app(
             )
         except ValueError as exc:
             return web.json_response({"error": str(exc)}, status=400)
+        except PersistError as exc:
+            return web.json_response({"error": f"{exc}; nothing changed"}, status=503)
         return web.json_response(change_to_json(change), status=_STATUS[change.ack.outcome])
 
     async def reload_gateway(_: web.Request) -> web.Response:

@@ -21,6 +21,10 @@ PersistHook = Callable[[str, Mapping[str, int]], None]
 """Called with (route name, weights) before a change is served; raising aborts the change."""
 
 
+class PersistError(RuntimeError):
+    """The new weights could not be saved durably; nothing was served."""
+
+
 @dataclass(frozen=True)
 class WeightChange:
     """The result of :meth:`WeightController.set_weights`.
@@ -112,6 +116,7 @@ class WeightController:
 
         Raises:
             ValueError: unknown route or cluster, negative weights, or weights summing to 0.
+            PersistError: the weights could not be saved; nothing changed.
         """
         async with self._lock:
             proposed = {**self._weights, route: dict(weights)}
@@ -121,7 +126,12 @@ class WeightController:
                 label=f"{route}=" + "/".join(f"{c}:{w}" for c, w in weights.items()),
             )
             if self._persist is not None:
-                self._persist(route, dict(weights))
+                try:
+                    self._persist(route, dict(weights))
+                except Exception as exc:
+                    # Serving weights a restart would forget is how a controller ends up
+                    # moving traffic back on its own: refuse the change instead.
+                    raise PersistError(f"could not save the weights of {route!r}: {exc}") from exc
             self._weights = proposed
             self._cache.set_snapshot(snapshot)
         version = snapshot.version(typeurls.ROUTE)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -19,7 +20,7 @@ from controller.xds.typeurls import CLUSTER as CDS
 from controller.xds.typeurls import ENDPOINT as EDS
 from controller.xds.typeurls import LISTENER as LDS
 from controller.xds.typeurls import ROUTE as RDS
-from controller.xds.weights import WeightController
+from controller.xds.weights import PersistError, WeightController
 
 
 async def _synced(ads, cache: SnapshotCache, node_id: str) -> tuple[Any, str]:
@@ -483,3 +484,20 @@ async def test_push_to_50_streams_serializes_each_changed_resource_once(
     assert len({r.version_info for r in responses}) == 1
     assert len({tuple(bytes(a) for a in r.resources) for r in responses}) == 1
     assert len({r.nonce for r in responses}) == 50  # nonces are per stream
+
+
+async def test_weights_that_cannot_be_saved_are_not_served(
+    gateway: Gateway, cache: SnapshotCache
+) -> None:
+    """A failing persist hook (disk full, read-only volume) refuses the change: a restart
+    would otherwise forget weights Envoy already has."""
+
+    def broken(route: str, weights: Mapping[str, int]) -> None:
+        raise OSError("disk full")
+
+    controller = WeightController(gateway, cache, persist=broken)
+    before = cache.snapshot
+    with pytest.raises(PersistError, match="disk full"):
+        await controller.set_weights("comments", {"comments-python": 50, "comments-go": 50})
+    assert cache.snapshot is before
+    assert controller.current()["comments"] == {"comments-python": 100, "comments-go": 0}
