@@ -138,6 +138,8 @@ def set_weights(
             typer.echo(f"  NACK from {node_id}: {message}")
         for node_id in data["pending"]:
             typer.echo(f"  no answer from {node_id}")
+    if data.get("reverted"):
+        typer.echo("  the previous weights are served again (the last good configuration)")
     if data["outcome"] != "acked":
         raise typer.Exit(exitcodes.FAILED)
 

@@ -5,7 +5,10 @@ Routes (JSON):
     GET  /readyz                      readiness (the xDS server is serving)
     GET  /v1/xds/status               served versions per type, and every node's ACK/NACK state
     GET  /v1/routes                   every route's served weights
+    DELETE /v1/routes/{route}/weights drop the override: serve the gateway file's weights
     POST /v1/gateway/reload           re-read the gateway file; 200, or 422 with the reason
+                                      (invalid file, or Envoy NACKed it: then the previous
+                                      gateway is served again)
     PUT  /v1/routes/{route}/weights   {"weights": {cluster: int}, "nodes": [..]?, "timeout_s": n?}
                                       → the ACK outcome; 200 when ACKed, 409 on NACK,
                                       504 on timeout or no node; 400/404 on bad input;
@@ -52,6 +55,7 @@ def change_to_json(change: WeightChange) -> dict[str, Any]:
         "pending": list(ack.pending),
         "disconnected": list(ack.disconnected),
         "elapsed_ms": round(ack.elapsed_s * 1000, 1),
+        "reverted": change.reverted,
     }
 
 
@@ -100,12 +104,26 @@ def make_app(
         return web.json_response(change_to_json(change), status=_STATUS[change.ack.outcome])
 
     async def reload_gateway(_: web.Request) -> web.Response:
-        if reloader is None or not reloader.reload():
+        if reloader is None or not await reloader.reload():
             error = reloader.last_error if reloader is not None else "reload not available"
             return web.json_response({"reloaded": False, "error": error}, status=422)
         return web.json_response({"reloaded": True, **reloader.to_json()})
 
+    async def reset_weights(request: web.Request) -> web.Response:
+        route = request.match_info["route"]
+        if route not in weights.gateway.routes():
+            return web.json_response({"error": f"unknown route {route!r}"}, status=404)
+        timeout_s = float(request.query.get("timeout_s", "10"))
+        try:
+            change = await weights.set_weights(route, None, timeout_s=timeout_s)
+        except PersistError as exc:
+            return web.json_response({"error": f"{exc}; nothing changed"}, status=503)
+        body = change_to_json(change)
+        body["weights"] = weights.current().get(route, {})
+        return web.json_response(body, status=_STATUS[change.ack.outcome])
+
     app.router.add_get("/healthz", healthz)
+    app.router.add_delete("/v1/routes/{route}/weights", reset_weights)
     app.router.add_post("/v1/gateway/reload", reload_gateway)
     app.router.add_get("/readyz", healthz)
     app.router.add_get("/v1/xds/status", xds_status)

@@ -72,7 +72,7 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
             "Refusing to serve a default in their place; fix the gateway or remove the state file."
         ) from exc
     cache = SnapshotCache(first)
-    weights = WeightController(config.gateway, cache, persisted, persist=store.save)
+    weights = WeightController(config.gateway, cache, persisted, persist=store.put)
     if persisted:
         log.info("serving persisted weights: %s", persisted)
 
@@ -112,13 +112,20 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         flush=True,
     )
 
+    reloads: set[asyncio.Task[bool]] = set()  # strong references until they finish
+
+    def schedule_reload() -> None:
+        task = loop.create_task(reloader.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGHUP, reloader.reload)
+        loop.add_signal_handler(signal.SIGHUP, schedule_reload)
     try:
         await stop.wait()
     finally:

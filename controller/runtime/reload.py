@@ -26,35 +26,43 @@ class GatewayReloader:
     Attributes:
         path: the gateway file; None when serving the embedded default (nothing to reload).
         weights: the weight controller that owns the served gateway.
+        ack_timeout_s: seconds to wait for the Envoys' ACKs of a reloaded gateway.
         loaded_at: wall-clock seconds of the last successful load.
         last_error: why the last reload failed, or None after a success.
     """
 
     path: Path | None
     weights: WeightController
+    ack_timeout_s: float = 10.0
     loaded_at: float = field(default_factory=time.time)
     last_error: str | None = None
 
-    def reload(self) -> bool:
-        """Load the file again and serve it; return True on success.
+    async def reload(self) -> bool:
+        """Load the file again, serve it and wait for the Envoys' ACKs; True on success.
 
-        Never raises for a bad file: the error is logged and kept in :attr:`last_error`.
+        Never raises for a bad file: the error is logged and kept in :attr:`last_error`. A
+        gateway an Envoy NACKs is taken back (the previous one is served again) and reported.
         """
         if self.path is None:
             self.last_error = "serving the embedded default gateway: no file to reload"
             return False
         try:
             gateway = load_gateway(self.path.read_text(encoding="utf-8"), str(self.path))
-            self.weights.replace_gateway(gateway)
+            change = await self.weights.replace_gateway(gateway, self.ack_timeout_s)
         except DocumentError as exc:
             self.last_error = "; ".join(str(i) for i in exc.issues)
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             self.last_error = f"{self.path}: {exc}"
         else:
-            self.last_error = None
-            self.loaded_at = time.time()
-            log.info("gateway reloaded from %s", self.path)
-            return True
+            if not change.nacks:
+                self.last_error = None
+                self.loaded_at = time.time()
+                log.info("gateway reloaded from %s", self.path)
+                return True
+            rejected = "; ".join(f"{node}: {msg}" for node, msg in sorted(change.nacks.items()))
+            self.last_error = f"Envoy rejected {self.path} ({rejected})" + (
+                "; the previous gateway is served again" if change.reverted else ""
+            )
         log.error("gateway reload failed, still serving the previous one: %s", self.last_error)
         return False
 

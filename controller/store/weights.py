@@ -34,7 +34,11 @@ class SqliteWeightStore:
     def __init__(self, path: str | Path) -> None:
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), isolation_level=None, timeout=10.0)
+        # Used from one worker thread at a time (the weight controller serializes changes);
+        # a short busy timeout: a locked database must fail a change, not stall the controller.
+        self._db = sqlite3.connect(
+            str(path), isolation_level=None, timeout=1.0, check_same_thread=False
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
@@ -44,8 +48,24 @@ class SqliteWeightStore:
         rows = self._db.execute("SELECT route, weights FROM route_weights ORDER BY route")
         return {route: {str(k): int(v) for k, v in json.loads(w).items()} for route, w in rows}
 
+    def put(self, route: str, weights: Mapping[str, int] | None) -> None:
+        """Persist one route's weights; None deletes them (the route serves the gateway's).
+
+        This is the weight controller's persist hook.
+
+        Raises:
+            sqlite3.Error: the write failed (nothing was changed).
+        """
+        if weights is None:
+            self._db.execute("DELETE FROM route_weights WHERE route = ?", (route,))
+        else:
+            self.save(route, weights)
+
     def save(self, route: str, weights: Mapping[str, int], now: float | None = None) -> None:
-        """Persist one route's weights (replacing the previous ones) in one transaction."""
+        """Persist one route's weights (replacing the previous ones) in one transaction.
+
+        ``now``: wall-clock seconds since the epoch to record (default: the current time).
+        """
         self._db.execute(
             "INSERT INTO route_weights (route, weights, updated_at) VALUES (?, ?, ?) "
             "ON CONFLICT(route) DO UPDATE SET weights = excluded.weights, "

@@ -1,12 +1,19 @@
-"""Waiting for a version to be ACKed by a set of nodes.
+"""Waiting for a pushed version to be ACKed by a set of nodes.
 
-:class:`AckWaiter` is resolved incrementally by the cache as ACKs, NACKs and disconnects
-arrive, so an ACK storm from N nodes costs O(N), not O(N²).
+A node counts as having ACKed when every one of its streams did: several Envoys may share a
+node id (replicas started from one bootstrap), or a restarted Envoy may connect before its
+predecessor's stream is gone, and one ACK must not stand for all of them. A target whose
+streams all close before it answered stays pending until it reconnects and ACKs, or the
+deadline: an Envoy that lost its xDS stream keeps serving its old configuration.
+
+:class:`AckWaiter` is resolved incrementally by the cache as ACKs, NACKs and streams come and
+go, so an ACK storm from N nodes costs O(N), not O(N²).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -18,17 +25,17 @@ class AckResult:
     """How a pushed version fared.
 
     Attributes:
-        outcome: ``acked`` when every target node ACKed the version (nodes that disconnected
-            meanwhile are listed apart and will get the version when they reconnect); ``nacked``
-            when at least one target rejected it; ``timeout`` when some target neither ACKed nor
-            NACKed in time; ``no_nodes`` when no target was connected, or every target left
-            before answering. Only ``acked`` is success.
+        outcome: ``acked`` when every stream of every target node ACKed the version (or a
+            later one); ``nacked`` when at least one target rejected it; ``timeout`` when a
+            target neither ACKed nor NACKed in time (including targets that disconnected and
+            did not come back); ``no_nodes`` when there was no target at all. Only ``acked``
+            is success.
         type_url: the type whose version was awaited.
         version: the awaited version.
         acked: node ids that ACKed it.
-        nacked: node id → NACK message.
+        nacked: node id → NACK message (Envoy's ``error_detail.message``).
         pending: node ids still silent at the deadline.
-        disconnected: node ids whose every stream closed before they answered.
+        disconnected: pending node ids with no open stream at the deadline.
         elapsed_s: seconds from the push to the outcome.
     """
 
@@ -47,52 +54,143 @@ class AckResult:
         return self.outcome == "acked"
 
 
-class AckWaiter:
-    """Tracks the targets of one push; the cache calls :meth:`on_ack` etc."""
+@dataclass
+class _Target:
+    open_streams: set[int] = field(default_factory=set)  # open streams that have not answered
+    acked_streams: set[int] = field(default_factory=set)
+    late_streams: set[int] = field(default_factory=set)  # opened after the push
+    owed: int = 0  # streams that closed unanswered: each needs a later stream's ACK
+    nack: str | None = None
 
-    def __init__(self, type_url: str, version: str, targets: set[str]) -> None:
+    @property
+    def acked(self) -> bool:
+        return (
+            self.nack is None
+            and not self.open_streams
+            and self.owed == 0
+            and bool(self.acked_streams)
+        )
+
+    @property
+    def resolved(self) -> bool:
+        return self.nack is not None or self.acked
+
+
+class AckWaiter:
+    """Tracks the targets of one push; the cache calls the ``on_*`` methods.
+
+    Args:
+        type_url: the type pushed.
+        version: the version pushed.
+        generation: the cache generation of the push, or None. An ACK of a response built at
+            this generation or later counts too: when two changes follow each other quickly a
+            stream may only ever be sent the second, which contains the first.
+        targets: node id → ids of its open streams.
+    """
+
+    def __init__(
+        self,
+        type_url: str,
+        version: str,
+        generation: int | None,
+        targets: Mapping[str, Iterable[int]],
+    ) -> None:
         self.type_url = type_url
         self.version = version
-        self.pending = set(targets)
-        self.acked: set[str] = set()
-        self.nacked: dict[str, str] = {}
-        self.disconnected: set[str] = set()
+        self.generation = generation
+        self.targets = {
+            node: _Target(open_streams=set(streams)) for node, streams in targets.items()
+        }
+        self._unresolved = set(self.targets)
         self.done = asyncio.Event()
         self._check()
 
     def _check(self) -> None:
-        if not self.pending:
+        if not self._unresolved:
             self.done.set()
 
-    def on_ack(self, node_id: str, type_url: str, version: str) -> None:
-        """A node ACKed ``version`` of ``type_url``."""
-        if type_url == self.type_url and version == self.version and node_id in self.pending:
-            self.pending.discard(node_id)
-            self.acked.add(node_id)
-            self._check()
+    def _counts(self, type_url: str, version: str, generation: int | None) -> bool:
+        if type_url != self.type_url:
+            return False
+        if version == self.version:
+            return True
+        return (
+            self.generation is not None
+            and generation is not None
+            and (generation >= self.generation)
+        )
 
-    def on_nack(self, node_id: str, type_url: str, version: str, message: str) -> None:
-        """A node NACKed ``version`` of ``type_url``."""
-        if type_url == self.type_url and version == self.version and node_id in self.pending:
-            self.pending.discard(node_id)
-            self.nacked[node_id] = message
-            self._check()
+    def _update(self, node_id: str) -> None:
+        if self.targets[node_id].resolved:
+            self._unresolved.discard(node_id)
+        else:
+            self._unresolved.add(node_id)
+        self._check()
 
-    def on_disconnect(self, node_id: str) -> None:
-        """Every stream of a node closed."""
-        if node_id in self.pending:
-            self.pending.discard(node_id)
-            self.disconnected.add(node_id)
-            self._check()
+    def on_ack(
+        self, node_id: str, stream_id: int, type_url: str, version: str, generation: int | None
+    ) -> None:
+        """A stream of ``node_id`` ACKed ``version`` (built at ``generation``) of ``type_url``."""
+        target = self.targets.get(node_id)
+        if target is None or not self._counts(type_url, version, generation):
+            return
+        if stream_id in target.acked_streams:
+            return
+        target.open_streams.discard(stream_id)
+        target.acked_streams.add(stream_id)
+        if stream_id in target.late_streams and target.owed > 0:
+            target.owed -= 1  # a reconnected (or replacement) process has it now
+        self._update(node_id)
 
-    def result(self, elapsed_s: float) -> AckResult:
-        """The outcome now (call after :attr:`done` or at the deadline)."""
+    def on_nack(
+        self,
+        node_id: str,
+        stream_id: int,
+        type_url: str,
+        version: str,
+        generation: int | None,
+        message: str,
+    ) -> None:
+        """A stream of ``node_id`` rejected ``version`` of ``type_url``."""
+        target = self.targets.get(node_id)
+        if target is None or not self._counts(type_url, version, generation):
+            return
+        target.nack = message
+        self._update(node_id)
+
+    def on_open(self, node_id: str, stream_id: int) -> None:
+        """A new stream of ``node_id`` opened: it must answer too (it may be a new process)."""
+        target = self.targets.get(node_id)
+        if target is not None and target.nack is None:
+            target.open_streams.add(stream_id)
+            target.late_streams.add(stream_id)
+            self._update(node_id)
+
+    def on_close(self, node_id: str, stream_id: int) -> None:
+        """A stream closed. Its ACK, if it gave one, still holds (Envoy keeps its config); if
+        it had not answered, the node owes an ACK from a later stream."""
+        target = self.targets.get(node_id)
+        if target is not None and stream_id in target.open_streams:
+            target.open_streams.discard(stream_id)
+            target.owed += 1
+            self._update(node_id)
+
+    def result(self, elapsed_s: float, connected: set[str]) -> AckResult:
+        """The outcome now (call after :attr:`done` or at the deadline).
+
+        Args:
+            elapsed_s: seconds since the push.
+            connected: node ids with an open stream now (to tell disconnected targets apart).
+        """
+        acked = sorted(n for n, t in self.targets.items() if t.acked)
+        nacked = {n: t.nack for n, t in sorted(self.targets.items()) if t.nack is not None}
+        pending = sorted(n for n, t in self.targets.items() if not t.resolved)
         outcome: Outcome
-        if self.nacked:
+        if nacked:
             outcome = "nacked"
-        elif self.pending:
+        elif pending:
             outcome = "timeout"
-        elif not self.acked:
+        elif not acked:
             outcome = "no_nodes"
         else:
             outcome = "acked"
@@ -100,9 +198,9 @@ class AckWaiter:
             outcome=outcome,
             type_url=self.type_url,
             version=self.version,
-            acked=tuple(sorted(self.acked)),
-            nacked=dict(sorted(self.nacked.items())),
-            pending=tuple(sorted(self.pending)),
-            disconnected=tuple(sorted(self.disconnected)),
+            acked=tuple(acked),
+            nacked=nacked,
+            pending=tuple(pending),
+            disconnected=tuple(n for n in pending if n not in connected),
             elapsed_s=elapsed_s,
         )

@@ -36,25 +36,37 @@ class SnapshotCache:
         self._wakeups: set[asyncio.Event] = set()
         self._nodes: dict[str, NodeStatus] = {}
         self._waiters: set[AckWaiter] = set()
+        self._generation = 0
 
     @property
     def snapshot(self) -> Snapshot:
         """The snapshot being served now."""
         return self._snapshot
 
+    @property
+    def generation(self) -> int:
+        """How many snapshots were set since start (the first is generation 0)."""
+        return self._generation
+
     def set_snapshot(self, snapshot: Snapshot) -> None:
         """Serve ``snapshot`` from now on and wake every stream to push what changed."""
         self._snapshot = snapshot
+        self._generation += 1
         for event in self._wakeups:
             event.set()
 
     # --- streams -------------------------------------------------------------------------
 
-    def open_stream(self, node: NodeInfo, protocol: Protocol, wakeup: asyncio.Event) -> NodeStatus:
+    def open_stream(
+        self, node: NodeInfo, protocol: Protocol, wakeup: asyncio.Event, stream_id: int
+    ) -> NodeStatus:
         """Register a stream of ``node``; ``wakeup`` is set whenever the snapshot changes."""
         self._wakeups.add(wakeup)
         status = self._nodes.get(node.id)
         if status is None or status.streams == 0:
+            # A fresh record, even for a known node id: the connection may come from a new
+            # Envoy process (a restarted pod) that holds nothing yet. A reconnecting process
+            # says what it holds (SotW version_info, Delta initial_resource_versions).
             status = NodeStatus(
                 node_id=node.id,
                 cluster=node.cluster,
@@ -62,24 +74,23 @@ class SnapshotCache:
                 protocol=protocol,
                 connected_at=self._clock(),
             )
-            # A fresh record, even for a known node id: the connection may come from a new
-            # Envoy process (a restarted pod) that holds nothing yet. A reconnecting process
-            # says what it holds (SotW version_info, Delta initial_resource_versions).
             self._nodes[node.id] = status
-        status.streams += 1
+        status.stream_ids.add(stream_id)
+        for waiter in list(self._waiters):
+            waiter.on_open(node.id, stream_id)
         return status
 
-    def close_stream(self, node_id: str, wakeup: asyncio.Event) -> None:
-        """Unregister a stream; when it was the node's last, tell the waiters."""
+    def close_stream(self, node_id: str, stream_id: int, wakeup: asyncio.Event) -> None:
+        """Unregister a stream and tell the waiters."""
         self._wakeups.discard(wakeup)
         status = self._nodes.get(node_id)
         if status is None:
             return
-        status.streams -= 1
-        if status.streams <= 0:
-            status.streams = 0
-            for waiter in list(self._waiters):
-                waiter.on_disconnect(node_id)
+        status.stream_ids.discard(stream_id)
+        status.stream_acks.pop(stream_id, None)
+        status.stream_nacks.pop(stream_id, None)
+        for waiter in list(self._waiters):
+            waiter.on_close(node_id, stream_id)
 
     def record_subscribed(self, node_id: str, type_url: str) -> None:
         """The node subscribed to ``type_url`` (it now counts as a target for that type)."""
@@ -89,22 +100,42 @@ class SnapshotCache:
         """A response with ``version`` went to the node."""
         self._nodes[node_id].type_status(type_url).sent_version = version
 
-    def record_ack(self, node_id: str, type_url: str, version: str) -> None:
-        """The node ACKed ``version`` of ``type_url`` (or reconnected already holding it)."""
-        status = self._nodes[node_id].type_status(type_url)
-        status.acked_version = version
-        status.acked_at = self._clock()
+    def record_ack(
+        self, node_id: str, stream_id: int, type_url: str, version: str, generation: int
+    ) -> None:
+        """A stream ACKed ``version`` of ``type_url``, sent at snapshot ``generation`` (or
+        reconnected already holding it). The node's status shows the version once every open
+        stream of the node holds it."""
+        node = self._nodes[node_id]
+        node.stream_acks.setdefault(stream_id, {})[type_url] = (version, generation)
+        node.stream_nacks.get(stream_id, {}).pop(type_url, None)
+        if all(
+            node.stream_acks.get(s, {}).get(type_url, ("",))[0] == version for s in node.stream_ids
+        ):
+            status = node.type_status(type_url)
+            status.acked_version = version
+            status.acked_at = self._clock()
         for waiter in list(self._waiters):
-            waiter.on_ack(node_id, type_url, version)
+            waiter.on_ack(node_id, stream_id, type_url, version, generation)
 
     def record_nack(
-        self, node_id: str, type_url: str, version: str, code: int, message: str
+        self,
+        node_id: str,
+        stream_id: int,
+        type_url: str,
+        version: str,
+        generation: int,
+        code: int,
+        message: str,
     ) -> None:
-        """The node rejected ``version`` of ``type_url`` with ``error_detail``."""
-        status = self._nodes[node_id].type_status(type_url)
+        """A stream rejected ``version`` of ``type_url`` (sent at ``generation``) with
+        ``error_detail`` (``code``, ``message``)."""
+        node = self._nodes[node_id]
+        node.stream_nacks.setdefault(stream_id, {})[type_url] = (version, generation, message)
+        status = node.type_status(type_url)
         status.last_nack = Nack(version=version, message=message, code=code, at=self._clock())
         for waiter in list(self._waiters):
-            waiter.on_nack(node_id, type_url, version, message)
+            waiter.on_nack(node_id, stream_id, type_url, version, generation, message)
 
     def record_unsupported(self, node_id: str, type_url: str) -> None:
         """The node asked for a type URL this controller does not serve."""
@@ -130,8 +161,9 @@ class SnapshotCache:
         version: str,
         nodes: Collection[str] | None = None,
         timeout_s: float = 10.0,
+        generation: int | None = None,
     ) -> AckResult:
-        """Wait until every target node ACKed (or NACKed) ``version`` of ``type_url``.
+        """Wait until every stream of every target node ACKed (or one NACKed) ``version``.
 
         Args:
             type_url: the type to watch (for weights: the RouteConfiguration type URL).
@@ -140,22 +172,28 @@ class SnapshotCache:
                 the type. A named node that is not connected stays pending until it connects
                 and ACKs, or the timeout.
             timeout_s: seconds to wait at most.
+            generation: the :attr:`generation` of the push; when given, an ACK of a response
+                built at that generation or later counts although its version differs (a
+                quicker second change superseded this one on the wire).
 
         Returns:
             An :class:`AckResult`; only ``outcome == "acked"`` is success.
         """
         start = self._monotonic()
-        targets = set(nodes) if nodes is not None else self.connected_nodes(type_url)
-        waiter = AckWaiter(type_url, version, targets)
-        for node_id in targets:
-            status = self._nodes.get(node_id)
-            if status is None:
+        names = set(nodes) if nodes is not None else self.connected_nodes(type_url)
+        targets = {n: (self._nodes[n].stream_ids if n in self._nodes else set()) for n in names}
+        waiter = AckWaiter(type_url, version, generation, targets)
+        for node_id in names:
+            node = self._nodes.get(node_id)
+            if node is None:
                 continue
-            ts = status.types.get(type_url)
-            if ts is not None and ts.acked_version == version:
-                waiter.on_ack(node_id, type_url, version)
-            elif ts is not None and ts.last_nack is not None and ts.last_nack.version == version:
-                waiter.on_nack(node_id, type_url, version, ts.last_nack.message)
+            for stream_id in list(node.stream_ids):
+                acked = node.stream_acks.get(stream_id, {}).get(type_url)
+                nacked = node.stream_nacks.get(stream_id, {}).get(type_url)
+                if acked is not None:
+                    waiter.on_ack(node_id, stream_id, type_url, *acked)
+                if nacked is not None:
+                    waiter.on_nack(node_id, stream_id, type_url, *nacked)
         self._waiters.add(waiter)
         try:
             await asyncio.wait_for(waiter.done.wait(), timeout=timeout_s)
@@ -163,4 +201,4 @@ class SnapshotCache:
             pass
         finally:
             self._waiters.discard(waiter)
-        return waiter.result(self._monotonic() - start)
+        return waiter.result(self._monotonic() - start, self.connected_nodes())

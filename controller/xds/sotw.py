@@ -42,6 +42,7 @@ class _TypeState:
     names: frozenset[str] | None = None  # None: wildcard (all resources of the type)
     needs_response: bool = False
     sent_version: str | None = None
+    sent_generation: int = 0  # the cache generation the last response was built at
     sent_nonce: str | None = None
     sent_resources: dict[str, Resource] = field(default_factory=dict)
     acked_version: str | None = None
@@ -67,7 +68,9 @@ class SotwStream(StreamBase):
             raise StreamError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"malformed DiscoveryRequest: {exc}"
             ) from exc
-        self.node = admit(self.cache, self.node, req.node, req.type_url, "sotw", self.wakeup)
+        self.node = admit(
+            self.cache, self.node, req.node, req.type_url, "sotw", self.wakeup, self.stream_id
+        )
         node_id = self.node.node_id
         if req.type_url not in SERVED_TYPES:
             # Like a resource that does not exist: no response; Envoy's initial_fetch_timeout
@@ -86,11 +89,18 @@ class SotwStream(StreamBase):
             state.names = names
             self.cache.record_subscribed(node_id, req.type_url)
             current = self.cache.snapshot.get(req.type_url)
-            if req.version_info and current is not None and req.version_info == current.version:
+            if names is None and current is not None and req.version_info == current.version:
+                # Reconnecting with the current version of a wildcard type: that version is the
+                # whole type, so the client holds exactly it. (For named types the version says
+                # nothing about which names the client holds: those are always answered, and
+                # Envoy ignores resources it already has.)
                 state.sent_version = state.acked_version = current.version
                 state.sent_resources = {r.name: r for r in current.select(names)}
                 state.acked_resources = state.sent_resources
-                self.cache.record_ack(node_id, req.type_url, current.version)
+                state.sent_generation = self.cache.generation
+                self.cache.record_ack(
+                    node_id, self.stream_id, req.type_url, current.version, self.cache.generation
+                )
             else:
                 state.needs_response = True
             self.wakeup.set()
@@ -101,8 +111,10 @@ class SotwStream(StreamBase):
         if req.error_detail is not None:
             self.cache.record_nack(
                 node_id,
+                self.stream_id,
                 req.type_url,
                 state.sent_version,
+                state.sent_generation,
                 req.error_detail.code,
                 req.error_detail.message,
             )
@@ -116,7 +128,9 @@ class SotwStream(StreamBase):
         else:
             state.acked_version = state.sent_version
             state.acked_resources = state.sent_resources
-            self.cache.record_ack(node_id, req.type_url, state.sent_version)
+            self.cache.record_ack(
+                node_id, self.stream_id, req.type_url, state.sent_version, state.sent_generation
+            )
         if names != state.names:
             state.names = names
             state.needs_response = True
@@ -177,6 +191,7 @@ class SotwStream(StreamBase):
             out.append(served.sotw_body(names) + wire.nonce_field(nonce))
             state.needs_response = False
             state.sent_version = served.version
+            state.sent_generation = self.cache.generation
             state.sent_nonce = nonce
             state.sent_resources = {r.name: r for r in selected}
             self.cache.record_sent(self.node.node_id, type_url, served.version)

@@ -60,9 +60,17 @@ class NodeStatus:
     user_agent: str
     protocol: Protocol
     connected_at: float
-    streams: int = 0
+    stream_ids: set[int] = field(default_factory=set)
     types: dict[str, TypeStatus] = field(default_factory=dict)
     unsupported_types: set[str] = field(default_factory=set)
+    # Per open stream and type: (version, generation) of its last ACK / NACK.
+    stream_acks: dict[int, dict[str, tuple[str, int]]] = field(default_factory=dict)
+    stream_nacks: dict[int, dict[str, tuple[str, int, str]]] = field(default_factory=dict)
+
+    @property
+    def streams(self) -> int:
+        """Number of open ADS streams (more than one: several Envoys share this node id)."""
+        return len(self.stream_ids)
 
     def type_status(self, type_url: str) -> TypeStatus:
         """The node's record for a type, created on first use."""
@@ -80,6 +88,7 @@ class NodeStatus:
             "protocol": self.protocol,
             "connected": self.streams > 0,
             "streams": self.streams,
+            "shared_node_id": self.streams > 1,
             "connected_at": self.connected_at,
             "types": {short_name(t): s.to_json() for t, s in sorted(self.types.items())},
             "unsupported_types": sorted(self.unsupported_types),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -14,8 +15,10 @@ from controller.xds import typeurls
 from controller.xds.cache import SnapshotCache
 from controller.xds.snapshot import Resource, TypeSnapshot
 from controller.xds.status import NodeStatus
-from controller.xds.status import Protocol as AdsFlavour
+from controller.xds.status import Protocol as Flavour
 from controller.xds.wire import NodeInfo
+
+log = logging.getLogger(__name__)
 
 _stream_ids = itertools.count(1)
 
@@ -38,8 +41,9 @@ def admit(
     node: NodeStatus | None,
     request_node: NodeInfo | None,
     type_url: str,
-    flavour: AdsFlavour,
+    flavour: Flavour,
     wakeup: asyncio.Event,
+    stream_id: int,
 ) -> NodeStatus:
     """The checks every ADS request passes; registers the stream on its first request.
 
@@ -55,7 +59,7 @@ def admit(
             raise StreamError(
                 grpc.StatusCode.INVALID_ARGUMENT, "the first request on a stream must carry node.id"
             )
-        node = cache.open_stream(request_node, flavour, wakeup)
+        node = cache.open_stream(request_node, flavour, wakeup, stream_id)
     if not type_url:
         raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, "type_url is required on an ADS stream")
     return node
@@ -80,7 +84,7 @@ class StreamBase:
     def close(self) -> None:
         """Unregister from the cache (idempotent)."""
         if self.node is not None:
-            self.cache.close_stream(self.node.node_id, self.wakeup)
+            self.cache.close_stream(self.node.node_id, self.stream_id, self.wakeup)
             self.node = None
 
 
@@ -159,6 +163,9 @@ async def run_stream(
                 stream.handle(raw)
         except StreamError as exc:
             failure.append(exc)
+        except Exception as exc:  # a bug must end this stream loudly, not silently with OK
+            log.exception("ADS stream %s failed", getattr(stream, "stream_id", "?"))
+            failure.append(StreamError(grpc.StatusCode.INTERNAL, f"internal error: {exc}"))
         finally:
             finished.set()
             stream.wakeup.set()
@@ -173,6 +180,8 @@ async def run_stream(
             for response in stream.pending_responses():
                 await context.write(response)
             if finished.is_set():
+                if failure:  # the reader failed while a write was in flight
+                    await context.abort(failure[0].code, failure[0].details)
                 return
     finally:
         reader.cancel()

@@ -8,6 +8,7 @@ already have, never a default.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
@@ -16,9 +17,14 @@ from controller.xds import typeurls
 from controller.xds.acks import AckResult
 from controller.xds.cache import SnapshotCache
 from controller.xds.resources import RouteWeights, build_snapshot, effective_weights
+from controller.xds.snapshot import Snapshot
 
-PersistHook = Callable[[str, Mapping[str, int]], None]
-"""Called with (route name, weights) before a change is served; raising aborts the change."""
+log = logging.getLogger(__name__)
+
+PersistHook = Callable[[str, Mapping[str, int] | None], None]
+"""Called with (route name, weights) before a change is served, or (route name, None) when the
+route goes back to the gateway's own weights; raising aborts the change. Called in a worker
+thread (it may block on a disk), one call at a time."""
 
 
 class PersistError(RuntimeError):
@@ -31,13 +37,34 @@ class WeightChange:
 
     Attributes:
         route: the route whose weights changed.
-        weights: cluster → relative weight, as now served.
+        weights: cluster → relative weight, as asked.
         ack: how the connected nodes took the new RDS version (``ack.ok`` is success).
+        reverted: True when a NACK made the controller serve the route's previous weights again
+            (the last good configuration), so that new Envoys do not get the rejected one.
     """
 
     route: str
     weights: dict[str, int]
     ack: AckResult
+    reverted: bool = False
+
+
+@dataclass(frozen=True)
+class GatewayChange:
+    """The result of :meth:`WeightController.replace_gateway`.
+
+    Attributes:
+        acks: per changed type URL, how the connected nodes took its new version.
+        reverted: True when a NACK made the controller serve the previous gateway again.
+    """
+
+    acks: dict[str, AckResult]
+    reverted: bool
+
+    @property
+    def nacks(self) -> dict[str, str]:
+        """node id → NACK message, over every changed type."""
+        return {n: m for ack in self.acks.values() for n, m in ack.nacked.items()}
 
 
 class WeightController:
@@ -81,21 +108,50 @@ class WeightController:
                 out[name] = {w.cluster: w.weight for w in eff}
         return out
 
-    def replace_gateway(self, gateway: Gateway) -> None:
-        """Serve another gateway with the current weights (a gateway file reload).
+    async def replace_gateway(self, gateway: Gateway, timeout_s: float = 10.0) -> GatewayChange:
+        """Serve another gateway with the current weights (a gateway file reload) and wait for
+        the connected nodes to ACK every type it changes.
+
+        When a node NACKs, the previous gateway is served again (unless something else changed
+        meanwhile): Envoy kept it, and a node connecting later must not get the rejected one.
 
         Raises:
             ValueError: the current weights name a route or cluster the new gateway lacks;
                 nothing changes then.
         """
-        snapshot = build_snapshot(gateway, self._weights, label=f"gateway {gateway.metadata.name}")
-        self._gateway = gateway
-        self._cache.set_snapshot(snapshot)
+        async with self._lock:
+            old_gateway, old = self._gateway, self._cache.snapshot
+            snapshot = build_snapshot(
+                gateway, self._weights, label=f"gateway {gateway.metadata.name}"
+            )
+            self._gateway = gateway
+            self._cache.set_snapshot(snapshot)
+            generation = self._cache.generation
+        changed = [t for t in typeurls.PUSH_ORDER if snapshot.version(t) != old.version(t)]
+        results = await asyncio.gather(
+            *(
+                self._cache.wait_for_version(
+                    t, snapshot.version(t) or "", None, timeout_s, generation=generation
+                )
+                for t in changed
+            )
+        )
+        acks = dict(zip(changed, results, strict=True))
+        reverted = False
+        if any(r.outcome == "nacked" for r in results):
+            async with self._lock:
+                if self._gateway is gateway:
+                    self._gateway = old_gateway
+                    self._cache.set_snapshot(
+                        build_snapshot(old_gateway, self._weights, label="gateway reverted")
+                    )
+                    reverted = True
+        return GatewayChange(acks=acks, reverted=reverted)
 
     async def set_weights(
         self,
         route: str,
-        weights: Mapping[str, int],
+        weights: Mapping[str, int] | None,
         *,
         nodes: Collection[str] | None = None,
         timeout_s: float = 10.0,
@@ -105,36 +161,61 @@ class WeightController:
         Args:
             route: a route name of the gateway.
             weights: cluster → relative weight (>= 0, sum > 0); clusters must be declared.
+                None drops the override: the route serves the gateway file's weights again.
             nodes: node ids that must ACK; None means every node connected now that
                 subscribes to routes.
             timeout_s: seconds to wait for the ACKs.
 
         Returns:
             A :class:`WeightChange`; its ``ack.outcome`` is ``acked`` only when every target
-            ACKed. A NACK or timeout is reported as such; the weights stay served (Envoy keeps
-            its last good config after a NACK).
+            ACKed. A NACK or timeout is reported as such. After a NACK the route's previous
+            weights are served again (unless another change came meanwhile): Envoy kept them,
+            and an Envoy connecting later must not get the rejected configuration.
 
         Raises:
             ValueError: unknown route or cluster, negative weights, or weights summing to 0.
             PersistError: the weights could not be saved; nothing changed.
         """
+        if route not in self._gateway.routes():
+            raise ValueError(f"unknown route {route!r}")
+        asked = None if weights is None else dict(weights)
         async with self._lock:
-            proposed = {**self._weights, route: dict(weights)}
-            snapshot = build_snapshot(
-                self._gateway,
-                proposed,
-                label=f"{route}=" + "/".join(f"{c}:{w}" for c, w in weights.items()),
-            )
-            if self._persist is not None:
-                try:
-                    self._persist(route, dict(weights))
-                except Exception as exc:
-                    # Serving weights a restart would forget is how a controller ends up
-                    # moving traffic back on its own: refuse the change instead.
-                    raise PersistError(f"could not save the weights of {route!r}: {exc}") from exc
-            self._weights = proposed
-            self._cache.set_snapshot(snapshot)
+            previous = self._weights.get(route)
+            snapshot = await self._serve(route, asked)
+            generation = self._cache.generation
         version = snapshot.version(typeurls.ROUTE)
         assert version is not None
-        ack = await self._cache.wait_for_version(typeurls.ROUTE, version, nodes, timeout_s)
-        return WeightChange(route=route, weights=dict(weights), ack=ack)
+        ack = await self._cache.wait_for_version(
+            typeurls.ROUTE, version, nodes, timeout_s, generation=generation
+        )
+        reverted = False
+        if ack.outcome == "nacked":
+            async with self._lock:
+                if self._weights.get(route) == asked:  # no later change to keep
+                    try:
+                        await self._serve(route, previous)
+                        reverted = True
+                    except (PersistError, ValueError):
+                        log.exception("could not go back to the previous weights of %s", route)
+        return WeightChange(route=route, weights=asked or {}, ack=ack, reverted=reverted)
+
+    async def _serve(self, route: str, weights: dict[str, int] | None) -> Snapshot:
+        """Persist, then serve ``weights`` for ``route`` (None: the gateway's own). Holds the
+        lock (callers take it)."""
+        proposed = {r: w for r, w in self._weights.items() if r != route}
+        if weights is not None:
+            proposed[route] = weights
+        label = f"{route}=" + (
+            "/".join(f"{c}:{w}" for c, w in weights.items()) if weights else "gateway"
+        )
+        snapshot = build_snapshot(self._gateway, proposed, label=label)
+        if self._persist is not None:
+            try:
+                await asyncio.to_thread(self._persist, route, weights)
+            except Exception as exc:
+                # Serving weights a restart would forget is how a controller ends up moving
+                # traffic back on its own: refuse the change instead.
+                raise PersistError(f"could not save the weights of {route!r}: {exc}") from exc
+        self._weights = proposed
+        self._cache.set_snapshot(snapshot)
+        return snapshot

@@ -241,9 +241,14 @@ async def test_reconnect_with_a_differing_version_gets_only_the_changed_resource
 async def test_reconnect_holding_a_deleted_cluster_gets_it_removed(
     ads, cache: SnapshotCache
 ) -> None:
+    """Removed once the client's route tables are known not to name it (Envoy asks for
+    clusters before routes: until then a reconnecting client may route to it)."""
     client = ads.delta("envoy-a")
     await client.send(CDS, initial={**_versions(cache, CDS), "search": "0123456789abcdef"})
+    await client.expect_silence()
+    await client.send(RDS, ads.LISTENERS, initial=_versions(cache, RDS))
     resp = await client.recv()
+    assert resp.type_url == CDS
     assert list(resp.resources) == []
     assert list(resp.removed_resources) == ["search"]
 

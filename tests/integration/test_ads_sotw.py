@@ -208,28 +208,51 @@ async def test_stale_nonce_is_ignored(ads, cache: SnapshotCache, gateway: Gatewa
 # --- reconnect -------------------------------------------------------------------------------
 
 
-async def test_reconnect_with_current_version_gets_nothing_and_counts_as_acked(
+async def test_reconnect_with_current_cds_version_gets_nothing_and_counts_as_acked(
     ads, cache: SnapshotCache, weights: WeightController
 ) -> None:
-    first, version = await _synced(ads, cache, "envoy-a")
-    await first.close()
-
+    """A wildcard type's version is the whole type: a client reconnecting with it holds
+    exactly what would be sent."""
+    version = cache.snapshot.version(CDS)
     # A node this controller never saw (e.g. after a controller restart) holding the version.
     client = ads.sotw("envoy-b")
-    await client.subscribe(RDS, ads.LISTENERS, version=version)
+    await client.subscribe(CDS, [], version=version)
     await client.expect_silence()
-    rds = ads.node("envoy-b").types[RDS]
-    assert rds.acked_version == version
-    result = await cache.wait_for_version(RDS, version, ["envoy-b"], timeout_s=0.2)
+    assert ads.node("envoy-b").types[CDS].acked_version == version
+    result = await cache.wait_for_version(CDS, version, ["envoy-b"], timeout_s=0.2)
+    assert result.outcome == "acked"
+
+
+async def test_reconnect_with_current_rds_version_is_answered(
+    ads, cache: SnapshotCache, weights: WeightController
+) -> None:
+    """A named type's version says nothing about which names the client holds: Envoy may have
+    ACKed it for [public] and come back asking for [public, admin]. Always answered."""
+    first = ads.sotw("envoy-a")
+    await first.subscribe(RDS, ["public"])
+    resp = await first.recv()
+    await first.ack(resp)
+    await first.barrier()
+    await first.close()
+    await ads.eventually(lambda: ads.node("envoy-a").streams == 0)
+
+    client = ads.sotw("envoy-a")
+    await client.subscribe(RDS, ["public", "admin"], version=resp.version_info)
+    again = await client.recv()
+    assert again.version_info == resp.version_info
+    assert sorted(ads.decode(again)) == ["admin", "public"]
+    assert ads.node("envoy-a").types[RDS].acked_version is None  # a fresh stream: not yet
+    await client.ack(again)
+    result = await cache.wait_for_version(RDS, resp.version_info, ["envoy-a"], timeout_s=2)
     assert result.outcome == "acked"
 
     # The stream is live: the next change is pushed to it.
     push = asyncio.create_task(
         weights.set_weights("comments", {"comments-python": 60, "comments-go": 40}, timeout_s=2)
     )
-    resp = await client.recv()
-    assert resp.version_info != version
-    await client.ack(resp)
+    changed = await client.recv()
+    assert changed.version_info != resp.version_info
+    await client.ack(changed)
     assert (await push).ack.outcome == "acked"
 
 
