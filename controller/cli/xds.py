@@ -28,7 +28,7 @@ class Output(StrEnum):
 OutputOption = Annotated[Output, typer.Option("--output", "-o", help="table or json.")]
 
 
-def _ago(at: float | None) -> str:
+def _clock_time(at: float | None) -> str:
     if at is None:
         return "-"
     return datetime.fromtimestamp(at, UTC).strftime("%H:%M:%S")
@@ -64,7 +64,7 @@ def status(admin: AdminOption = ADMIN_DEFAULT, output: OutputOption = Output.tab
             nack = ts["last_nack"]
             if nack is not None:
                 nack_lines.append(
-                    f"{short} {nack['version']} at {_ago(nack['at'])}: {nack['message']}"
+                    f"{short} {nack['version']} at {_clock_time(nack['at'])}: {nack['message']}"
                 )
         table.add_row(
             node["node_id"],

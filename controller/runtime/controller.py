@@ -13,6 +13,7 @@ import gc
 import json
 import logging
 import signal
+import sqlite3
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,8 +62,14 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
     Raises:
         StartupError: the persisted weights do not fit the gateway, or an address is in use.
     """
-    store = SqliteWeightStore(config.state_path)
-    persisted = store.load()
+    try:
+        store = SqliteWeightStore(config.state_path)
+        persisted = store.load()
+    except (sqlite3.Error, ValueError, OSError) as exc:
+        raise StartupError(
+            f"cannot read the state file {config.state_path}: {exc}. It holds the served "
+            "weights: restore it, or remove it to serve the gateway file's weights."
+        ) from exc
     try:
         first = build_snapshot(config.gateway, persisted, label="start")
     except ValueError as exc:

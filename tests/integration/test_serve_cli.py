@@ -322,3 +322,16 @@ def test_sighup_and_cli_reload_the_gateway_file(state: Path, tmp_path: Path) -> 
         assert status()["versions"] == before["versions"]
     finally:
         controller.stop()
+
+
+def test_corrupt_state_file_is_a_clear_startup_error(tmp_path: Path) -> None:
+    state = tmp_path / "state.db"
+    state.write_bytes(b"this is not a database" * 100)
+    proc = subprocess.run(
+        [*SLUICE, "serve", "--state", str(state),
+         "--xds-address", "127.0.0.1:0", "--admin-address", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "cannot read the state file" in proc.stderr
+    assert "Traceback" not in proc.stderr
