@@ -41,7 +41,7 @@ Measures
   ``VmHWM`` at the end of its run (a fresh process per N and server).
 * **serializations/change**: resources serialized with betterproto2 (misses of the builders'
   memo in ``controller.xds.resources``) plus ``DiscoveryResponse`` bodies assembled (entries of
-  the new snapshot's ``TypeSnapshot._bodies`` memo). It must not grow with N: a push to N
+  the new snapshot's ``TypeSnapshot._views`` memo). It must not grow with N: a push to N
   streams appends N nonces to one body. ``build_snapshot`` ms is the time that step took.
 * **gc**: the cyclic garbage collector in the server during the changes: CPU ms per change,
   longest pause, full collections; **stream retries**: streams the server rejected while
@@ -216,7 +216,7 @@ async def _controller(conn: multiprocessing.connection.Connection, gc_freeze: bo
         return sum(f.cache_info().misses for f in memos)
 
     def bodies_assembled() -> int | None:
-        memos = [getattr(ts, "_bodies", None) for ts in cache.snapshot.types.values()]
+        memos = [getattr(ts, "_views", None) for ts in cache.snapshot.types.values()]
         return None if any(m is None for m in memos) else sum(len(m) for m in memos)
 
     async def start() -> dict[str, Any]:

@@ -144,6 +144,42 @@ def set_weights(
         raise typer.Exit(exitcodes.FAILED)
 
 
+@app.command("reset-weights")
+def reset_weights(
+    route: Annotated[str, typer.Argument(help="Route name from the gateway file.")],
+    timeout: Annotated[str, typer.Option(help="How long to wait for the ACKs.")] = "10s",
+    admin: AdminOption = ADMIN_DEFAULT,
+) -> None:
+    """Drop a route's weight override: serve the gateway file's weights again, wait for ACKs.
+
+    Exit 0 when every node ACKed; 1 on NACK, timeout or no connected node; 2 on bad input.
+    """
+    try:
+        timeout_s = parse_duration(timeout).total_seconds()
+    except ValueError as exc:
+        typer.echo(f"error: --timeout: {exc}", err=True)
+        raise typer.Exit(exitcodes.INVALID_INPUT) from exc
+    response = request(
+        "DELETE",
+        f"{admin.rstrip('/')}/v1/routes/{route}/weights",
+        timeout_s=timeout_s + 5,
+        params={"timeout_s": timeout_s},
+    )
+    data = response.json()
+    if response.status_code == 404:
+        typer.echo(f"error: {data['error']}", err=True)
+        raise typer.Exit(exitcodes.INVALID_INPUT)
+    if "outcome" not in data:
+        typer.echo(f"error: {data.get('error', response.text)}", err=True)
+        raise typer.Exit(exitcodes.FAILED)
+    typer.echo(
+        f"{route}: gateway weights {data['weights']} → RDS {data['version']}: {data['outcome']}"
+        f" in {data['elapsed_ms']} ms"
+    )
+    if data["outcome"] != "acked":
+        raise typer.Exit(exitcodes.FAILED)
+
+
 @app.command()
 def bootstrap(
     node_id: Annotated[str, typer.Option(help="node.id of the Envoy.")] = "gateway-0",

@@ -19,7 +19,7 @@ version only when every resource of its subscription is confirmed at that versio
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 import grpc
@@ -233,9 +233,9 @@ class DeltaStream(StreamBase):
             self.node.node_id, self.stream_id, type_url, current.version, self.cache.generation
         )
 
-    def _acked(self, type_url: str) -> frozenset[str] | None:
+    def _acked(self, type_url: str) -> Mapping[str, str] | None:
         state = self.types.get(type_url)
-        return None if state is None else frozenset(state.confirmed)
+        return None if state is None else state.confirmed
 
     def _route_clusters(self) -> set[str] | None:
         """Clusters named by the route tables this client holds or has been sent; None when a
@@ -289,7 +289,9 @@ class DeltaStream(StreamBase):
                 self._report_still_rejected(state, type_url, current)
                 continue
             if type_url == typeurls.ROUTE and not clusters_ready(
-                changed, self._acked(typeurls.CLUSTER), self._acked(typeurls.ENDPOINT)
+                route_clusters(changed),
+                self._acked(typeurls.CLUSTER),
+                self._acked(typeurls.ENDPOINT),
             ):
                 self.holding = True  # woken again when the clusters are ACKed
                 continue

@@ -65,6 +65,23 @@ class Resource:
 
 
 @dataclass(frozen=True)
+class View:
+    """What one subscription (a set of names, or all) sees of a type, computed once per
+    snapshot and subscription and shared by every stream with that subscription.
+
+    Attributes:
+        resources: the existing resources named by the subscription, by name (read-only).
+        clusters: for route configurations, the union of the clusters they name.
+        body: the ``DiscoveryResponse`` without its nonce (append
+            :func:`controller.xds.wire.nonce_field`).
+    """
+
+    resources: Mapping[str, Resource]
+    clusters: frozenset[str]
+    body: bytes
+
+
+@dataclass(frozen=True)
 class TypeSnapshot:
     """The resources of one type URL and the type's version.
 
@@ -75,7 +92,7 @@ class TypeSnapshot:
     type_url: str
     version: str
     resources: Mapping[str, Resource]
-    _bodies: dict[frozenset[str] | None, bytes] = field(
+    _views: dict[frozenset[str] | None, View] = field(
         default_factory=dict, repr=False, compare=False
     )
 
@@ -106,19 +123,31 @@ class TypeSnapshot:
             return list(self.resources.values())
         return [self.resources[n] for n in sorted(names) if n in self.resources]
 
-    def sotw_body(self, names: frozenset[str] | None) -> bytes:
-        """A ``DiscoveryResponse`` without nonce for the given subscription, memoized.
+    def view(self, names: frozenset[str] | None) -> View:
+        """The :class:`View` of a subscription, memoized.
 
         The memo is what makes a push to N streams cost one encoding per distinct subscription,
         not N (the event loop is single-threaded, so the dict needs no lock).
         """
-        body = self._bodies.get(names)
-        if body is None:
-            body = wire.sotw_response_body(
-                self.version, (r.any_bytes for r in self.select(names)), self.type_url
+        view = self._views.get(names)
+        if view is None:
+            selected = self.select(names)
+            clusters: set[str] = set()
+            for res in selected:
+                clusters |= res.clusters
+            view = View(
+                resources=MappingProxyType({r.name: r for r in selected}),
+                clusters=frozenset(clusters),
+                body=wire.sotw_response_body(
+                    self.version, (r.any_bytes for r in selected), self.type_url
+                ),
             )
-            self._bodies[names] = body
-        return body
+            self._views[names] = view
+        return view
+
+    def sotw_body(self, names: frozenset[str] | None) -> bytes:
+        """A ``DiscoveryResponse`` without nonce for the given subscription, memoized."""
+        return self.view(names).body
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ current ``version_info`` (Envoy reconnecting) is taken as already up to date.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 import grpc
@@ -44,9 +44,9 @@ class _TypeState:
     sent_version: str | None = None
     sent_generation: int = 0  # the cache generation the last response was built at
     sent_nonce: str | None = None
-    sent_resources: dict[str, Resource] = field(default_factory=dict)
+    sent_resources: Mapping[str, Resource] = field(default_factory=dict)
     acked_version: str | None = None
-    acked_resources: dict[str, Resource] = field(default_factory=dict)
+    acked_resources: Mapping[str, Resource] = field(default_factory=dict)
     holding_removals: bool = False  # the last response kept clusters routes still name
 
 
@@ -95,7 +95,7 @@ class SotwStream(StreamBase):
                 # nothing about which names the client holds: those are always answered, and
                 # Envoy ignores resources it already has.)
                 state.sent_version = state.acked_version = current.version
-                state.sent_resources = {r.name: r for r in current.select(names)}
+                state.sent_resources = current.view(names).resources
                 state.acked_resources = state.sent_resources
                 state.sent_generation = self.cache.generation
                 self.cache.record_ack(
@@ -139,9 +139,9 @@ class SotwStream(StreamBase):
             # halves the writer's passes during a push to many streams.
             self.wakeup.set()
 
-    def _acked(self, type_url: str) -> frozenset[str] | None:
+    def _acked(self, type_url: str) -> Mapping[str, Resource] | None:
         state = self.types.get(type_url)
-        return None if state is None else frozenset(state.acked_resources)
+        return None if state is None else state.acked_resources
 
     def _route_clusters(self) -> set[str]:
         """Clusters named by the route tables this client holds or has been sent."""
@@ -181,19 +181,19 @@ class SotwStream(StreamBase):
                 state.acked_version,
             ):
                 continue
-            selected = served.select(names)
+            view = served.view(names)
             if type_url == typeurls.ROUTE and not clusters_ready(
-                selected, self._acked(typeurls.CLUSTER), self._acked(typeurls.ENDPOINT)
+                view.clusters, self._acked(typeurls.CLUSTER), self._acked(typeurls.ENDPOINT)
             ):
                 self.holding = True  # woken again when the clusters are ACKed
                 continue
             nonce = self.new_nonce()
-            out.append(served.sotw_body(names) + wire.nonce_field(nonce))
+            out.append(view.body + wire.nonce_field(nonce))
             state.needs_response = False
             state.sent_version = served.version
             state.sent_generation = self.cache.generation
             state.sent_nonce = nonce
-            state.sent_resources = {r.name: r for r in selected}
+            state.sent_resources = view.resources
             self.cache.record_sent(self.node.node_id, type_url, served.version)
         return out
 

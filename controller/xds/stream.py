@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Container, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -115,22 +116,22 @@ def removals_held_back(
 
 
 def clusters_ready(
-    routes: list[Resource],
-    cds_acked: frozenset[str] | None,
-    eds_acked: frozenset[str] | None,
+    needed: AbstractSet[str],
+    cds_acked: Container[str] | None,
+    eds_acked: Container[str] | None,
 ) -> bool:
     """Make-before-break gate for route tables.
 
-    A route table may go to a stream only when every cluster it names has been ACKed by that
+    A route table may go to a stream only when every cluster it names (``needed``) has been
+    ACKed by that
     stream in CDS and, if the stream subscribes to EDS, in EDS too (a new EDS cluster is warming
     until its endpoints arrive). Otherwise Envoy would route to a cluster it does not have: a
     503 for users. ``None`` means the stream does not subscribe to that type (nothing to wait
     for, e.g. a client that only reads routes).
     """
-    needed = route_clusters(routes)
-    if cds_acked is not None and not needed <= cds_acked:
+    if cds_acked is not None and not all(c in cds_acked for c in needed):
         return False
-    return eds_acked is None or needed <= eds_acked
+    return eds_acked is None or all(c in eds_acked for c in needed)
 
 
 class AdsStream(Protocol):

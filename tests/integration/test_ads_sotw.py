@@ -503,7 +503,7 @@ async def test_push_to_50_streams_serializes_each_changed_resource_once(
     route_cache_after = resources._route_resource.cache_info()
     assert route_cache_after.misses - route_cache_before.misses == 1  # only "public" changed
     assert calls == {"encode_any": 1, "sotw_response_body": 1}
-    assert len(cache.snapshot.get(RDS)._bodies) == 1
+    assert len(cache.snapshot.get(RDS)._views) == 1
     assert len({r.version_info for r in responses}) == 1
     assert len({tuple(bytes(a) for a in r.resources) for r in responses}) == 1
     assert len({r.nonce for r in responses}) == 50  # nonces are per stream

@@ -188,11 +188,18 @@ def test_status_and_set_weights_exit_codes(state: Path) -> None:
             assert result["acked"] == ["edge-1"]
             assert _weights(client.wait_for(2)) == {"comments-python": 75, "comments-go": 25}
 
+            reset = controller.cli("xds", "reset-weights", "comments")
+            assert reset.returncode == 0, reset.stdout + reset.stderr
+            assert "{'comments-python': 100, 'comments-go': 0}" in reset.stdout
+            assert _weights(client.wait_for(3)) == {"comments-python": 100, "comments-go": 0}
+
             table = controller.cli("xds", "status")
             assert table.returncode == 0
             assert "edge-1" in table.stdout
-            node = json.loads(controller.cli("xds", "status", "-o", "json").stdout)["nodes"][0]
-            assert node["types"]["RDS"]["acked_version"] == result["version"]
+            after = json.loads(controller.cli("xds", "status", "-o", "json").stdout)
+            node = after["nodes"][0]
+            assert node["types"]["RDS"]["acked_version"] == after["versions"]["RDS"]
+            assert after["versions"]["RDS"] != result["version"]  # the reset moved it on
         finally:
             client.close()
     finally:
