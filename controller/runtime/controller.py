@@ -118,6 +118,20 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         ),
         flush=True,
     )
+    log.info(
+        "serving %d listeners, %d routes, %d clusters over ADS on %s:%d (SotW and Delta); "
+        "admin API on http://%s:%d. Point an Envoy at it: "
+        "sluice xds bootstrap --xds %s:%d > bootstrap.yaml && envoy -c bootstrap.yaml",
+        len(config.gateway.spec.listeners),
+        len(config.gateway.routes()),
+        len(config.gateway.spec.clusters),
+        xds_host,
+        xds_port,
+        admin_host,
+        bound_admin,
+        xds_host,
+        xds_port,
+    )
 
     reloads: set[asyncio.Task[bool]] = set()  # strong references until they finish
 
