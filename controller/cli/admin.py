@@ -20,10 +20,17 @@ def request(method: str, url: str, timeout_s: float = 10.0, **kwargs: Any) -> ht
     """One HTTP request to the controller.
 
     Raises:
-        typer.Exit: with code 3 when the controller cannot be reached.
+        typer.Exit: with code 3 when the controller cannot be reached, 1 when it answers with
+            something other than JSON (an internal error).
     """
     try:
-        return httpx.request(method, url, timeout=timeout_s, **kwargs)
+        response = httpx.request(method, url, timeout=timeout_s, **kwargs)
     except httpx.HTTPError as exc:
         typer.echo(f"error: cannot reach the controller at {url}: {exc}", err=True)
         raise typer.Exit(exitcodes.UNREACHABLE) from exc
+    if not response.headers.get("content-type", "").startswith("application/json"):
+        typer.echo(
+            f"error: the controller answered HTTP {response.status_code}: {response.text}", err=True
+        )
+        raise typer.Exit(exitcodes.FAILED)
+    return response

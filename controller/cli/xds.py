@@ -70,7 +70,9 @@ def status(admin: AdminOption = ADMIN_DEFAULT, output: OutputOption = Output.tab
             node["node_id"],
             node["cluster"] or "-",
             node["protocol"],
-            "yes" if node["connected"] else "no",
+            ("yes" if node["streams"] == 1 else f"yes ({node['streams']} streams)")
+            if node["connected"]
+            else "no",
             *cells,
             "\n".join(nack_lines) or "-",
         )
@@ -166,7 +168,7 @@ def reset_weights(
         params={"timeout_s": timeout_s},
     )
     data = response.json()
-    if response.status_code == 404:
+    if response.status_code in (400, 404):
         typer.echo(f"error: {data['error']}", err=True)
         raise typer.Exit(exitcodes.INVALID_INPUT)
     if "outcome" not in data:

@@ -113,9 +113,16 @@ def make_app(
         route = request.match_info["route"]
         if route not in weights.gateway.routes():
             return web.json_response({"error": f"unknown route {route!r}"}, status=404)
-        timeout_s = float(request.query.get("timeout_s", "10"))
+        try:
+            timeout_s = float(request.query.get("timeout_s", "10"))
+        except ValueError:
+            return web.json_response({"error": "timeout_s must be a number"}, status=400)
+        if not 0 < timeout_s <= 600:
+            return web.json_response({"error": "timeout_s must be in (0, 600]"}, status=400)
         try:
             change = await weights.set_weights(route, None, timeout_s=timeout_s)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
         except PersistError as exc:
             return web.json_response({"error": f"{exc}; nothing changed"}, status=503)
         body = change_to_json(change)

@@ -151,7 +151,10 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         await stop.wait()
     finally:
         log.info("stopping")
+        for task in reloads:
+            task.cancel()
         await runner.cleanup()
         await server.stop(grace=1.0)
-        store.close()
+        # The store is closed last: a weight change may still be saving in a worker thread.
+        await asyncio.to_thread(store.close)
         print(json.dumps({"event": "stopped"}), file=sys.stderr, flush=True)

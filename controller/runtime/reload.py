@@ -6,6 +6,7 @@ changes nothing: the last good gateway stays served and the error is kept for st
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Any
 
 from controller.policy.loading import load_gateway
 from controller.policy.source import DocumentError
+from controller.xds.typeurls import short_name
 from controller.xds.weights import WeightController
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,8 @@ class GatewayReloader:
         ack_timeout_s: seconds to wait for the Envoys' ACKs of a reloaded gateway.
         loaded_at: wall-clock seconds of the last successful load.
         last_error: why the last reload failed, or None after a success.
+        last_acks: per changed type (CDS, EDS, LDS, RDS) of the last reload, the ACK outcome
+            and the nodes that had not answered in time.
     """
 
     path: Path | None
@@ -36,13 +40,20 @@ class GatewayReloader:
     ack_timeout_s: float = 10.0
     loaded_at: float = field(default_factory=time.time)
     last_error: str | None = None
+    last_acks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     async def reload(self) -> bool:
         """Load the file again, serve it and wait for the Envoys' ACKs; True on success.
 
         Never raises for a bad file: the error is logged and kept in :attr:`last_error`. A
         gateway an Envoy NACKs is taken back (the previous one is served again) and reported.
+        Reloads run one at a time: a second SIGHUP waits for the first one's ACKs.
         """
+        async with self._lock:
+            return await self._reload()
+
+    async def _reload(self) -> bool:
         if self.path is None:
             self.last_error = "serving the embedded default gateway: no file to reload"
             return False
@@ -54,10 +65,19 @@ class GatewayReloader:
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             self.last_error = f"{self.path}: {exc}"
         else:
+            self.last_acks = {
+                short_name(t): {"outcome": a.outcome, "pending": list(a.pending)}
+                for t, a in change.acks.items()
+            }
             if not change.nacks:
                 self.last_error = None
                 self.loaded_at = time.time()
-                log.info("gateway reloaded from %s", self.path)
+                unconfirmed = {t: a for t, a in self.last_acks.items() if a["outcome"] == "timeout"}
+                log.info(
+                    "gateway reloaded from %s%s",
+                    self.path,
+                    f"; not confirmed in time by {unconfirmed}" if unconfirmed else "",
+                )
                 return True
             rejected = "; ".join(f"{node}: {msg}" for node, msg in sorted(change.nacks.items()))
             self.last_error = f"Envoy rejected {self.path} ({rejected})" + (
@@ -73,4 +93,5 @@ class GatewayReloader:
             "source": str(self.path) if self.path else "embedded default",
             "loaded_at": self.loaded_at,
             "last_reload_error": self.last_error,
+            "last_reload_acks": self.last_acks,
         }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,6 +40,7 @@ class SqliteWeightStore:
         self._db = sqlite3.connect(
             str(path), isolation_level=None, timeout=1.0, check_same_thread=False
         )
+        self._lock = threading.Lock()  # one statement at a time; close waits for a write
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
@@ -57,7 +59,8 @@ class SqliteWeightStore:
             sqlite3.Error: the write failed (nothing was changed).
         """
         if weights is None:
-            self._db.execute("DELETE FROM route_weights WHERE route = ?", (route,))
+            with self._lock:
+                self._db.execute("DELETE FROM route_weights WHERE route = ?", (route,))
         else:
             self.save(route, weights)
 
@@ -66,13 +69,19 @@ class SqliteWeightStore:
 
         ``now``: wall-clock seconds since the epoch to record (default: the current time).
         """
-        self._db.execute(
-            "INSERT INTO route_weights (route, weights, updated_at) VALUES (?, ?, ?) "
-            "ON CONFLICT(route) DO UPDATE SET weights = excluded.weights, "
-            "updated_at = excluded.updated_at",
-            (route, json.dumps(dict(weights), sort_keys=True), time.time() if now is None else now),
-        )
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO route_weights (route, weights, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(route) DO UPDATE SET weights = excluded.weights, "
+                "updated_at = excluded.updated_at",
+                (
+                    route,
+                    json.dumps(dict(weights), sort_keys=True),
+                    time.time() if now is None else now,
+                ),
+            )
 
     def close(self) -> None:
-        """Close the database."""
-        self._db.close()
+        """Close the database (after a write in progress, if any)."""
+        with self._lock:
+            self._db.close()

@@ -85,7 +85,7 @@ class AckWaiter:
         generation: the cache generation of the push, or None. An ACK of a response built at
             this generation or later counts too: when two changes follow each other quickly a
             stream may only ever be sent the second, which contains the first.
-        targets: node id → ids of its open streams.
+        targets: node id → ids of its open streams subscribed to the type.
     """
 
     def __init__(
@@ -106,8 +106,16 @@ class AckWaiter:
         self._check()
 
     def _check(self) -> None:
-        if not self._unresolved:
+        # Cleared again when a target becomes unresolved (a new stream subscribed).
+        if self._unresolved:
+            self.done.clear()
+        else:
             self.done.set()
+
+    @property
+    def resolved(self) -> bool:
+        """Every target ACKed or NACKed."""
+        return not self._unresolved
 
     def _counts(self, type_url: str, version: str, generation: int | None) -> bool:
         if type_url != self.type_url:
@@ -151,28 +159,43 @@ class AckWaiter:
         generation: int | None,
         message: str,
     ) -> None:
-        """A stream of ``node_id`` rejected ``version`` of ``type_url``."""
+        """A stream of ``node_id`` rejected ``version`` of ``type_url``.
+
+        Only a rejection of this push itself counts: its version, or a response built at its
+        generation. A later change that is rejected says nothing of this one (the target then
+        stays pending), and a stream that already ACKed this push keeps its ACK.
+        """
         target = self.targets.get(node_id)
-        if target is None or not self._counts(type_url, version, generation):
+        if target is None or type_url != self.type_url or stream_id in target.acked_streams:
+            return
+        if version != self.version and (self.generation is None or generation != self.generation):
             return
         target.nack = message
         self._update(node_id)
 
-    def on_open(self, node_id: str, stream_id: int) -> None:
-        """A new stream of ``node_id`` opened: it must answer too (it may be a new process)."""
+    def on_subscribe(self, node_id: str, stream_id: int, type_url: str) -> None:
+        """A stream of ``node_id`` subscribed to ``type_url`` after the push: it must answer
+        too (it may be a new Envoy process, or the target reconnecting)."""
         target = self.targets.get(node_id)
-        if target is not None and target.nack is None:
+        if (
+            target is not None
+            and type_url == self.type_url
+            and target.nack is None
+            and stream_id not in target.acked_streams
+        ):
             target.open_streams.add(stream_id)
             target.late_streams.add(stream_id)
             self._update(node_id)
 
     def on_close(self, node_id: str, stream_id: int) -> None:
         """A stream closed. Its ACK, if it gave one, still holds (Envoy keeps its config); if
-        it had not answered, the node owes an ACK from a later stream."""
+        it had not answered, the node owes an ACK from a later stream (unless this stream was
+        itself such a later one: a flapping reconnect does not add to the debt)."""
         target = self.targets.get(node_id)
         if target is not None and stream_id in target.open_streams:
             target.open_streams.discard(stream_id)
-            target.owed += 1
+            if stream_id not in target.late_streams:
+                target.owed += 1
             self._update(node_id)
 
     def result(self, elapsed_s: float, connected: set[str]) -> AckResult:

@@ -5,6 +5,7 @@ waiters. Single-threaded: every method runs on the server's asyncio event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Collection
 
@@ -76,8 +77,6 @@ class SnapshotCache:
             )
             self._nodes[node.id] = status
         status.stream_ids.add(stream_id)
-        for waiter in list(self._waiters):
-            waiter.on_open(node.id, stream_id)
         return status
 
     def close_stream(self, node_id: str, stream_id: int, wakeup: asyncio.Event) -> None:
@@ -87,18 +86,29 @@ class SnapshotCache:
         if status is None:
             return
         status.stream_ids.discard(stream_id)
-        status.stream_acks.pop(stream_id, None)
-        status.stream_nacks.pop(stream_id, None)
+        types = status.stream_types.pop(stream_id, set())
+        for table in (status.stream_sent, status.stream_acks, status.stream_nacks):
+            table.pop(stream_id, None)
+        for type_url in types:
+            status.refresh_acked(type_url, self._clock())
         for waiter in list(self._waiters):
             waiter.on_close(node_id, stream_id)
 
-    def record_subscribed(self, node_id: str, type_url: str) -> None:
-        """The node subscribed to ``type_url`` (it now counts as a target for that type)."""
-        self._nodes[node_id].type_status(type_url)
+    def record_subscribed(self, node_id: str, stream_id: int, type_url: str) -> None:
+        """A stream subscribed to ``type_url``: the node now counts as a target for it."""
+        node = self._nodes[node_id]
+        node.type_status(type_url)
+        node.stream_types.setdefault(stream_id, set()).add(type_url)
+        for waiter in list(self._waiters):
+            waiter.on_subscribe(node_id, stream_id, type_url)
 
-    def record_sent(self, node_id: str, type_url: str, version: str) -> None:
-        """A response with ``version`` went to the node."""
-        self._nodes[node_id].type_status(type_url).sent_version = version
+    def record_sent(
+        self, node_id: str, stream_id: int, type_url: str, version: str, generation: int
+    ) -> None:
+        """A response with ``version``, built at snapshot ``generation``, went to a stream."""
+        node = self._nodes[node_id]
+        node.type_status(type_url).sent_version = version
+        node.stream_sent.setdefault(stream_id, {})[type_url] = (version, generation)
 
     def record_ack(
         self, node_id: str, stream_id: int, type_url: str, version: str, generation: int
@@ -109,12 +119,7 @@ class SnapshotCache:
         node = self._nodes[node_id]
         node.stream_acks.setdefault(stream_id, {})[type_url] = (version, generation)
         node.stream_nacks.get(stream_id, {}).pop(type_url, None)
-        if all(
-            node.stream_acks.get(s, {}).get(type_url, ("",))[0] == version for s in node.stream_ids
-        ):
-            status = node.type_status(type_url)
-            status.acked_version = version
-            status.acked_at = self._clock()
+        node.refresh_acked(type_url, self._clock())
         for waiter in list(self._waiters):
             waiter.on_ack(node_id, stream_id, type_url, version, generation)
 
@@ -152,7 +157,7 @@ class SnapshotCache:
         return {
             n.node_id
             for n in self._nodes.values()
-            if n.streams > 0 and (type_url is None or type_url in n.types)
+            if (n.streams > 0 if type_url is None else bool(n.streams_of(type_url)))
         }
 
     async def wait_for_version(
@@ -181,24 +186,36 @@ class SnapshotCache:
         """
         start = self._monotonic()
         names = set(nodes) if nodes is not None else self.connected_nodes(type_url)
-        targets = {n: (self._nodes[n].stream_ids if n in self._nodes else set()) for n in names}
+        targets = {
+            n: (self._nodes[n].streams_of(type_url) if n in self._nodes else set()) for n in names
+        }
         waiter = AckWaiter(type_url, version, generation, targets)
         for node_id in names:
             node = self._nodes.get(node_id)
             if node is None:
                 continue
-            for stream_id in list(node.stream_ids):
+            for stream_id in node.streams_of(type_url):
+                # What a stream answered counts only if it answered the last response it was
+                # sent: a rollback to the version a stream ACKed earlier is not held by it
+                # while a newer response is still in flight.
+                sent = node.stream_sent.get(stream_id, {}).get(type_url)
                 acked = node.stream_acks.get(stream_id, {}).get(type_url)
                 nacked = node.stream_nacks.get(stream_id, {}).get(type_url)
-                if acked is not None:
+                answered = {a[0] for a in (acked, nacked) if a is not None}
+                in_flight = sent is not None and sent[0] not in answered
+                if acked is not None and not in_flight:
                     waiter.on_ack(node_id, stream_id, type_url, *acked)
-                if nacked is not None:
+                if nacked is not None and not in_flight:
                     waiter.on_nack(node_id, stream_id, type_url, *nacked)
         self._waiters.add(waiter)
+        deadline = self._monotonic() + timeout_s
         try:
-            await asyncio.wait_for(waiter.done.wait(), timeout=timeout_s)
-        except TimeoutError:
-            pass
+            while not waiter.resolved:
+                remaining = deadline - self._monotonic()
+                if remaining <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waiter.done.wait(), timeout=remaining)
         finally:
             self._waiters.discard(waiter)
         return waiter.result(self._monotonic() - start, self.connected_nodes())

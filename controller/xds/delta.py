@@ -59,6 +59,7 @@ class _TypeState:
     held: dict[str, Resource] = field(default_factory=dict)  # confirmed resources we know
     stale: set[str] = field(default_factory=set)  # confirmed at versions we cannot read
     rejected: dict[str, str] = field(default_factory=dict)  # name → version the client NACKed
+    refused_removals: set[str] = field(default_factory=set)  # removals the client NACKed
     told_missing: set[str] = field(default_factory=set)
     needs_response: bool = False
     outstanding: dict[str, _Sent] = field(default_factory=dict)  # nonce → what it carried
@@ -105,7 +106,7 @@ class DeltaStream(StreamBase):
         initial = state is None
         if state is None:
             state = self.types[req.type_url] = _TypeState()
-            self.cache.record_subscribed(self.node.node_id, req.type_url)
+            self.cache.record_subscribed(self.node.node_id, self.stream_id, req.type_url)
             # An initial request with no names subscribes wildcard types to everything.
             state.wildcard = (
                 req.type_url in typeurls.WILDCARD_TYPES and not req.resource_names_subscribe
@@ -172,6 +173,7 @@ class DeltaStream(StreamBase):
             if state.expected.get(res.name) == res.version:
                 self._revert(state, res.name)
         for name in sent.removed:
+            state.refused_removals.add(name)  # not sent again: that would loop
             if name not in state.expected:
                 self._revert(state, name)
         state.last_nack = error
@@ -251,7 +253,12 @@ class DeltaStream(StreamBase):
         return route_clusters([*state.held.values(), *in_flight])
 
     def _removals(self, state: _TypeState, type_url: str, current: TypeSnapshot) -> set[str]:
-        removed = {n for n in state.expected if n not in current.resources and state.in_scope(n)}
+        state.refused_removals &= set(state.expected) - set(current.resources)
+        removed = {
+            n
+            for n in state.expected
+            if n not in current.resources and state.in_scope(n) and n not in state.refused_removals
+        }
         if type_url not in CLUSTER_TYPES or not removed:
             return removed
         # Break after make: a cluster the client's routes still name stays until a route
@@ -311,6 +318,7 @@ class DeltaStream(StreamBase):
                 del state.expected[n]
             state.told_missing |= missing
             state.needs_response = False
+            state.synced_version = None  # in transition until the client answers
             state.outstanding[nonce] = _Sent(
                 self._nonce,
                 current.version,
@@ -318,7 +326,9 @@ class DeltaStream(StreamBase):
                 tuple(changed),
                 frozenset(removed),
             )
-            self.cache.record_sent(self.node.node_id, type_url, current.version)
+            self.cache.record_sent(
+                self.node.node_id, self.stream_id, type_url, current.version, self.cache.generation
+            )
         return out
 
     def _report_still_rejected(

@@ -48,6 +48,7 @@ class _TypeState:
     acked_version: str | None = None
     acked_resources: Mapping[str, Resource] = field(default_factory=dict)
     holding_removals: bool = False  # the last response kept clusters routes still name
+    rejected: bool = False  # the last answered response was NACKed
 
 
 @dataclass
@@ -87,7 +88,7 @@ class SotwStream(StreamBase):
         if state is None or (not req.response_nonce and state.sent_nonce is None):
             state = self.types.setdefault(req.type_url, _TypeState())
             state.names = names
-            self.cache.record_subscribed(node_id, req.type_url)
+            self.cache.record_subscribed(node_id, self.stream_id, req.type_url)
             current = self.cache.snapshot.get(req.type_url)
             if names is None and current is not None and req.version_info == current.version:
                 # Reconnecting with the current version of a wildcard type: that version is the
@@ -109,6 +110,7 @@ class SotwStream(StreamBase):
             return  # stale: answers a response that a newer one replaced
         assert state.sent_version is not None
         if req.error_detail is not None:
+            state.rejected = True
             self.cache.record_nack(
                 node_id,
                 self.stream_id,
@@ -128,6 +130,7 @@ class SotwStream(StreamBase):
         else:
             state.acked_version = state.sent_version
             state.acked_resources = state.sent_resources
+            state.rejected = False
             self.cache.record_ack(
                 node_id, self.stream_id, req.type_url, state.sent_version, state.sent_generation
             )
@@ -176,10 +179,14 @@ class SotwStream(StreamBase):
                     in_scope = [r for r in kept if names is None or r.name in names]
                     served = TypeSnapshot.build(type_url, [*current.select(names), *in_scope])
                     names = None
-            if not state.needs_response and served.version in (
-                state.sent_version,
-                state.acked_version,
+            if not state.needs_response and (
+                served.version == state.sent_version
+                or (state.rejected and served.version == state.acked_version)
             ):
+                # Not resent: neither after an ACK nor after a NACK (the rejected version is not
+                # sent again, and the client kept the one it ACKed). A version the client ACKed
+                # before is sent again when something newer went out since and is still in
+                # flight (a rollback while the step is not answered yet).
                 continue
             view = served.view(names)
             if type_url == typeurls.ROUTE and not clusters_ready(
@@ -194,7 +201,9 @@ class SotwStream(StreamBase):
             state.sent_generation = self.cache.generation
             state.sent_nonce = nonce
             state.sent_resources = view.resources
-            self.cache.record_sent(self.node.node_id, type_url, served.version)
+            self.cache.record_sent(
+                self.node.node_id, self.stream_id, type_url, served.version, self.cache.generation
+            )
         return out
 
 

@@ -63,9 +63,29 @@ class NodeStatus:
     stream_ids: set[int] = field(default_factory=set)
     types: dict[str, TypeStatus] = field(default_factory=dict)
     unsupported_types: set[str] = field(default_factory=set)
-    # Per open stream and type: (version, generation) of its last ACK / NACK.
+    # Per open stream: the types it subscribed to, and per type (version, generation) of the
+    # last response sent, ACKed, NACKed (with the message).
+    stream_types: dict[int, set[str]] = field(default_factory=dict)
+    stream_sent: dict[int, dict[str, tuple[str, int]]] = field(default_factory=dict)
     stream_acks: dict[int, dict[str, tuple[str, int]]] = field(default_factory=dict)
     stream_nacks: dict[int, dict[str, tuple[str, int, str]]] = field(default_factory=dict)
+
+    def streams_of(self, type_url: str) -> set[int]:
+        """Open streams subscribed to ``type_url``."""
+        return {s for s in self.stream_ids if type_url in self.stream_types.get(s, ())}
+
+    def refresh_acked(self, type_url: str, at: float) -> None:
+        """Show a version as the node's ACKed one when every stream subscribed to the type
+        ACKed it."""
+        versions = {
+            self.stream_acks.get(s, {}).get(type_url, ("",))[0] for s in self.streams_of(type_url)
+        }
+        if len(versions) == 1 and "" not in versions:
+            status = self.type_status(type_url)
+            version = versions.pop()
+            if status.acked_version != version:
+                status.acked_version = version
+                status.acked_at = at
 
     @property
     def streams(self) -> int:

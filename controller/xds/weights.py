@@ -90,6 +90,11 @@ class WeightController:
         self._gateway = gateway
         self._cache = cache
         self._weights: dict[str, dict[str, int]] = {r: dict(w) for r, w in (weights or {}).items()}
+        # Per route, the last weights every target ACKed (None: the gateway's own): what a
+        # NACKed change goes back to. Persisted weights were served before: taken as good.
+        self._last_good: dict[str, dict[str, int] | None] = {
+            r: dict(w) for r, w in self._weights.items()
+        }
         self._persist = persist
         self._lock = asyncio.Lock()
         cache.set_snapshot(build_snapshot(gateway, self._weights, label="start"))
@@ -141,11 +146,17 @@ class WeightController:
         if any(r.outcome == "nacked" for r in results):
             async with self._lock:
                 if self._gateway is gateway:
-                    self._gateway = old_gateway
-                    self._cache.set_snapshot(
-                        build_snapshot(old_gateway, self._weights, label="gateway reverted")
-                    )
-                    reverted = True
+                    try:
+                        previous = build_snapshot(
+                            old_gateway, self._weights, label="gateway reverted"
+                        )
+                    except ValueError:
+                        # Weights set meanwhile need the new gateway: keep serving it.
+                        log.exception("cannot go back to the previous gateway")
+                    else:
+                        self._gateway = old_gateway
+                        self._cache.set_snapshot(previous)
+                        reverted = True
         return GatewayChange(acks=acks, reverted=reverted)
 
     async def set_weights(
@@ -168,9 +179,10 @@ class WeightController:
 
         Returns:
             A :class:`WeightChange`; its ``ack.outcome`` is ``acked`` only when every target
-            ACKed. A NACK or timeout is reported as such. After a NACK the route's previous
-            weights are served again (unless another change came meanwhile): Envoy kept them,
-            and an Envoy connecting later must not get the rejected configuration.
+            ACKed. A NACK or timeout is reported as such. After a NACK of this change the
+            route's last weights every target ACKed are served again (unless another change
+            came meanwhile): Envoy kept them, and an Envoy connecting later must not get the
+            rejected configuration.
 
         Raises:
             ValueError: unknown route or cluster, negative weights, or weights summing to 0.
@@ -180,7 +192,6 @@ class WeightController:
             raise ValueError(f"unknown route {route!r}")
         asked = None if weights is None else dict(weights)
         async with self._lock:
-            previous = self._weights.get(route)
             snapshot = await self._serve(route, asked)
             generation = self._cache.generation
         version = snapshot.version(typeurls.ROUTE)
@@ -189,15 +200,17 @@ class WeightController:
             typeurls.ROUTE, version, nodes, timeout_s, generation=generation
         )
         reverted = False
-        if ack.outcome == "nacked":
+        if ack.outcome == "acked":
+            self._last_good[route] = None if asked is None else dict(asked)
+        elif ack.outcome == "nacked":
             async with self._lock:
                 if self._weights.get(route) == asked:  # no later change to keep
                     try:
-                        await self._serve(route, previous)
+                        await self._serve(route, self._last_good.get(route))
                         reverted = True
                     except (PersistError, ValueError):
-                        log.exception("could not go back to the previous weights of %s", route)
-        return WeightChange(route=route, weights=asked or {}, ack=ack, reverted=reverted)
+                        log.exception("could not go back to the last good weights of %s", route)
+        return WeightChange(route=route, weights=dict(asked or {}), ack=ack, reverted=reverted)
 
     async def _serve(self, route: str, weights: dict[str, int] | None) -> Snapshot:
         """Persist, then serve ``weights`` for ``route`` (None: the gateway's own). Holds the
