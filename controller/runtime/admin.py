@@ -38,7 +38,7 @@ class WeightRequest(BaseModel):
     timeout_s: float = Field(default=10.0, gt=0, le=600)
 
 
-_STATUS = {"acked": 200, "nacked": 409, "timeout": 504, "no_nodes": 504}
+_STATUS = {"acked": 200, "nacked": 409, "superseded": 409, "timeout": 504, "no_nodes": 504}
 
 
 def change_to_json(change: WeightChange) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-Outcome = Literal["acked", "nacked", "timeout", "no_nodes"]
+Outcome = Literal["acked", "nacked", "timeout", "no_nodes", "superseded"]
 
 
 @dataclass(frozen=True)
@@ -28,8 +28,9 @@ class AckResult:
         outcome: ``acked`` when every stream of every target node ACKed the version (or a
             later one); ``nacked`` when at least one target rejected it; ``timeout`` when a
             target neither ACKed nor NACKed in time (including targets that disconnected and
-            did not come back); ``no_nodes`` when there was no target at all. Only ``acked``
-            is success.
+            did not come back); ``no_nodes`` when there was no target at all; ``superseded``
+            when another change of the same route was served before every target took this
+            one. Only ``acked`` is success.
         type_url: the type whose version was awaited.
         version: the awaited version.
         acked: node ids that ACKed it.
@@ -102,20 +103,23 @@ class AckWaiter:
             node: _Target(open_streams=set(streams)) for node, streams in targets.items()
         }
         self._unresolved = set(self.targets)
+        self.until: int | None = None  # set when a later change of the same route supersedes
+        self.superseded = False
+        self.started = 0.0  # monotonic seconds, set by the cache
         self.done = asyncio.Event()
         self._check()
 
     def _check(self) -> None:
         # Cleared again when a target becomes unresolved (a new stream subscribed).
-        if self._unresolved:
+        if self._unresolved and not self.superseded:
             self.done.clear()
         else:
             self.done.set()
 
     @property
     def resolved(self) -> bool:
-        """Every target ACKed or NACKed."""
-        return not self._unresolved
+        """Every target ACKed or NACKed (or the change was superseded)."""
+        return not self._unresolved or self.superseded
 
     def _counts(self, type_url: str, version: str, generation: int | None) -> bool:
         if type_url != self.type_url:
@@ -125,8 +129,17 @@ class AckWaiter:
         return (
             self.generation is not None
             and generation is not None
-            and (generation >= self.generation)
+            and generation >= self.generation
+            and (self.until is None or generation < self.until)
         )
+
+    def supersede(self, generation: int) -> None:
+        """A later change of the same subject was served at ``generation``: ACKs of responses
+        built from then on do not contain this change. Unresolved targets end the wait."""
+        self.until = generation
+        if self._unresolved:
+            self.superseded = True
+            self.done.set()
 
     def _update(self, node_id: str) -> None:
         if self.targets[node_id].resolved:
@@ -182,6 +195,7 @@ class AckWaiter:
             and type_url == self.type_url
             and target.nack is None
             and stream_id not in target.acked_streams
+            and stream_id not in target.open_streams  # already a target: not a late one
         ):
             target.open_streams.add(stream_id)
             target.late_streams.add(stream_id)
@@ -211,6 +225,8 @@ class AckWaiter:
         outcome: Outcome
         if nacked:
             outcome = "nacked"
+        elif pending and self.superseded:
+            outcome = "superseded"
         elif pending:
             outcome = "timeout"
         elif not acked:

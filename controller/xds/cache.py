@@ -160,6 +160,59 @@ class SnapshotCache:
             if (n.streams > 0 if type_url is None else bool(n.streams_of(type_url)))
         }
 
+    def watch(
+        self,
+        type_url: str,
+        version: str,
+        nodes: Collection[str] | None = None,
+        generation: int | None = None,
+    ) -> AckWaiter:
+        """Start following who takes ``version`` of ``type_url``; see :meth:`wait_for_version`.
+
+        Synchronous on purpose: called right after :meth:`set_snapshot`, before the event loop
+        runs any stream, it cannot miss an ACK.
+        """
+        names = set(nodes) if nodes is not None else self.connected_nodes(type_url)
+        targets = {
+            n: (self._nodes[n].streams_of(type_url) if n in self._nodes else set()) for n in names
+        }
+        waiter = AckWaiter(type_url, version, generation, targets)
+        waiter.started = self._monotonic()
+        for node_id in names:
+            node = self._nodes.get(node_id)
+            if node is None:
+                continue
+            for stream_id in node.streams_of(type_url):
+                # What a stream answered counts only if nothing newer is in flight to it: a
+                # rollback to a version the stream ACKed earlier is not held by it while a
+                # newer response has not been answered.
+                sent = node.stream_sent.get(stream_id, {}).get(type_url)
+                acked = node.stream_acks.get(stream_id, {}).get(type_url)
+                nacked = node.stream_nacks.get(stream_id, {}).get(type_url)
+                answered = max((a[1] for a in (acked, nacked) if a is not None), default=-1)
+                in_flight = sent is not None and sent[1] > answered
+                if acked is not None and not in_flight:
+                    waiter.on_ack(node_id, stream_id, type_url, *acked)
+                if nacked is not None and not in_flight:
+                    waiter.on_nack(node_id, stream_id, type_url, *nacked)
+        self._waiters.add(waiter)
+        return waiter
+
+    async def wait(self, waiter: AckWaiter, timeout_s: float) -> AckResult:
+        """Wait until ``waiter`` is resolved (every target ACKed, or one NACKed), or
+        ``timeout_s`` seconds; then stop following and return the outcome."""
+        deadline = self._monotonic() + timeout_s
+        try:
+            while not waiter.resolved:
+                remaining = deadline - self._monotonic()
+                if remaining <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waiter.done.wait(), timeout=remaining)
+        finally:
+            self._waiters.discard(waiter)
+        return waiter.result(self._monotonic() - waiter.started, self.connected_nodes())
+
     async def wait_for_version(
         self,
         type_url: str,
@@ -184,38 +237,4 @@ class SnapshotCache:
         Returns:
             An :class:`AckResult`; only ``outcome == "acked"`` is success.
         """
-        start = self._monotonic()
-        names = set(nodes) if nodes is not None else self.connected_nodes(type_url)
-        targets = {
-            n: (self._nodes[n].streams_of(type_url) if n in self._nodes else set()) for n in names
-        }
-        waiter = AckWaiter(type_url, version, generation, targets)
-        for node_id in names:
-            node = self._nodes.get(node_id)
-            if node is None:
-                continue
-            for stream_id in node.streams_of(type_url):
-                # What a stream answered counts only if it answered the last response it was
-                # sent: a rollback to the version a stream ACKed earlier is not held by it
-                # while a newer response is still in flight.
-                sent = node.stream_sent.get(stream_id, {}).get(type_url)
-                acked = node.stream_acks.get(stream_id, {}).get(type_url)
-                nacked = node.stream_nacks.get(stream_id, {}).get(type_url)
-                answered = {a[0] for a in (acked, nacked) if a is not None}
-                in_flight = sent is not None and sent[0] not in answered
-                if acked is not None and not in_flight:
-                    waiter.on_ack(node_id, stream_id, type_url, *acked)
-                if nacked is not None and not in_flight:
-                    waiter.on_nack(node_id, stream_id, type_url, *nacked)
-        self._waiters.add(waiter)
-        deadline = self._monotonic() + timeout_s
-        try:
-            while not waiter.resolved:
-                remaining = deadline - self._monotonic()
-                if remaining <= 0:
-                    break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(waiter.done.wait(), timeout=remaining)
-        finally:
-            self._waiters.discard(waiter)
-        return waiter.result(self._monotonic() - start, self.connected_nodes())
+        return await self.wait(self.watch(type_url, version, nodes, generation), timeout_s)

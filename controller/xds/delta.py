@@ -120,6 +120,10 @@ class DeltaStream(StreamBase):
         for name in req.resource_names_unsubscribe:
             if name == "*":
                 state.wildcard = False
+                # The client drops what it held through the wildcard alone.
+                for held in set(state.expected) | set(state.confirmed):
+                    if held not in state.names and held not in req.resource_names_subscribe:
+                        state.forget(held)
             else:
                 state.names.discard(name)
                 state.forget(name)

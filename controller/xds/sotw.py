@@ -86,9 +86,10 @@ class SotwStream(StreamBase):
             else frozenset(req.resource_names)
         )
         if state is None or (not req.response_nonce and state.sent_nonce is None):
+            if state is None:
+                self.cache.record_subscribed(node_id, self.stream_id, req.type_url)
             state = self.types.setdefault(req.type_url, _TypeState())
             state.names = names
-            self.cache.record_subscribed(node_id, self.stream_id, req.type_url)
             current = self.cache.snapshot.get(req.type_url)
             if names is None and current is not None and req.version_info == current.version:
                 # Reconnecting with the current version of a wildcard type: that version is the
@@ -199,6 +200,7 @@ class SotwStream(StreamBase):
             state.needs_response = False
             state.sent_version = served.version
             state.sent_generation = self.cache.generation
+            state.rejected = False  # what the client answers next is about this response
             state.sent_nonce = nonce
             state.sent_resources = view.resources
             self.cache.record_sent(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from controller.policy.gateway import Gateway
 from controller.xds import typeurls
-from controller.xds.acks import AckResult
+from controller.xds.acks import AckResult, AckWaiter
 from controller.xds.cache import SnapshotCache
 from controller.xds.resources import RouteWeights, build_snapshot, effective_weights
 from controller.xds.snapshot import Snapshot
@@ -95,6 +95,7 @@ class WeightController:
         self._last_good: dict[str, dict[str, int] | None] = {
             r: dict(w) for r, w in self._weights.items()
         }
+        self._route_waiters: dict[str, AckWaiter] = {}  # the latest change of each route
         self._persist = persist
         self._lock = asyncio.Lock()
         cache.set_snapshot(build_snapshot(gateway, self._weights, label="start"))
@@ -132,15 +133,12 @@ class WeightController:
             self._gateway = gateway
             self._cache.set_snapshot(snapshot)
             generation = self._cache.generation
-        changed = [t for t in typeurls.PUSH_ORDER if snapshot.version(t) != old.version(t)]
-        results = await asyncio.gather(
-            *(
-                self._cache.wait_for_version(
-                    t, snapshot.version(t) or "", None, timeout_s, generation=generation
-                )
-                for t in changed
-            )
-        )
+            changed = [t for t in typeurls.PUSH_ORDER if snapshot.version(t) != old.version(t)]
+            # Registered before any stream runs: no ACK can be missed.
+            waiters = [
+                self._cache.watch(t, snapshot.version(t) or "", None, generation) for t in changed
+            ]
+        results = await asyncio.gather(*(self._cache.wait(w, timeout_s) for w in waiters))
         acks = dict(zip(changed, results, strict=True))
         reverted = False
         if any(r.outcome == "nacked" for r in results):
@@ -194,13 +192,22 @@ class WeightController:
         async with self._lock:
             snapshot = await self._serve(route, asked)
             generation = self._cache.generation
-        version = snapshot.version(typeurls.ROUTE)
-        assert version is not None
-        ack = await self._cache.wait_for_version(
-            typeurls.ROUTE, version, nodes, timeout_s, generation=generation
-        )
+            version = snapshot.version(typeurls.ROUTE)
+            assert version is not None
+            # Registered before any stream runs: no ACK can be missed.
+            waiter = self._cache.watch(typeurls.ROUTE, version, nodes, generation)
+            earlier = self._route_waiters.get(route)
+            if earlier is not None:
+                earlier.supersede(generation)  # what Envoys ACK from now on is not that change
+            self._route_waiters[route] = waiter
+        try:
+            ack = await self._cache.wait(waiter, timeout_s)
+        finally:
+            if self._route_waiters.get(route) is waiter:
+                del self._route_waiters[route]
         reverted = False
-        if ack.outcome == "acked":
+        current = self._weights.get(route)
+        if ack.outcome == "acked" and current == asked:
             self._last_good[route] = None if asked is None else dict(asked)
         elif ack.outcome == "nacked":
             async with self._lock:

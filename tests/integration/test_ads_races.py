@@ -16,6 +16,7 @@ from controller.xds.typeurls import ROUTE as RDS
 from controller.xds.weights import WeightController
 
 HALF = {"comments-python": 50, "comments-go": 50}
+SEVENTY = {"comments-python": 70, "comments-go": 30}
 
 
 async def _synced(ads: Any, node_id: str, types: tuple[str, ...] = (RDS,)) -> Any:
@@ -169,3 +170,149 @@ async def test_gateway_revert_that_no_longer_fits_the_weights_keeps_a_consistent
     assert weights.gateway is new
     assert "x" in (cache.snapshot.get(CDS) or {}).resources  # type: ignore[union-attr]
     assert (await weights.set_weights("comments", HALF, nodes=[], timeout_s=0.1)).ack
+
+
+async def test_sotw_rollback_after_a_nack_with_a_step_in_flight_is_sent(
+    ads: Any, cache: SnapshotCache, weights: WeightController
+) -> None:
+    client = await _synced(ads, "a")
+    good = cache.snapshot.version(RDS)
+    push = asyncio.create_task(weights.set_weights("comments", HALF, timeout_s=1))
+    await client.nack(await client.recv(), "no", last_good=good or "")
+    assert (await push).reverted  # served v1 again; client kept v1: nothing sent (fine)
+    await client.expect_silence()
+    step = asyncio.create_task(weights.set_weights("comments", SEVENTY, timeout_s=0.3))
+    in_flight = await client.recv()  # slow Envoy
+    assert (await step).ack.outcome == "timeout"
+    back = asyncio.create_task(weights.set_weights("comments", None, timeout_s=1))
+    await client.ack(in_flight)  # Envoy applies 70/30 ...
+    # ... and must now be sent the gateway weights again
+    resp = await client.recv()
+    assert resp.version_info == good
+    await client.ack(resp)
+    assert (await back).ack.outcome == "acked"
+
+
+# 2a. Delta: a stream subscribed to a subset; idempotent set_weights reports timeout.
+async def test_delta_subset_idempotent_set_weights_is_acked(
+    ads: Any, cache: SnapshotCache, weights: WeightController
+) -> None:
+    client = ads.delta("d")
+    await client.send(RDS, subscribe=["admin"])
+    await client.ack(await client.recv())
+    await client.barrier()
+    first = await weights.set_weights("comments", HALF, timeout_s=1)
+    assert first.ack.outcome == "acked"  # nothing to send to d: it holds the whole version
+    again = await weights.set_weights("comments", HALF, timeout_s=0.5)
+    assert again.ack.outcome == "acked", again.ack
+
+
+# 2b. Delta: after NACK + revert, re-asserting the last good weights times out.
+async def test_delta_after_revert_reasserting_good_weights_is_acked(
+    ads: Any, cache: SnapshotCache, weights: WeightController
+) -> None:
+    client = ads.delta("d")
+    await client.send(RDS, subscribe=["public", "admin"])
+    await client.ack(await client.recv())
+    await client.barrier()
+    push = asyncio.create_task(weights.set_weights("comments", HALF, timeout_s=1))
+    await client.nack(await client.recv(), "no")
+    assert (await push).reverted
+    await client.barrier()
+    again = await weights.set_weights("comments", None, timeout_s=0.5)
+    assert again.ack.outcome == "acked", again.ack
+
+
+#    stream that needs nothing records its ACK before the waiter exists and is then skipped.
+async def test_delta_subset_reload_is_acked(
+    ads: Any, cache: SnapshotCache, weights: WeightController
+) -> None:
+    client = ads.delta("d")
+    await client.send(RDS, subscribe=["admin"])
+    await client.ack(await client.recv())
+    await client.barrier()
+    change = await weights.replace_gateway(ads.gateway(extra_cluster="x"), timeout_s=0.5)
+    assert change.acks[RDS].outcome == "acked", change.acks[RDS]
+
+
+# 3b. Same with SotW and a type whose response is delivered: reference (should pass).
+async def test_sotw_reload_is_acked(
+    ads: Any, cache: SnapshotCache, weights: WeightController
+) -> None:
+    client = await _synced(ads, "a")
+    reload = asyncio.create_task(weights.replace_gateway(ads.gateway(extra_cluster="y"), 1))
+    for resp in await client.drain():
+        await client.ack(resp)
+    change = await reload
+    assert change.acks[RDS].outcome in ("acked", "timeout")
+
+
+async def test_superseded_change_of_the_same_route_is_not_acked(
+    ads: Any, cache: SnapshotCache, weights: WeightController
+) -> None:
+    client = await _synced(ads, "a")
+    first = asyncio.create_task(weights.set_weights("comments", HALF, timeout_s=0.5))
+    second = asyncio.create_task(weights.set_weights("comments", SEVENTY, timeout_s=0.5))
+    responses = await client.drain()
+    held = ads.route_weights(ads.decode(responses[-1])["public"], "comments")
+    for resp in responses:
+        await client.ack(resp)
+    one, two = await first, await second
+    assert two.ack.outcome == "acked"
+    assert held == SEVENTY
+    print("responses", len(responses), "first:", one.ack.outcome, "last_good", weights._last_good)
+    assert one.ack.outcome != "acked", "HALF reported acked; the Envoy holds 70/30"
+
+
+async def test_delta_wildcard_resubscribe_gets_everything_again(
+    ads: Any, cache: SnapshotCache
+) -> None:
+    client = ads.delta("d")
+    await client.send(CDS)
+    await client.ack(await client.recv())
+    await client.barrier()
+    await client.send(CDS, unsubscribe=["*"])
+    for r in await client.drain():
+        await client.ack(r)
+    await client.send(CDS, subscribe=["*"])
+    got = await client.drain()
+    names = {r.name for resp in got for r in resp.resources}
+    assert names == set(ads.CLUSTERS), got
+
+
+async def test_resubscribed_original_stream_closing_unanswered_is_not_acked(
+    ads: Any, cache: SnapshotCache, weights: WeightController
+) -> None:
+    a = await _synced(ads, "gw")
+    b = ads.sotw("gw")
+    await b.subscribe(CDS)
+    await b.recv()  # CDS never ACKed: b's RDS is held back
+    await b.subscribe(RDS, ["public"])
+    await b.barrier()
+    push = asyncio.create_task(weights.set_weights("comments", HALF, timeout_s=0.5))
+    await b.send(RDS, ads.LISTENERS)  # Envoy adds a route config name; no nonce yet
+    await b.barrier()
+    await b.close()
+    await ads.eventually(lambda: ads.node("gw").streams == 1)
+    await a.ack(await a.recv())
+    change = await push
+    assert change.ack.outcome != "acked", change.ack
+
+
+async def test_no_per_stream_records_leak(ads: Any, cache: SnapshotCache, weights) -> None:
+    a = await _synced(ads, "gw")
+    d = ads.delta("gw")
+    await d.send(RDS, subscribe=["public"])
+    await d.ack(await d.recv())
+    await d.barrier()
+    push = asyncio.create_task(weights.set_weights("comments", HALF, timeout_s=0.3))
+    await a.nack(await a.recv(), "x")
+    await push
+    await a.close()
+    await d.close()
+    await ads.eventually(lambda: ads.node("gw").streams == 0)
+    n = ads.node("gw")
+    for table in (n.stream_types, n.stream_sent, n.stream_acks, n.stream_nacks):
+        assert not table
+    assert not cache._waiters
+    assert not cache._wakeups
