@@ -39,8 +39,9 @@ class WeightChange:
         route: the route whose weights changed.
         weights: cluster → relative weight, as asked.
         ack: how the connected nodes took the new RDS version (``ack.ok`` is success).
-        reverted: True when a NACK made the controller serve the route's previous weights again
-            (the last good configuration), so that new Envoys do not get the rejected one.
+        reverted: True when a NACK made the controller serve the route's last weights that
+            every target ACKed (the last good configuration), so that Envoys connecting later
+            do not get the rejected one.
     """
 
     route: str
