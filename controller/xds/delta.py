@@ -60,6 +60,7 @@ class _TypeState:
     stale: set[str] = field(default_factory=set)  # confirmed at versions we cannot read
     rejected: dict[str, str] = field(default_factory=dict)  # name → version the client NACKed
     refused_removals: set[str] = field(default_factory=set)  # removals the client NACKed
+    suspect: set[str] = field(default_factory=set)  # in a NACKed response with others
     told_missing: set[str] = field(default_factory=set)
     needs_response: bool = False
     outstanding: dict[str, _Sent] = field(default_factory=dict)  # nonce → what it carried
@@ -173,7 +174,11 @@ class DeltaStream(StreamBase):
             self._check_synced(state, type_url)
             return
         for res in sent.resources:
-            state.rejected[res.name] = res.version
+            if len(sent.resources) == 1:
+                state.rejected[res.name] = res.version
+            else:
+                # Which one Envoy refused, the NACK does not say: each is sent again alone.
+                state.suspect.add(res.name)
             if state.expected.get(res.name) == res.version:
                 self._revert(state, res.name)
         for name in sent.removed:
@@ -291,7 +296,11 @@ class DeltaStream(StreamBase):
                 and state.expected.get(r.name) != r.version
                 and state.rejected.get(r.name) != r.version
             ]
-            removed = self._removals(state, type_url, current)
+            suspects = [r for r in changed if r.name in state.suspect]
+            if suspects:
+                changed = suspects[:1]  # alone: its ACK or NACK says which one was refused
+                state.suspect.discard(suspects[0].name)
+            removed = set() if suspects else self._removals(state, type_url, current)
             missing = {
                 n for n in state.names if n not in current.resources and n not in state.told_missing
             } - set(state.expected)

@@ -49,6 +49,7 @@ class _TypeState:
     acked_resources: Mapping[str, Resource] = field(default_factory=dict)
     holding_removals: bool = False  # the last response kept clusters routes still name
     rejected: bool = False  # the last answered response was NACKed
+    last_nack: tuple[int, str] | None = None  # its error_detail (code, message)
 
 
 @dataclass
@@ -112,6 +113,7 @@ class SotwStream(StreamBase):
         assert state.sent_version is not None
         if req.error_detail is not None:
             state.rejected = True
+            state.last_nack = (req.error_detail.code, req.error_detail.message)
             self.cache.record_nack(
                 node_id,
                 self.stream_id,
@@ -142,6 +144,21 @@ class SotwStream(StreamBase):
             # A plain ACK creates no work unless something waited for it: skipping the wakeup
             # halves the writer's passes during a push to many streams.
             self.wakeup.set()
+
+    def _still_rejected(self, state: _TypeState, type_url: str, version: str) -> None:
+        assert self.node is not None
+        assert state.last_nack is not None
+        state.sent_version = version  # as if sent and refused again: not sent again later
+        code, message = state.last_nack
+        self.cache.record_nack(
+            self.node.node_id,
+            self.stream_id,
+            type_url,
+            version,
+            self.cache.generation,
+            code,
+            message if message.startswith("still rejected") else f"still rejected: {message}",
+        )
 
     def _acked(self, type_url: str) -> Mapping[str, Resource] | None:
         state = self.types.get(type_url)
@@ -190,6 +207,11 @@ class SotwStream(StreamBase):
                 # flight (a rollback while the step is not answered yet).
                 continue
             view = served.view(names)
+            if state.rejected and _same_content(view.resources, state.sent_resources):
+                # A new type version that changes nothing this client gets: sending it would
+                # send the refused resources again. Whoever waits for it learns now.
+                self._still_rejected(state, type_url, served.version)
+                continue
             if type_url == typeurls.ROUTE and not clusters_ready(
                 view.clusters, self._acked(typeurls.CLUSTER), self._acked(typeurls.ENDPOINT)
             ):
@@ -215,3 +237,8 @@ async def serve_sotw(
     """The ``StreamAggregatedResources`` handler body (raw bytes in and out)."""
     stream = SotwStream(cache)
     await run_stream(stream, requests, context)
+
+
+def _same_content(a: Mapping[str, Resource], b: Mapping[str, Resource]) -> bool:
+    """The same resource names at the same versions."""
+    return a.keys() == b.keys() and all(b[n].version == r.version for n, r in a.items())
