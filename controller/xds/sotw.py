@@ -130,7 +130,10 @@ class SotwStream(StreamBase):
                 state.sent_version,
                 req.error_detail.message,
             )
-        else:
+        elif req.version_info == state.sent_version:
+            # An ACK carries the version it accepts. A request answering the last nonce with
+            # another version_info and no error_detail (Envoy changing its subscription after a
+            # NACK) accepts nothing.
             state.acked_version = state.sent_version
             state.acked_resources = state.sent_resources
             state.rejected = False

@@ -316,3 +316,24 @@ async def test_no_per_stream_records_leak(ads: Any, cache: SnapshotCache, weight
         assert not table
     assert not cache._waiters
     assert not cache._wakeups
+
+
+async def test_sotw_subscription_change_after_a_nack_is_not_an_ack(
+    ads: Any, cache: SnapshotCache, weights: WeightController
+) -> None:
+    """After a NACK, Envoy changing its subscription answers the same nonce with its last good
+    version_info and no error_detail: that accepts nothing."""
+    client = ads.sotw("a")
+    await client.subscribe(RDS, ["public"])
+    good = await client.recv()
+    await client.ack(good)
+    await client.barrier()
+    push = asyncio.create_task(weights.set_weights("comments", HALF, timeout_s=0.5))
+    bad = await client.recv()
+    await client.nack(bad, "no", last_good=good.version_info)
+    assert (await push).ack.outcome == "nacked"
+    await client.send(RDS, ["public", "admin"], version=good.version_info, nonce=bad.nonce)
+    await client.barrier()
+    assert ads.node("a").types[RDS].acked_version == good.version_info
+    again = await client.recv()  # the new subscription is answered
+    assert sorted(ads.decode(again)) == ["admin", "public"]
