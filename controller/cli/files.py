@@ -11,6 +11,7 @@ from controller.policy.defaults import default_gateway_text
 from controller.policy.gateway import Gateway
 from controller.policy.loading import load_gateway
 from controller.policy.source import DocumentError
+from controller.runtime.gatewayfile import load_gateway_file
 
 
 def read_gateway(path: Path | None) -> Gateway:
@@ -20,19 +21,10 @@ def read_gateway(path: Path | None) -> Gateway:
         typer.Exit: with code 2 after printing every issue, when the file is unreadable or
             invalid.
     """
-    if path is None:
-        text, name = default_gateway_text(), "<embedded default gateway>"
-    else:
-        try:
-            text, name = path.read_text(encoding="utf-8"), str(path)
-        except OSError as exc:
-            typer.echo(f"{path}: cannot read: {exc.strerror or exc}", err=True)
-            raise typer.Exit(exitcodes.INVALID_INPUT) from exc
-        except UnicodeDecodeError as exc:
-            typer.echo(f"{path}: not UTF-8 text: {exc.reason} at byte {exc.start}", err=True)
-            raise typer.Exit(exitcodes.INVALID_INPUT) from exc
     try:
-        return load_gateway(text, name)
+        if path is None:
+            return load_gateway(default_gateway_text(), "<embedded default gateway>")
+        return load_gateway_file(path)
     except DocumentError as exc:
         for issue in exc.issues:
             typer.echo(str(issue), err=True)

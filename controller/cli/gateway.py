@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -10,8 +9,8 @@ import typer
 
 from controller.cli import exitcodes
 from controller.cli.admin import ADMIN_DEFAULT, AdminOption, request
-from controller.policy.loading import load_gateway
 from controller.policy.source import DocumentError, Issue
+from controller.runtime.gatewayfile import load_gateway_file
 
 app = typer.Typer(
     help="Gateway files: listeners, virtual hosts, routes and clusters served to Envoy.",
@@ -63,12 +62,7 @@ def validate(
 def _check(path: Path, name: str) -> tuple[Issue, ...]:
     """The problems of one file (reading it included); empty when it is a sound gateway."""
     try:
-        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return (Issue(name, None, "", f"cannot read: {reason}"),)
-    try:
-        load_gateway(text, name)
+        load_gateway_file(path, name)
     except DocumentError as exc:
         return exc.issues
     return ()

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.policy.loading import load_gateway
 from controller.policy.source import DocumentError
+from controller.runtime.gatewayfile import load_gateway_file
 from controller.xds.typeurls import short_name
 from controller.xds.weights import WeightController
 
@@ -58,11 +58,11 @@ class GatewayReloader:
             self.last_error = "serving the embedded default gateway: no file to reload"
             return False
         try:
-            gateway = load_gateway(self.path.read_text(encoding="utf-8"), str(self.path))
+            gateway = load_gateway_file(self.path)
             change = await self.weights.replace_gateway(gateway, self.ack_timeout_s)
         except DocumentError as exc:
             self.last_error = "; ".join(str(i) for i in exc.issues)
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
+        except ValueError as exc:
             self.last_error = f"{self.path}: {exc}"
         else:
             self.last_acks = {
