@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Collection
 
 from controller.xds.acks import AckResult, AckWaiter
 from controller.xds.snapshot import Snapshot
 from controller.xds.status import Nack, NodeStatus, Protocol
+from controller.xds.typeurls import short_name
 from controller.xds.wire import NodeInfo
+
+log = logging.getLogger(__name__)
 
 
 class SnapshotCache:
@@ -139,6 +143,9 @@ class SnapshotCache:
         node.stream_nacks.setdefault(stream_id, {})[type_url] = (version, generation, message)
         status = node.type_status(type_url)
         status.last_nack = Nack(version=version, message=message, code=code, at=self._clock())
+        log.warning(
+            "node %s NACKed %s version %s: %s", node_id, short_name(type_url), version, message
+        )
         for waiter in list(self._waiters):
             waiter.on_nack(node_id, stream_id, type_url, version, generation, message)
 

@@ -18,7 +18,6 @@ version only when every resource of its subscription is confirmed at that versio
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
@@ -37,8 +36,6 @@ from controller.xds.stream import (
     route_clusters,
     run_stream,
 )
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -194,13 +191,6 @@ class DeltaStream(StreamBase):
             sent.version,
             sent.generation,
             error.code,
-            error.message,
-        )
-        log.warning(
-            "node %s NACKed %s version %s: %s",
-            self.node.node_id,
-            typeurls.short_name(type_url),
-            sent.version,
             error.message,
         )
 

@@ -13,7 +13,6 @@ current ``version_info`` (Envoy reconnecting) is taken as already up to date.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
@@ -33,8 +32,6 @@ from controller.xds.stream import (
     route_clusters,
     run_stream,
 )
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -121,13 +118,6 @@ class SotwStream(StreamBase):
                 state.sent_version,
                 state.sent_generation,
                 req.error_detail.code,
-                req.error_detail.message,
-            )
-            log.warning(
-                "node %s NACKed %s version %s: %s",
-                node_id,
-                typeurls.short_name(req.type_url),
-                state.sent_version,
                 req.error_detail.message,
             )
         elif req.version_info == state.sent_version:
