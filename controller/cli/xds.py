@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
+import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -92,6 +93,27 @@ def _parse_weights(pairs: list[str]) -> dict[str, int]:
     return weights
 
 
+def _timeout_s(timeout: str) -> float:
+    """``--timeout`` in seconds; exit 2 when it is not a duration such as ``10s``."""
+    try:
+        return parse_duration(timeout).total_seconds()
+    except ValueError as exc:
+        typer.echo(f"error: --timeout: {exc}", err=True)
+        raise typer.Exit(exitcodes.INVALID_INPUT) from exc
+
+
+def _change_result(response: httpx.Response) -> dict[str, Any]:
+    """The body of a weight change's answer; exit 2 on bad input, 1 when nothing was done."""
+    data: dict[str, Any] = response.json()
+    if response.status_code in (400, 404):
+        typer.echo(f"error: {data['error']}", err=True)
+        raise typer.Exit(exitcodes.INVALID_INPUT)
+    if "outcome" not in data:
+        typer.echo(f"error: {data.get('error', response.text)}", err=True)
+        raise typer.Exit(exitcodes.FAILED)
+    return data
+
+
 @app.command("set-weights")
 def set_weights(
     route: Annotated[str, typer.Argument(help="Route name from the gateway file.")],
@@ -109,11 +131,7 @@ def set_weights(
     Exit 0 when every node ACKed; 1 on NACK, timeout or no connected node; 2 on bad input.
     """
     parsed = _parse_weights(weights)
-    try:
-        timeout_s = parse_duration(timeout).total_seconds()
-    except ValueError as exc:
-        typer.echo(f"error: --timeout: {exc}", err=True)
-        raise typer.Exit(exitcodes.INVALID_INPUT) from exc
+    timeout_s = _timeout_s(timeout)
     body = {"weights": parsed, "nodes": node or None, "timeout_s": timeout_s}
     response = request(
         "PUT",
@@ -121,13 +139,7 @@ def set_weights(
         timeout_s=timeout_s + 5,
         json=body,
     )
-    data = response.json()
-    if response.status_code in (400, 404):
-        typer.echo(f"error: {data['error']}", err=True)
-        raise typer.Exit(exitcodes.INVALID_INPUT)
-    if "outcome" not in data:
-        typer.echo(f"error: {data.get('error', response.text)}", err=True)
-        raise typer.Exit(exitcodes.FAILED)
+    data = _change_result(response)
     if output is Output.json:
         typer.echo(json.dumps(data, indent=2))
     else:
@@ -156,24 +168,14 @@ def reset_weights(
 
     Exit 0 when every node ACKed; 1 on NACK, timeout or no connected node; 2 on bad input.
     """
-    try:
-        timeout_s = parse_duration(timeout).total_seconds()
-    except ValueError as exc:
-        typer.echo(f"error: --timeout: {exc}", err=True)
-        raise typer.Exit(exitcodes.INVALID_INPUT) from exc
+    timeout_s = _timeout_s(timeout)
     response = request(
         "DELETE",
         f"{admin.rstrip('/')}/v1/routes/{route}/weights",
         timeout_s=timeout_s + 5,
         params={"timeout_s": timeout_s},
     )
-    data = response.json()
-    if response.status_code in (400, 404):
-        typer.echo(f"error: {data['error']}", err=True)
-        raise typer.Exit(exitcodes.INVALID_INPUT)
-    if "outcome" not in data:
-        typer.echo(f"error: {data.get('error', response.text)}", err=True)
-        raise typer.Exit(exitcodes.FAILED)
+    data = _change_result(response)
     typer.echo(
         f"{route}: gateway weights {data['weights']} → RDS {data['version']}: {data['outcome']}"
         f" in {data['elapsed_ms']} ms"

@@ -38,6 +38,14 @@ class WeightRequest(BaseModel):
     timeout_s: float = Field(default=10.0, gt=0, le=600)
 
 
+class ResetRequest(BaseModel):
+    """Query of ``DELETE /v1/routes/{route}/weights``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timeout_s: float = Field(default=10.0, gt=0, le=600)
+
+
 _STATUS = {"acked": 200, "nacked": 409, "superseded": 409, "timeout": 504, "no_nodes": 504}
 
 
@@ -85,49 +93,47 @@ def make_app(
     async def routes(_: web.Request) -> web.Response:
         return web.json_response({"routes": weights.current()})
 
-    async def set_weights(request: web.Request) -> web.Response:
-        route = request.match_info["route"]
-        if route not in weights.gateway.routes():
-            return web.json_response({"error": f"unknown route {route!r}"}, status=404)
+    def unknown(route: str) -> web.Response | None:
+        if route in weights.gateway.routes():
+            return None
+        return web.json_response({"error": f"unknown route {route!r}"}, status=404)
+
+    async def change(
+        route: str, asked: dict[str, int] | None, nodes: list[str] | None, timeout_s: float
+    ) -> web.Response:
         try:
-            body = WeightRequest.model_validate_json(await request.read())
-        except ValidationError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        try:
-            change = await weights.set_weights(
-                route, body.weights, nodes=body.nodes, timeout_s=body.timeout_s
-            )
+            done = await weights.set_weights(route, asked, nodes=nodes, timeout_s=timeout_s)
         except ValueError as exc:
             return web.json_response({"error": str(exc)}, status=400)
         except PersistError as exc:
             return web.json_response({"error": f"{exc}; nothing changed"}, status=503)
-        return web.json_response(change_to_json(change), status=_STATUS[change.ack.outcome])
+        body = change_to_json(done)
+        body["weights"] = weights.current().get(route, {}) if asked is None else done.weights
+        return web.json_response(body, status=_STATUS[done.ack.outcome])
+
+    async def set_weights(request: web.Request) -> web.Response:
+        if (refused := unknown(request.match_info["route"])) is not None:
+            return refused
+        try:
+            body = WeightRequest.model_validate_json(await request.read())
+        except ValidationError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return await change(request.match_info["route"], body.weights, body.nodes, body.timeout_s)
+
+    async def reset_weights(request: web.Request) -> web.Response:
+        if (refused := unknown(request.match_info["route"])) is not None:
+            return refused
+        try:
+            query = ResetRequest.model_validate(dict(request.query))
+        except ValidationError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return await change(request.match_info["route"], None, None, query.timeout_s)
 
     async def reload_gateway(_: web.Request) -> web.Response:
         if reloader is None or not await reloader.reload():
             error = reloader.last_error if reloader is not None else "reload not available"
             return web.json_response({"reloaded": False, "error": error}, status=422)
         return web.json_response({"reloaded": True, **reloader.to_json()})
-
-    async def reset_weights(request: web.Request) -> web.Response:
-        route = request.match_info["route"]
-        if route not in weights.gateway.routes():
-            return web.json_response({"error": f"unknown route {route!r}"}, status=404)
-        try:
-            timeout_s = float(request.query.get("timeout_s", "10"))
-        except ValueError:
-            return web.json_response({"error": "timeout_s must be a number"}, status=400)
-        if not 0 < timeout_s <= 600:
-            return web.json_response({"error": "timeout_s must be in (0, 600]"}, status=400)
-        try:
-            change = await weights.set_weights(route, None, timeout_s=timeout_s)
-        except ValueError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        except PersistError as exc:
-            return web.json_response({"error": f"{exc}; nothing changed"}, status=503)
-        body = change_to_json(change)
-        body["weights"] = weights.current().get(route, {})
-        return web.json_response(body, status=_STATUS[change.ack.outcome])
 
     app.router.add_get("/healthz", healthz)
     app.router.add_delete("/v1/routes/{route}/weights", reset_weights)
