@@ -425,6 +425,16 @@ class Ads:
         self._streams.append(stream)
         return stream
 
+    async def synced_sotw(self, node_id: str, types: tuple[str, ...] = (RDS,)) -> SotwClient:
+        """A new SotW stream for ``node_id`` that subscribed to ``types`` (RDS: both route
+        configurations; others: wildcard) and ACKed the first response of each."""
+        client = self.sotw(node_id)
+        for type_url in types:
+            await client.subscribe(type_url, self.LISTENERS if type_url == RDS else [])
+            await client.ack(await client.recv())
+        await client.barrier()
+        return client
+
     def delta(self, node_id: str) -> DeltaClient:
         """A new Delta stream for ``node_id``."""
         stream = DeltaClient(self.channel, node_id, self.cache)

@@ -18,19 +18,11 @@ from controller.xds.weights import WeightController
 HALF = {"comments-python": 50, "comments-go": 50}
 
 
-async def _synced(ads: Any, node_id: str) -> Any:
-    client = ads.sotw(node_id)
-    await client.subscribe(RDS, ads.LISTENERS)
-    await client.ack(await client.recv())
-    await client.barrier()
-    return client
-
-
 async def test_one_ack_does_not_stand_for_every_envoy_sharing_a_node_id(
     ads: Any, weights: WeightController
 ) -> None:
-    a = await _synced(ads, "gw")
-    b = await _synced(ads, "gw")
+    a = await ads.synced_sotw("gw")
+    b = await ads.synced_sotw("gw")
     assert ads.node("gw").streams == 2
     push = asyncio.create_task(weights.set_weights("comments", HALF, timeout_s=0.5))
     got_a, got_b = await a.recv(), await b.recv()
@@ -47,8 +39,8 @@ async def test_one_ack_does_not_stand_for_every_envoy_sharing_a_node_id(
 async def test_a_target_that_disconnects_unanswered_stays_pending(
     ads: Any, weights: WeightController
 ) -> None:
-    a = await _synced(ads, "a")
-    b = await _synced(ads, "b")
+    a = await ads.synced_sotw("a")
+    b = await ads.synced_sotw("b")
     push = asyncio.create_task(weights.set_weights("comments", HALF, timeout_s=0.5))
     got_a = await a.recv()
     await b.recv()
@@ -73,7 +65,7 @@ async def test_a_push_superseded_on_the_wire_is_acked_by_the_later_one(
 ) -> None:
     """Two rollouts move two routes at once: the stream may only ever be sent the second
     version, which contains the first change. Both report acked."""
-    client = await _synced(ads, "a")
+    client = await ads.synced_sotw("a")
     first = asyncio.create_task(weights.set_weights("comments", HALF, timeout_s=2))
     second = asyncio.create_task(weights.set_weights("health", {"static": 1}, timeout_s=2))
     responses = await client.drain()
@@ -131,7 +123,7 @@ async def test_delta_nack_reverts_and_the_rejected_content_is_not_resent(
 async def test_sotw_nack_reverts_for_envoys_that_connect_later(
     ads: Any, cache: SnapshotCache, weights: WeightController
 ) -> None:
-    client = await _synced(ads, "a")
+    client = await ads.synced_sotw("a")
     good = cache.snapshot.version(RDS)
     push = asyncio.create_task(weights.set_weights("comments", HALF, timeout_s=1))
     await client.nack(await client.recv(), "no", last_good=good or "")
@@ -152,7 +144,7 @@ async def test_sotw_nack_reverts_for_envoys_that_connect_later(
 async def test_reset_weights_serves_the_gateway_weights(
     ads: Any, cache: SnapshotCache, weights: WeightController
 ) -> None:
-    client = await _synced(ads, "a")
+    client = await ads.synced_sotw("a")
     push = asyncio.create_task(weights.set_weights("comments", HALF, timeout_s=2))
     await client.ack(await client.recv())
     assert (await push).ack.outcome == "acked"

@@ -19,19 +19,10 @@ HALF = {"comments-python": 50, "comments-go": 50}
 SEVENTY = {"comments-python": 70, "comments-go": 30}
 
 
-async def _synced(ads: Any, node_id: str, types: tuple[str, ...] = (RDS,)) -> Any:
-    client = ads.sotw(node_id)
-    for type_url in types:
-        await client.subscribe(type_url, ads.LISTENERS if type_url == RDS else [])
-        await client.ack(await client.recv())
-    await client.barrier()
-    return client
-
-
 async def test_rollback_while_the_step_is_in_flight_is_sent_and_awaited(
     ads: Any, cache: SnapshotCache, weights: WeightController
 ) -> None:
-    client = await _synced(ads, "a")
+    client = await ads.synced_sotw("a")
     good = cache.snapshot.version(RDS)
     step = asyncio.create_task(weights.set_weights("comments", HALF, timeout_s=0.3))
     in_flight = await client.recv()  # a slow Envoy: not answered yet
@@ -50,8 +41,8 @@ async def test_rollback_while_the_step_is_in_flight_is_sent_and_awaited(
 async def test_a_slow_node_gets_the_reverted_weights_back(
     ads: Any, cache: SnapshotCache, weights: WeightController
 ) -> None:
-    a = await _synced(ads, "a")
-    b = await _synced(ads, "b")
+    a = await ads.synced_sotw("a")
+    b = await ads.synced_sotw("b")
     good = cache.snapshot.version(RDS)
     push = asyncio.create_task(weights.set_weights("comments", HALF, timeout_s=0.3))
     got_a, got_b = await a.recv(), await b.recv()
@@ -67,7 +58,7 @@ async def test_a_slow_node_gets_the_reverted_weights_back(
 async def test_a_flapping_reconnect_does_not_make_a_false_timeout(
     ads: Any, weights: WeightController
 ) -> None:
-    a = await _synced(ads, "a")
+    a = await ads.synced_sotw("a")
     push = asyncio.create_task(weights.set_weights("comments", HALF, nodes=["a"], timeout_s=2))
     await a.recv()
     await a.close()
@@ -86,8 +77,8 @@ async def test_a_flapping_reconnect_does_not_make_a_false_timeout(
 async def test_a_later_rejected_change_does_not_revert_an_acked_one(
     ads: Any, weights: WeightController
 ) -> None:
-    a = await _synced(ads, "a")
-    b = await _synced(ads, "b")
+    a = await ads.synced_sotw("a")
+    b = await ads.synced_sotw("b")
     first = asyncio.create_task(weights.set_weights("comments", HALF, timeout_s=1))
     got_a = await a.recv()
     await a.ack(got_a)
@@ -107,8 +98,8 @@ async def test_a_later_rejected_change_does_not_revert_an_acked_one(
 async def test_status_follows_the_remaining_stream_when_one_closes(
     ads: Any, cache: SnapshotCache, weights: WeightController
 ) -> None:
-    a = await _synced(ads, "gw")
-    b = await _synced(ads, "gw")
+    a = await ads.synced_sotw("gw")
+    b = await ads.synced_sotw("gw")
     push = asyncio.create_task(weights.set_weights("comments", HALF, timeout_s=0.3))
     got_a = await a.recv()
     await b.recv()
@@ -123,8 +114,8 @@ async def test_status_follows_the_remaining_stream_when_one_closes(
 async def test_a_stream_that_does_not_read_routes_does_not_block_a_push(
     ads: Any, weights: WeightController
 ) -> None:
-    a = await _synced(ads, "gw")
-    await _synced(ads, "gw", types=(CDS,))  # a tool sharing the node id, clusters only
+    a = await ads.synced_sotw("gw")
+    await ads.synced_sotw("gw", types=(CDS,))  # a tool sharing the node id, clusters only
     push = asyncio.create_task(weights.set_weights("comments", HALF, timeout_s=1))
     await a.ack(await a.recv())
     assert (await push).ack.outcome == "acked"
@@ -155,7 +146,7 @@ async def test_gateway_revert_that_no_longer_fits_the_weights_keeps_a_consistent
     """The reloaded gateway adds cluster x; weights moved to x during the ACK wait; then the
     gateway is NACKed. Going back would serve weights naming a missing cluster: the controller
     keeps the new gateway, consistently, and says it did not revert."""
-    client = await _synced(ads, "a", types=(CDS, LDS, RDS))
+    client = await ads.synced_sotw("a", types=(CDS, LDS, RDS))
     new = ads.gateway(extra_cluster="x")
     reload = asyncio.create_task(weights.replace_gateway(new, timeout_s=1.5))
     clusters = await client.recv()
@@ -175,7 +166,7 @@ async def test_gateway_revert_that_no_longer_fits_the_weights_keeps_a_consistent
 async def test_sotw_rollback_after_a_nack_with_a_step_in_flight_is_sent(
     ads: Any, cache: SnapshotCache, weights: WeightController
 ) -> None:
-    client = await _synced(ads, "a")
+    client = await ads.synced_sotw("a")
     good = cache.snapshot.version(RDS)
     push = asyncio.create_task(weights.set_weights("comments", HALF, timeout_s=1))
     await client.nack(await client.recv(), "no", last_good=good or "")
@@ -239,7 +230,7 @@ async def test_delta_subset_reload_is_acked(
 async def test_sotw_reload_is_acked(
     ads: Any, cache: SnapshotCache, weights: WeightController
 ) -> None:
-    client = await _synced(ads, "a")
+    client = await ads.synced_sotw("a")
     reload = asyncio.create_task(weights.replace_gateway(ads.gateway(extra_cluster="y"), 1))
     for resp in await client.drain():
         await client.ack(resp)
@@ -250,7 +241,7 @@ async def test_sotw_reload_is_acked(
 async def test_superseded_change_of_the_same_route_is_not_acked(
     ads: Any, cache: SnapshotCache, weights: WeightController
 ) -> None:
-    client = await _synced(ads, "a")
+    client = await ads.synced_sotw("a")
     first = asyncio.create_task(weights.set_weights("comments", HALF, timeout_s=0.5))
     second = asyncio.create_task(weights.set_weights("comments", SEVENTY, timeout_s=0.5))
     responses = await client.drain()
@@ -283,7 +274,7 @@ async def test_delta_wildcard_resubscribe_gets_everything_again(
 async def test_resubscribed_original_stream_closing_unanswered_is_not_acked(
     ads: Any, cache: SnapshotCache, weights: WeightController
 ) -> None:
-    a = await _synced(ads, "gw")
+    a = await ads.synced_sotw("gw")
     b = ads.sotw("gw")
     await b.subscribe(CDS)
     await b.recv()  # CDS never ACKed: b's RDS is held back
@@ -300,7 +291,7 @@ async def test_resubscribed_original_stream_closing_unanswered_is_not_acked(
 
 
 async def test_no_per_stream_records_leak(ads: Any, cache: SnapshotCache, weights) -> None:
-    a = await _synced(ads, "gw")
+    a = await ads.synced_sotw("gw")
     d = ads.delta("gw")
     await d.send(RDS, subscribe=["public"])
     await d.ack(await d.recv())
