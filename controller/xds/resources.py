@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from envoy_data_plane.envoy.config.cluster.v3 import (
     Cluster as EnvoyCluster,
@@ -43,6 +44,9 @@ from envoy_data_plane.envoy.config.listener.v3 import Listener as EnvoyListener
 from envoy_data_plane.envoy.config.route.v3 import (
     HeaderMatcher,
     RouteAction,
+    RouteActionHashPolicy,
+    RouteActionHashPolicyCookie,
+    RouteActionHashPolicyHeader,
     RouteConfiguration,
     WeightedCluster,
     WeightedClusterClusterWeight,
@@ -86,6 +90,36 @@ from controller.xds.snapshot import Resource, Snapshot
 
 RouteWeights = Mapping[str, Mapping[str, int]]
 """Weight overrides: route name → cluster name → relative weight (Sluice writes percents)."""
+
+
+@dataclass(frozen=True)
+class RouteOptions:
+    """What a rollout adds to its route besides the weights.
+
+    Attributes:
+        force_header: a request header whose value forces a cluster (testers reach one side
+            whatever the weights): for each ``(value, cluster)`` of ``force``, a route with the
+            same match plus ``force_header: value`` (exact) is placed right before the route,
+            sending to that cluster alone. Envoy matches routes in order, so these win.
+        force: ``(header value, cluster)`` pairs.
+        hash_header: sticky selection: ``RouteAction.hash_policy`` hashes this header, and
+            ``WeightedCluster.use_hash_policy`` picks the weighted cluster from that hash, so
+            one header value always lands on the same side (for given weights).
+        hash_cookie: the same, hashing a cookie (no ``ttl``: Envoy never generates one).
+    """
+
+    force_header: str | None = None
+    force: tuple[tuple[str, str], ...] = ()
+    hash_header: str | None = None
+    hash_cookie: str | None = None
+
+    def clusters(self) -> tuple[str, ...]:
+        """The clusters the forcing routes send to."""
+        return tuple(cluster for _, cluster in self.force)
+
+
+RouteOptionsByRoute = Mapping[str, RouteOptions]
+"""Route name → the rollout's options for it."""
 
 _HCM_TYPE = (
     "type.googleapis.com/"
@@ -222,43 +256,89 @@ def effective_weights(
     return tuple(ClusterWeight(cluster=c, weight=override[c]) for c in order)
 
 
-def route(spec: Route, override: Mapping[str, int] | None = None) -> EnvoyRoute:
-    """``Route`` with a ``RouteAction`` to one cluster or to ``weighted_clusters``."""
-    match = EnvoyRouteMatch(
-        prefix=spec.match.prefix,
-        path=spec.match.path,
-        headers=[_header(h) for h in spec.match.headers],
-    )
+def _match(spec: Route, extra: HeaderMatcher | None = None) -> EnvoyRouteMatch:
+    headers = [_header(h) for h in spec.match.headers]
+    if extra is not None:
+        headers.append(extra)
+    return EnvoyRouteMatch(prefix=spec.match.prefix, path=spec.match.path, headers=headers)
+
+
+def _finish(spec: Route, action: RouteAction) -> RouteAction:
+    action.timeout = spec.timeout
+    if spec.retry_policy is not None:
+        action.retry_policy = _retry(spec.retry_policy)
+    return action
+
+
+def _hash_policy(options: RouteOptions) -> list[RouteActionHashPolicy]:
+    if options.hash_header is not None:
+        return [
+            RouteActionHashPolicy(
+                header=RouteActionHashPolicyHeader(header_name=options.hash_header)
+            )
+        ]
+    if options.hash_cookie is not None:
+        return [RouteActionHashPolicy(cookie=RouteActionHashPolicyCookie(name=options.hash_cookie))]
+    return []
+
+
+def route(
+    spec: Route, override: Mapping[str, int] | None = None, options: RouteOptions | None = None
+) -> EnvoyRoute:
+    """``Route`` with a ``RouteAction`` to one cluster or to ``weighted_clusters``; with
+    ``options.hash_*``, the weighted cluster is picked from the request's hash
+    (``WeightedCluster.use_hash_policy`` and ``RouteAction.hash_policy``)."""
     weights = effective_weights(spec, override)
     if weights is not None:
+        hashing = _hash_policy(options) if options is not None else []
         action = RouteAction(
             weighted_clusters=WeightedCluster(
                 clusters=[
                     WeightedClusterClusterWeight(name=w.cluster, weight=w.weight) for w in weights
-                ]
-            )
+                ],
+                use_hash_policy=True if hashing else None,
+            ),
+            hash_policy=hashing,
         )
     else:
         action = RouteAction(cluster=spec.cluster)
-    action.timeout = spec.timeout
-    if spec.retry_policy is not None:
-        action.retry_policy = _retry(spec.retry_policy)
-    return EnvoyRoute(name=spec.name, match=match, route=action)
+    return EnvoyRoute(name=spec.name, match=_match(spec), route=_finish(spec, action))
 
 
-def route_configuration(spec: Listener, weights: RouteWeights) -> RouteConfiguration:
-    """``RouteConfiguration`` named after the listener, with its virtual hosts and routes."""
-    return RouteConfiguration(
-        name=spec.name,
-        virtual_hosts=[
-            EnvoyVirtualHost(
-                name=vh.name,
-                domains=list(vh.domains),
-                routes=[route(r, weights.get(r.name)) for r in vh.routes],
-            )
-            for vh in spec.virtual_hosts
-        ],
-    )
+def forced_routes(spec: Route, options: RouteOptions) -> list[EnvoyRoute]:
+    """The routes placed before ``spec`` that send a request carrying
+    ``options.force_header: value`` to the value's cluster (named ``<route>.force-<cluster>``)."""
+    if options.force_header is None:
+        return []
+    return [
+        EnvoyRoute(
+            name=f"{spec.name}.force-{cluster}",
+            match=_match(
+                spec,
+                HeaderMatcher(name=options.force_header, string_match=StringMatcher(exact=value)),
+            ),
+            route=_finish(spec, RouteAction(cluster=cluster)),
+        )
+        for value, cluster in options.force
+    ]
+
+
+def route_configuration(
+    spec: Listener, weights: RouteWeights, options: RouteOptionsByRoute | None = None
+) -> RouteConfiguration:
+    """``RouteConfiguration`` named after the listener, with its virtual hosts and routes (and,
+    for routes with options, their forcing routes right before them)."""
+    opts = options or {}
+    vhosts = []
+    for vh in spec.virtual_hosts:
+        routes: list[EnvoyRoute] = []
+        for r in vh.routes:
+            own = opts.get(r.name)
+            if own is not None:
+                routes += forced_routes(r, own)
+            routes.append(route(r, weights.get(r.name), own))
+        vhosts.append(EnvoyVirtualHost(name=vh.name, domains=list(vh.domains), routes=routes))
+    return RouteConfiguration(name=spec.name, virtual_hosts=vhosts)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -276,13 +356,19 @@ def _listener_resource(spec: Listener) -> Resource:
 
 @functools.lru_cache(maxsize=4096)
 def _route_resource(
-    spec: Listener, weights: tuple[tuple[str, tuple[tuple[str, int], ...]], ...]
+    spec: Listener,
+    weights: tuple[tuple[str, tuple[tuple[str, int], ...]], ...],
+    options: tuple[tuple[str, RouteOptions], ...] = (),
 ) -> Resource:
     by_route = {name: dict(cw) for name, cw in weights}
-    config = route_configuration(spec, by_route)
+    by_options = dict(options)
+    config = route_configuration(spec, by_route, by_options)
     clusters: set[str] = set()
     for vh in spec.virtual_hosts:
         for r in vh.routes:
+            own = by_options.get(r.name)
+            if own is not None:
+                clusters.update(own.clusters())
             eff = effective_weights(r, by_route.get(r.name))
             if eff is not None:
                 clusters.update(w.cluster for w in eff)
@@ -291,16 +377,23 @@ def _route_resource(
     return Resource.from_message_bytes(spec.name, typeurls.ROUTE, bytes(config), clusters)
 
 
-def build_snapshot(gateway: Gateway, weights: RouteWeights, label: str = "") -> Snapshot:
+def build_snapshot(
+    gateway: Gateway,
+    weights: RouteWeights,
+    label: str = "",
+    options: RouteOptionsByRoute | None = None,
+) -> Snapshot:
     """Translate a gateway and weight overrides into a snapshot of CDS, EDS, LDS and RDS.
 
     Args:
         gateway: a gateway that passed its checks (unique names, known clusters).
         weights: overrides by route name; each maps cluster → relative weight.
+        label: a note for logs and status (what changed).
+        options: rollout options by route name (forcing header, sticky hashing).
 
     Raises:
-        ValueError: an override names a route or cluster the gateway does not declare, or its
-            weights sum to 0 (Envoy would NACK it).
+        ValueError: an override or option names a route or cluster the gateway does not
+            declare, or weights sum to 0 (Envoy would NACK it).
     """
     routes = gateway.routes()
     known = gateway.cluster_names()
@@ -312,6 +405,13 @@ def build_snapshot(gateway: Gateway, weights: RouteWeights, label: str = "") -> 
             raise ValueError(f"route {name!r}: weights name unknown clusters {unknown}")
         if any(w < 0 for w in override.values()) or sum(override.values()) <= 0:
             raise ValueError(f"route {name!r}: weights must be >= 0 and sum to more than 0")
+    opts = options or {}
+    for name, extra in opts.items():
+        if name not in routes:
+            raise ValueError(f"options for unknown route {name!r}")
+        unknown = sorted(set(extra.clusters()) - known)
+        if unknown:
+            raise ValueError(f"route {name!r}: forcing header names unknown clusters {unknown}")
     clusters = [_cluster_resources(c) for c in gateway.spec.clusters]
     route_resources = []
     for spec in gateway.spec.listeners:
@@ -323,7 +423,10 @@ def build_snapshot(gateway: Gateway, weights: RouteWeights, label: str = "") -> 
                 if r.name in weights
             )
         )
-        route_resources.append(_route_resource(spec, own))
+        own_options = tuple(
+            (r.name, opts[r.name]) for vh in spec.virtual_hosts for r in vh.routes if r.name in opts
+        )
+        route_resources.append(_route_resource(spec, own, own_options))
     return Snapshot.build(
         {
             typeurls.CLUSTER: [c for c, _ in clusters],

@@ -16,7 +16,13 @@ from controller.policy.gateway import Gateway
 from controller.xds import typeurls
 from controller.xds.acks import AckResult, AckWaiter
 from controller.xds.cache import SnapshotCache
-from controller.xds.resources import RouteWeights, build_snapshot, effective_weights
+from controller.xds.resources import (
+    RouteOptions,
+    RouteOptionsByRoute,
+    RouteWeights,
+    build_snapshot,
+    effective_weights,
+)
 from controller.xds.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -25,6 +31,10 @@ PersistHook = Callable[[str, Mapping[str, int] | None], None]
 """Called with (route name, weights) before a change is served, or (route name, None) when the
 route goes back to the gateway's own weights; raising aborts the change. Called in a worker
 thread (it may block on a disk), one call at a time."""
+
+
+_Served = tuple[dict[str, int] | None, RouteOptions | None]
+"""A route's weight override and options (None, None: the gateway file's own)."""
 
 
 class PersistError(RuntimeError):
@@ -76,9 +86,12 @@ class WeightController:
         cache: the snapshot cache the ADS server serves from.
         weights: persisted overrides to start from (route → cluster → weight).
         persist: hook saving a route's weights durably before they are served.
+        options: rollout options to start with, by route (forcing header, sticky hashing).
+            They are not persisted here: the rollout store is their source.
 
     Raises:
-        ValueError: ``weights`` name unknown routes or clusters (see ``build_snapshot``).
+        ValueError: ``weights`` or ``options`` name unknown routes or clusters (see
+            ``build_snapshot``).
     """
 
     def __init__(
@@ -87,24 +100,34 @@ class WeightController:
         cache: SnapshotCache,
         weights: RouteWeights | None = None,
         persist: PersistHook | None = None,
+        options: RouteOptionsByRoute | None = None,
     ) -> None:
         self._gateway = gateway
         self._cache = cache
         self._weights: dict[str, dict[str, int]] = {r: dict(w) for r, w in (weights or {}).items()}
-        # Per route, the last weights every target ACKed (None: the gateway's own): what a
-        # NACKed change goes back to. Persisted weights were served before: taken as good.
-        self._last_good: dict[str, dict[str, int] | None] = {
-            r: dict(w) for r, w in self._weights.items()
+        self._options: dict[str, RouteOptions] = dict(options or {})
+        # Per route, the last weights (and options) every target ACKed (None: the gateway's
+        # own): what a NACKed change goes back to. What a controller starts with was served
+        # before: taken as good.
+        self._last_good: dict[str, _Served] = {
+            r: (self._weights.get(r), self._options.get(r))
+            for r in set(self._weights) | set(self._options)
         }
         self._route_waiters: dict[str, AckWaiter] = {}  # the latest change of each route
         self._persist = persist
         self._lock = asyncio.Lock()
-        cache.set_snapshot(build_snapshot(gateway, self._weights, label="start"))
+        cache.set_snapshot(
+            build_snapshot(gateway, self._weights, label="start", options=self._options)
+        )
 
     @property
     def gateway(self) -> Gateway:
         """The gateway being served."""
         return self._gateway
+
+    def options(self, route: str) -> RouteOptions | None:
+        """The rollout options served on ``route``, if any."""
+        return self._options.get(route)
 
     def current(self) -> dict[str, dict[str, int]]:
         """Every route's served weights (routes with weighted clusters or an override)."""
@@ -129,7 +152,10 @@ class WeightController:
         async with self._lock:
             old_gateway, old = self._gateway, self._cache.snapshot
             snapshot = build_snapshot(
-                gateway, self._weights, label=f"gateway {gateway.metadata.name}"
+                gateway,
+                self._weights,
+                label=f"gateway {gateway.metadata.name}",
+                options=self._options,
             )
             self._gateway = gateway
             self._cache.set_snapshot(snapshot)
@@ -147,7 +173,10 @@ class WeightController:
                 if self._gateway is gateway:
                     try:
                         previous = build_snapshot(
-                            old_gateway, self._weights, label="gateway reverted"
+                            old_gateway,
+                            self._weights,
+                            label="gateway reverted",
+                            options=self._options,
                         )
                     except ValueError:
                         # Weights set meanwhile need the new gateway: keep serving it.
@@ -163,6 +192,7 @@ class WeightController:
         route: str,
         weights: Mapping[str, int] | None,
         *,
+        options: RouteOptions | None = None,
         nodes: Collection[str] | None = None,
         timeout_s: float = 10.0,
     ) -> WeightChange:
@@ -172,6 +202,8 @@ class WeightController:
             route: a route name of the gateway.
             weights: cluster → relative weight (>= 0, sum > 0); clusters must be declared.
                 None drops the override: the route serves the gateway file's weights again.
+            options: the rollout options to serve on the route with these weights (forcing
+                header, sticky hashing); None serves none.
             nodes: node ids that must ACK; None means every node connected now that
                 subscribes to routes.
             timeout_s: seconds to wait for the ACKs.
@@ -191,7 +223,7 @@ class WeightController:
             raise ValueError(f"unknown route {route!r}")
         asked = None if weights is None else dict(weights)
         async with self._lock:
-            snapshot = await self._serve(route, asked)
+            snapshot = await self._serve(route, asked, options)
             generation = self._cache.generation
             version = snapshot.version(typeurls.ROUTE)
             assert version is not None
@@ -207,29 +239,35 @@ class WeightController:
             if self._route_waiters.get(route) is waiter:
                 del self._route_waiters[route]
         reverted = False
-        current = self._weights.get(route)
-        if ack.outcome == "acked" and current == asked:
-            self._last_good[route] = None if asked is None else dict(asked)
+        current = (self._weights.get(route), self._options.get(route))
+        if ack.outcome == "acked" and current == (asked, options):
+            self._last_good[route] = current
         elif ack.outcome == "nacked":
             async with self._lock:
-                if self._weights.get(route) == asked:  # no later change to keep
+                # No later change to keep:
+                if (self._weights.get(route), self._options.get(route)) == (asked, options):
                     try:
-                        await self._serve(route, self._last_good.get(route))
+                        await self._serve(route, *self._last_good.get(route, (None, None)))
                         reverted = True
                     except (PersistError, ValueError):
                         log.exception("could not go back to the last good weights of %s", route)
         return WeightChange(route=route, weights=dict(asked or {}), ack=ack, reverted=reverted)
 
-    async def _serve(self, route: str, weights: dict[str, int] | None) -> Snapshot:
-        """Persist, then serve ``weights`` for ``route`` (None: the gateway's own). Holds the
-        lock (callers take it)."""
+    async def _serve(
+        self, route: str, weights: dict[str, int] | None, options: RouteOptions | None
+    ) -> Snapshot:
+        """Persist, then serve ``weights`` and ``options`` for ``route`` (None: the gateway's
+        own weights, no options). Holds the lock (callers take it)."""
         proposed = {r: w for r, w in self._weights.items() if r != route}
         if weights is not None:
             proposed[route] = weights
+        proposed_options = {r: o for r, o in self._options.items() if r != route}
+        if options is not None:
+            proposed_options[route] = options
         label = f"{route}=" + (
             "/".join(f"{c}:{w}" for c, w in weights.items()) if weights else "gateway"
         )
-        snapshot = build_snapshot(self._gateway, proposed, label=label)
+        snapshot = build_snapshot(self._gateway, proposed, label=label, options=proposed_options)
         if self._persist is not None:
             try:
                 await asyncio.to_thread(self._persist, route, weights)
@@ -238,5 +276,6 @@ class WeightController:
                 # traffic back on its own: refuse the change instead.
                 raise PersistError(f"could not save the weights of {route!r}: {exc}") from exc
         self._weights = proposed
+        self._options = proposed_options
         self._cache.set_snapshot(snapshot)
         return snapshot

@@ -200,3 +200,65 @@ def test_sotw_body_parses_as_discovery_response(gateway: Gateway) -> None:
         "monolith",
     ]
     assert clusters.sotw_body(None) is body  # memoized: one encoding per subscription
+
+
+ROLLOUT_OPTIONS = resources.RouteOptions(
+    force_header="x-sluice-target",
+    force=(("candidate", "comments-go"), ("baseline", "comments-python")),
+    hash_header="x-user-id",
+)
+
+
+def test_forcing_routes_come_first_with_the_same_match_plus_the_header(gateway: Gateway) -> None:
+    snap = build_snapshot(
+        gateway,
+        {"comments": {"comments-python": 9900, "comments-go": 100}},
+        options={"comments": ROLLOUT_OPTIONS},
+    )
+    config = RouteConfiguration.parse(_decode(snap, typeurls.ROUTE, "public"))
+    names = [r.name for r in config.virtual_hosts[0].routes]
+    assert names == [
+        "comments.force-comments-go",
+        "comments.force-comments-python",
+        "comments",
+        "health",
+    ]
+    to_go, to_python, weighted, _ = config.virtual_hosts[0].routes
+    for forced, value, cluster in (
+        (to_go, "candidate", "comments-go"),
+        (to_python, "baseline", "comments-python"),
+    ):
+        assert forced.route.cluster == cluster
+        assert forced.match.prefix == "/api/comments"
+        *same, extra = forced.match.headers
+        assert [h.name for h in same] == ["x-canary", "x-debug"]  # the route's own conditions
+        assert (extra.name, extra.string_match.exact) == ("x-sluice-target", value)
+        assert forced.route.timeout.total_seconds() == 2.5  # the route's timeout and retries
+        assert forced.route.retry_policy.num_retries == 3
+    # Sticky: the weighted cluster is picked from the hash of x-user-id.
+    assert weighted.route.weighted_clusters.use_hash_policy is True
+    (policy,) = weighted.route.hash_policy
+    assert policy.header.header_name == "x-user-id"
+
+
+def test_sticky_cookie_and_no_options(gateway: Gateway) -> None:
+    weights = {"comments": {"comments-python": 50, "comments-go": 50}}
+    cookie = resources.RouteOptions(hash_cookie="session")
+    snap = build_snapshot(gateway, weights, options={"comments": cookie})
+    routes = RouteConfiguration.parse(_decode(snap, typeurls.ROUTE, "public")).virtual_hosts[0]
+    (policy,) = routes.routes[0].route.hash_policy
+    assert policy.cookie.name == "session"
+    assert [r.name for r in routes.routes] == ["comments", "health"]  # no forcing header
+    plain = build_snapshot(gateway, weights)
+    bare = RouteConfiguration.parse(_decode(plain, typeurls.ROUTE, "public")).virtual_hosts[0]
+    assert not bare.routes[0].route.hash_policy
+    assert not bare.routes[0].route.weighted_clusters.use_hash_policy
+    assert plain.version(typeurls.ROUTE) != snap.version(typeurls.ROUTE)
+
+
+def test_options_are_checked(gateway: Gateway) -> None:
+    with pytest.raises(ValueError, match="unknown route"):
+        build_snapshot(gateway, {}, options={"nope": ROLLOUT_OPTIONS})
+    rust = resources.RouteOptions(force_header="x-t", force=(("candidate", "comments-rust"),))
+    with pytest.raises(ValueError, match="unknown clusters"):
+        build_snapshot(gateway, {}, options={"comments": rust})
