@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import difflib
 import types
-from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeGuard, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from controller.policy.gateway import NAME_PATTERN
 from controller.policy.source import (
     DocumentError,
     FieldPath,
@@ -80,7 +81,35 @@ def _error_issue(
     model: type[BaseModel], err: ErrorDetails, data: object, lines: LineMap, filename: str
 ) -> Issue:
     path = _document_path(err, data)
-    return issue_at(filename, lines, path, _message(model, err, path))
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        return _tag_issue(model, err, path, data, lines, filename)
+    return issue_at(filename, lines, path, _message(model, err, path, data))
+
+
+def _tag_issue(
+    model: type[BaseModel],
+    err: ErrorDetails,
+    path: FieldPath,
+    data: object,
+    lines: LineMap,
+    filename: str,
+) -> Issue:
+    """A discriminated union's tag (e.g. an SLO's ``metric``) that is missing or unknown: at the
+    tag's line, with the allowed values."""
+    ctx = err.get("ctx") or {}
+    tag_field = str(ctx.get("discriminator", "")).strip("'\"")
+    if not isinstance(err["input"], dict):
+        msg = f"expected a mapping (key: value), got {_kind(err['input'])}"
+        return issue_at(filename, lines, path, msg)
+    allowed = _tags(_annotation_at(model, path, data), tag_field)
+    listed = f"; allowed: {', '.join(allowed)}" if allowed else ""
+    if err["type"] == "union_tag_not_found":
+        return issue_at(filename, lines, (*path, tag_field), f"required field is missing{listed}")
+    tag = err["input"].get(tag_field)
+    guess = difflib.get_close_matches(str(tag), allowed, n=1)
+    hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+    msg = f"unknown {tag_field} {_show(tag)}{hint}{listed}"
+    return issue_at(filename, lines, (*path, tag_field), msg)
 
 
 def _document_path(err: ErrorDetails, data: object) -> FieldPath:
@@ -106,12 +135,17 @@ def _child(container: object, part: str | int) -> tuple[bool, object]:
     return False, None
 
 
-def _message(model: type[BaseModel], err: ErrorDetails, path: FieldPath) -> str:
+def _message(model: type[BaseModel], err: ErrorDetails, path: FieldPath, data: object) -> str:
     kind, ctx, value = err["type"], err.get("ctx") or {}, err["input"]
     if kind == "missing":
         return "required field is missing"
     if kind == "extra_forbidden":
-        return _unknown_field(model, path)
+        return _unknown_field(model, path, data)
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") == NAME_PATTERN:
+        return (
+            "a name is lower-case letters, digits, '.', '_' and '-', starting and ending with a"
+            f" letter or digit (got {_show(value)})"
+        )
     if kind in ("value_error", "assertion_error") and "error" in ctx:
         return str(ctx["error"])
     if kind in ("model_type", "model_attributes_type", "dict_type"):
@@ -129,8 +163,8 @@ def _message(model: type[BaseModel], err: ErrorDetails, path: FieldPath) -> str:
     return f"{err['msg']} (got {_show(value)})"
 
 
-def _unknown_field(model: type[BaseModel], path: FieldPath) -> str:
-    target = _model_at(model, path[:-1])
+def _unknown_field(model: type[BaseModel], path: FieldPath, data: object) -> str:
+    target = _model_at(model, path[:-1], data)
     if target is None:
         return "unknown field"
     allowed = [info.alias or name for name, info in target.model_fields.items()]
@@ -141,23 +175,72 @@ def _unknown_field(model: type[BaseModel], path: FieldPath) -> str:
     return f"unknown field{hint}; allowed: {', '.join(allowed)}"
 
 
-def _model_at(model: type[BaseModel], path: FieldPath) -> type[BaseModel] | None:
-    """The model class validating the mapping at ``path`` (following field annotations)."""
+def _model_at(model: type[BaseModel], path: FieldPath, data: object) -> type[BaseModel] | None:
+    """The model class validating the mapping at ``path`` (following field annotations; in a
+    union of models, the one member that fits the document's values there, e.g. the SLO kind
+    that an SLO's ``metric`` names)."""
+    current = _select(_unwrap(_annotation_at(model, path, data)), _at(data, path))
+    return current if _is_model(current) else None
+
+
+def _annotation_at(model: type[BaseModel], path: FieldPath, data: object) -> Any:
+    """The type annotation of the value at ``path`` (None when the path leaves the models)."""
     current: Any = model
+    node = data
     for part in path:
-        current = _unwrap(current)
+        current = _select(_unwrap(current), node)
+        node = _child(node, part)[1]
         if isinstance(part, int):
             args = get_args(current)
             if get_origin(current) not in (list, tuple) or not args:
                 return None
             current = args[0]
-        elif isinstance(current, type) and issubclass(current, BaseModel):
+        elif _is_model(current):
             fields = current.model_fields.items()
             current = next((f.annotation for n, f in fields if (f.alias or n) == part), None)
         else:
             return None
-    current = _unwrap(current)
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+    return current
+
+
+def _select(annotation: Any, node: object) -> Any:
+    """In a union of models, the one member whose literal fields accept the values of
+    ``node``; otherwise ``annotation`` unchanged."""
+    if get_origin(annotation) not in (Union, types.UnionType) or not isinstance(node, dict):
+        return annotation
+    fits = [m for m in get_args(annotation) if _is_model(m) and _literals_fit(m, node)]
+    return fits[0] if len(fits) == 1 else annotation
+
+
+def _literals_fit(model: type[BaseModel], node: dict[Any, Any]) -> bool:
+    for name, info in model.model_fields.items():
+        key = info.alias or name
+        literal = get_origin(info.annotation) is Literal
+        if literal and key in node and node[key] not in get_args(info.annotation):
+            return False
+    return True
+
+
+def _tags(annotation: Any, field: str) -> list[str]:
+    """The values the members of a (discriminated) union allow for ``field``, in order."""
+    tags: list[str] = []
+    for member in get_args(_unwrap(annotation)):
+        info = member.model_fields.get(field) if _is_model(member) else None
+        if info is not None and get_origin(info.annotation) is Literal:
+            tags += [str(t) for t in get_args(info.annotation) if str(t) not in tags]
+    return tags
+
+
+def _at(data: object, path: FieldPath) -> object:
+    for part in path:
+        found, data = _child(data, part)
+        if not found:
+            return None
+    return data
+
+
+def _is_model(annotation: Any) -> TypeGuard[type[BaseModel]]:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 def _unwrap(annotation: Any) -> Any:

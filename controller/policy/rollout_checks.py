@@ -1,0 +1,99 @@
+"""Cross-field checks of a rollout policy, and checks of a policy against a gateway.
+
+Field validation (types, units, ranges) is pydantic's; these see what one field alone cannot:
+stages that do not move forward, a rollout that never reaches its candidate, a route or
+cluster the gateway does not serve.
+"""
+
+from __future__ import annotations
+
+from controller.policy.gateway import Gateway
+from controller.policy.gateway_checks import Problem
+from controller.policy.rollout_policy import RolloutPolicy, slo_name
+
+_STAGES = ("spec", "stages")
+
+
+def check_policy(policy: RolloutPolicy) -> list[Problem]:
+    """Problems of a validated policy; empty when sound.
+
+    Reported: stage weights that do not strictly increase (a rollout moves forward only); a
+    last stage below 100% (the rollout would never finish the migration); the same cluster as
+    baseline and candidate; two SLOs with the same name (verdicts are reported by name).
+    """
+    problems: list[Problem] = []
+    stages = policy.spec.stages
+    for i in range(1, len(stages)):
+        if stages[i].weight <= stages[i - 1].weight:
+            problems.append(
+                (
+                    (*_STAGES, i, "weight"),
+                    f"stage weights must increase: {stages[i].weight:g}% follows "
+                    f"{stages[i - 1].weight:g}% (stage {i})",
+                )
+            )
+    if stages[-1].weight != 100:
+        problems.append(
+            (
+                (*_STAGES, len(stages) - 1, "weight"),
+                f"the last stage must send 100% to the candidate, got {stages[-1].weight:g}%",
+            )
+        )
+    if policy.spec.baseline.cluster == policy.spec.candidate.cluster:
+        problems.append(
+            (("spec", "candidate", "cluster"), "the candidate must differ from the baseline")
+        )
+    seen: dict[str, int] = {}
+    for i, slo in enumerate(policy.spec.analysis.slos):
+        name = slo_name(slo)
+        if name in seen:
+            problems.append(
+                (
+                    ("spec", "analysis", "slos", i, "metric"),
+                    f"SLO {name!r} is already defined at spec.analysis.slos[{seen[name]}]",
+                )
+            )
+        else:
+            seen[name] = i
+    return problems
+
+
+def check_against_gateway(policy: RolloutPolicy, gateway: Gateway) -> list[Problem]:
+    """Problems running ``policy`` on ``gateway`` would meet; empty when it fits.
+
+    Reported: the route is not in the gateway; the baseline or candidate cluster is not
+    declared (Envoy would answer 503); the route does not send traffic to the baseline today
+    (the rollout would move traffic from somewhere else).
+    """
+    problems: list[Problem] = []
+    routes = gateway.routes()
+    clusters = gateway.cluster_names()
+    route = routes.get(policy.spec.route)
+    if route is None:
+        known = ", ".join(sorted(routes)) or "none"
+        problems.append(
+            (
+                ("spec", "route"),
+                f"gateway {gateway.metadata.name!r} has no route {policy.spec.route!r}"
+                f" (routes: {known})",
+            )
+        )
+    for side in ("baseline", "candidate"):
+        cluster = getattr(policy.spec, side).cluster
+        if cluster not in clusters:
+            problems.append(
+                (
+                    ("spec", side, "cluster"),
+                    f"gateway {gateway.metadata.name!r} declares no cluster {cluster!r}"
+                    f" (clusters: {', '.join(sorted(clusters))})",
+                )
+            )
+    if route is not None and policy.spec.baseline.cluster not in route.referenced_clusters():
+        problems.append(
+            (
+                ("spec", "baseline", "cluster"),
+                f"route {route.name!r} does not send traffic to {policy.spec.baseline.cluster!r}"
+                f" (it sends to {', '.join(route.referenced_clusters())})",
+            )
+        )
+    return problems

@@ -1,0 +1,309 @@
+"""The rollout policy file: how one route moves from its baseline to its candidate.
+
+One file per migrating route, kept in git. Units are explicit: durations carry ``ms``/``s``/
+``m``/``h`` and percentages carry ``%``. Field names are camelCase in YAML, snake_case here.
+
+Shape (YAML)::
+
+    apiVersion: sluice.dev/v1alpha1
+    kind: RolloutPolicy
+    metadata: {name: comments}
+    spec:
+      route: comments                    # a route name of the gateway file
+      baseline: {cluster: comments-python}
+      candidate: {cluster: comments-go}
+      stages:                            # default: 1% 2m, 5% 5m, 25% 5m, 100% 5m
+        - {weight: 1%, bake: 2m}
+        - {weight: 100%, bake: 5m, deadline: 30m}
+      analysis:
+        interval: 30s
+        minRequests: 500
+        noData: hold                     # hold | fail
+        failureLimit: 1
+        failureCounting: consecutive     # consecutive | cumulative
+        slos:                            # default: latency_p99 and error_rate, maxDrift 5%
+          - {metric: latency_p99, maxDrift: 5%, maxValue: 250ms}
+          - {metric: error_rate, maxDrift: 5%, maxValue: 1%}
+      onFailure: rollback                # rollback | pause
+      override: {header: x-sluice-target}   # "candidate" / "baseline" force a side
+      sticky: {header: x-user-id}        # or {cookie: session}
+      ackTimeout: 10s
+
+Cross-field checks (stages increasing, ending at 100%, distinct clusters) are in
+:mod:`controller.policy.rollout_checks`; checks against a gateway (the route and clusters
+exist) in :func:`controller.policy.rollout_checks.check_against_gateway`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from controller.policy.gateway import NAME_PATTERN, Metadata
+from controller.policy.units import Duration, Percent, PercentRange, format_duration
+
+WEIGHT_SCALE = 100
+"""Envoy weights per percent: a stage at 0.25% sends ``weighted_clusters`` weights 25 and 9975
+(they sum to 10,000), so stage weights may have two decimals."""
+
+_HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
+
+StageWeight = Annotated[Percent, PercentRange(gt=0, le=100, decimals=2)]
+"""A stage's candidate share: more than 0%, at most 100%, in steps of 0.01%."""
+
+Share = Annotated[Percent, PercentRange(le=100)]
+"""A share of requests: 0% to 100%."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class Side(_Model):
+    """One side of the rollout: a cluster of the gateway file."""
+
+    cluster: str = Field(pattern=NAME_PATTERN)
+
+
+class Stage(_Model):
+    """One step of the rollout: the candidate's share of the route's requests, and how long it
+    stays there at least.
+
+    Attributes:
+        weight: the candidate's share in percent (0 < weight <= 100, at most two decimals:
+            Envoy gets weights in units of 0.01%, see :data:`WEIGHT_SCALE`).
+        bake: the minimum time at this stage, counted from the moment every Envoy ACKed the
+            stage's weights. The stage is left only after its bake time and a pass verdict.
+        deadline: how long after its start the stage may stay without a pass verdict (too
+            little traffic, no data) before ``onFailure`` applies; default: the bake time plus
+            ten analysis intervals (:meth:`RolloutPolicy.stage_deadline`).
+    """
+
+    weight: StageWeight
+    bake: Duration
+    deadline: Duration | None = None
+
+    @field_validator("deadline")
+    @classmethod
+    def _deadline_after_bake(
+        cls, value: timedelta | None, info: ValidationInfo
+    ) -> timedelta | None:
+        bake = info.data.get("bake")
+        if value is not None and bake is not None and value < bake:
+            raise ValueError(
+                f"must be at least the bake time ({format_duration(bake)}),"
+                f" got {format_duration(value)}"
+            )
+        return value
+
+    @property
+    def envoy_weight(self) -> int:
+        """The candidate's ``ClusterWeight.weight`` out of ``100 * WEIGHT_SCALE``."""
+        return round(self.weight * WEIGHT_SCALE)
+
+
+def default_stages() -> tuple[Stage, ...]:
+    """1% for 2m, then 5%, 25% and 100% for 5m each (the design's default)."""
+    return tuple(
+        Stage.model_validate({"weight": weight, "bake": bake})
+        for weight, bake in (("1%", "2m"), ("5%", "5m"), ("25%", "5m"), ("100%", "5m"))
+    )
+
+
+class LatencySlo(_Model):
+    """A latency quantile of the candidate, judged against the baseline's.
+
+    ``metric`` names the quantile (``latency_p50``, ``latency_p95``, ``latency_p99``), from
+    Envoy's ``upstream_rq_time`` histogram of each cluster. Fails when the candidate is more than
+    ``maxDrift`` slower than the baseline (relative, default 5%) or slower than ``maxValue``.
+    """
+
+    metric: Literal["latency_p50", "latency_p95", "latency_p99"]
+    max_drift: Percent | None = 5.0
+    max_value: Duration | None = None
+
+
+class ErrorRateSlo(_Model):
+    """The candidate's error rate (5xx / all requests, from ``upstream_rq_xx``), judged against
+    the baseline's: fails above ``maxDrift`` relative drift (default 5%) or above the absolute
+    ``maxValue`` (a percentage of requests)."""
+
+    metric: Literal["error_rate"]
+    max_drift: Percent | None = 5.0
+    max_value: Share | None = None
+
+
+class ParitySlo(_Model):
+    """Response parity from tap-compare: the share of compared requests whose candidate
+    response matched the baseline's must stay at or above ``minValue`` (e.g. ``99.9%``)."""
+
+    metric: Literal["parity"]
+    min_value: Share
+
+
+class CustomSlo(_Model):
+    """A PromQL query of one side, templated with ``{cluster}`` and ``{window}`` (e.g. ``2m``),
+    run for the baseline and for the candidate over the same window.
+
+    ``better: lower`` (default) fails when the candidate is more than ``maxDrift`` above the
+    baseline or above ``maxValue``; ``better: higher`` mirrors that (below, ``minValue``).
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["maxDrift"]},
+                {"required": ["maxValue"]},
+                {"required": ["minValue"]},
+            ]
+        }
+    )
+
+    metric: Literal["custom"]
+    name: str = Field(pattern=NAME_PATTERN)
+    query: str = Field(min_length=1, json_schema_extra={"pattern": r"\{cluster\}"})
+    better: Literal["lower", "higher"] = "lower"
+    max_drift: Percent | None = None
+    max_value: float | None = None
+    min_value: float | None = None
+
+    @field_validator("query")
+    @classmethod
+    def _names_cluster(cls, value: str) -> str:
+        if "{cluster}" not in value:
+            raise ValueError(
+                "must contain {cluster} (replaced by the baseline's and the candidate's cluster"
+                ' name, e.g. envoy_cluster_name="{cluster}")'
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> CustomSlo:
+        if self.max_drift is None and self.max_value is None and self.min_value is None:
+            raise ValueError("a custom SLO needs maxDrift, maxValue or minValue")
+        return self
+
+
+Slo = Annotated[LatencySlo | ErrorRateSlo | ParitySlo | CustomSlo, Field(discriminator="metric")]
+"""One service-level objective gating every stage."""
+
+
+def slo_name(slo: LatencySlo | ErrorRateSlo | ParitySlo | CustomSlo) -> str:
+    """The SLO's name in verdicts and status: the metric, or a custom SLO's own name."""
+    return slo.name if isinstance(slo, CustomSlo) else slo.metric
+
+
+def default_slos() -> tuple[LatencySlo | ErrorRateSlo | ParitySlo | CustomSlo, ...]:
+    """p99 latency and error rate, each failing beyond 5% drift from the baseline."""
+    return (LatencySlo(metric="latency_p99"), ErrorRateSlo(metric="error_rate"))
+
+
+class Analysis(_Model):
+    """How stages are judged (the judging itself lives in ``controller.analysis``).
+
+    Attributes:
+        interval: time between two analyses of the current stage.
+        min_requests: requests the candidate must have served in the stage before any pass
+            verdict; fewer give an inconclusive verdict.
+        no_data: ``hold`` (an empty result is inconclusive) or ``fail`` (counts as a failure).
+        failure_limit: failing verdicts that trigger ``onFailure``.
+        failure_counting: ``consecutive`` (a pass resets the count) or ``cumulative`` (every
+            failure in the stage counts).
+        slos: the objectives; omitted: :func:`default_slos`. An empty list gates stages on bake
+            time alone (every analysis passes).
+    """
+
+    interval: Duration = timedelta(seconds=30)
+    min_requests: int = Field(default=500, ge=0)
+    no_data: Literal["hold", "fail"] = "hold"
+    failure_limit: int = Field(default=1, ge=1)
+    failure_counting: Literal["consecutive", "cumulative"] = "consecutive"
+    slos: tuple[Slo, ...] = Field(default_factory=default_slos)
+
+    @field_validator("interval")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError(f"must be longer than 0s (got {format_duration(value)})")
+        return value
+
+
+class HeaderOverride(_Model):
+    """Testers force a side with a request header: ``<header>: <candidate>`` always reaches the
+    candidate, ``<header>: <baseline>`` the baseline, whatever the stage. Served as two extra
+    Envoy routes in front of the route under rollout, with the same match plus this header."""
+
+    header: str = Field(pattern=_HEADER_NAME)
+    candidate: str = Field(default="candidate", min_length=1)
+    baseline: str = Field(default="baseline", min_length=1)
+
+    @field_validator("baseline")
+    @classmethod
+    def _differs(cls, value: str, info: ValidationInfo) -> str:
+        if value == info.data.get("candidate"):
+            raise ValueError(f"must differ from the candidate value (both are {value!r})")
+        return value
+
+
+class Sticky(_Model):
+    """Users stay on one side between requests: Envoy hashes this header or cookie
+    (``RouteAction.hash_policy``) and picks the weighted cluster from the hash
+    (``WeightedCluster.use_hash_policy``, Envoy 1.36+) instead of at random. Requests without the
+    header or cookie are split at random. Exactly one of ``header`` or ``cookie``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [{"required": ["header"]}, {"required": ["cookie"]}]}
+    )
+
+    header: str | None = Field(default=None, pattern=_HEADER_NAME)
+    cookie: str | None = Field(default=None, pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+
+    @model_validator(mode="after")
+    def _check(self) -> Sticky:
+        if (self.header is None) == (self.cookie is None):
+            raise ValueError("sticky needs exactly one of header or cookie")
+        return self
+
+
+class PolicySpec(_Model):
+    """What the rollout moves, through which stages, judged how."""
+
+    route: str = Field(pattern=NAME_PATTERN)
+    baseline: Side
+    candidate: Side
+    stages: tuple[Stage, ...] = Field(default_factory=default_stages, min_length=1)
+    analysis: Analysis = Field(default_factory=Analysis)
+    on_failure: Literal["rollback", "pause"] = "rollback"
+    override: HeaderOverride | None = None
+    sticky: Sticky | None = None
+    ack_timeout: Duration = timedelta(seconds=10)
+
+
+class RolloutPolicy(_Model):
+    """A policy file: ``apiVersion: sluice.dev/v1alpha1``, ``kind: RolloutPolicy``."""
+
+    api_version: Literal["sluice.dev/v1alpha1"]
+    kind: Literal["RolloutPolicy"]
+    metadata: Metadata
+    spec: PolicySpec
+
+    def stage_deadline(self, index: int) -> timedelta:
+        """How long stage ``index`` may go without a pass verdict (see :class:`Stage`)."""
+        stage = self.spec.stages[index]
+        if stage.deadline is not None:
+            return stage.deadline
+        return stage.bake + 10 * self.spec.analysis.interval
+
+    def envoy_weights(self, candidate_percent: float) -> dict[str, int]:
+        """The route's ``weighted_clusters`` for a candidate share in percent:
+        ``{baseline: 10000 - w, candidate: w}`` with ``w = percent * WEIGHT_SCALE``."""
+        candidate = round(candidate_percent * WEIGHT_SCALE)
+        return {
+            self.spec.baseline.cluster: 100 * WEIGHT_SCALE - candidate,
+            self.spec.candidate.cluster: candidate,
+        }
