@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import typer
 
-from controller.cli import gateway, serve, xds
+from controller.cli import gateway, policy, serve, xds
 
 app = typer.Typer(
     name="sluice",
@@ -21,6 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(gateway.app, name="gateway")
+app.add_typer(policy.app, name="policy")
 app.add_typer(xds.app, name="xds")
 app.command("serve")(serve.serve)
 
