@@ -1,0 +1,228 @@
+"""The rollout store: each rollout's policy, where it came from, its state, and its history.
+
+A backend (``controller.store.sqlite_rollouts`` embedded, Kubernetes CR status later) keeps one
+record per rollout name: the policy as recorded when the rollout started, the policy file's
+origin (path, git commit), the state the machine derives, a revision for optimistic
+concurrency, and an append-only history of events. A state and the events of its transition
+are written together or not at all.
+
+At most one *active* rollout (``state.phase in controller.rollout.state.ACTIVE``) moves a
+route; a terminal rollout frees its route, and its name may be reused by a new rollout (its
+history continues).
+
+This module holds the protocol, its value types and its errors; it does no I/O.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from controller.policy.rollout_policy import RolloutPolicy
+from controller.rollout.actions import RecordEvent
+from controller.rollout.state import ACTIVE, RolloutState
+
+
+@dataclass(frozen=True)
+class PolicySource:
+    """Where a rollout's policy came from.
+
+    Attributes:
+        path: the policy file as given (None: not from a file, e.g. stdin or an API).
+        git_commit: the commit checked out in the git work tree holding the file (None: not in
+            a git work tree, or git is not available).
+        git_dirty: the file differs from ``git_commit`` (modified, staged or untracked).
+        text: the policy's YAML text as given.
+    """
+
+    path: str | None
+    git_commit: str | None
+    git_dirty: bool
+    text: str
+
+
+@dataclass(frozen=True)
+class StoredRollout:
+    """One rollout as stored.
+
+    Attributes:
+        name: the rollout's name (unique in the store).
+        route: the route it moves (``policy.spec.route``).
+        policy: the policy recorded when the rollout was created.
+        source: where the policy came from.
+        state: the current state.
+        revision: increases by one with every write of this record (creation included, and
+            across a terminal rollout replaced by a new one of the same name); pass it to
+            :meth:`RolloutStore.update` as ``expected_revision``.
+        created_at: when this rollout was created (epoch seconds: the creation event's time).
+    """
+
+    name: str
+    route: str
+    policy: RolloutPolicy
+    source: PolicySource
+    state: RolloutState
+    revision: int
+    created_at: float
+
+    @property
+    def active(self) -> bool:
+        """The rollout is in an active phase: it holds its route."""
+        return self.state.phase in ACTIVE
+
+
+@dataclass(frozen=True)
+class HistoryEvent:
+    """One entry of a rollout's append-only history.
+
+    Attributes:
+        seq: the entry's number in this rollout's history (1, 2, 3, ... in write order).
+        rollout: the rollout's name.
+        at: when it happened (epoch seconds, as the machine recorded it).
+        actor: who caused it (an operator, or ``controller``).
+        transition: ``"progressing → paused"``, or one phase when it did not change.
+        reason: why, for people.
+        details: free-form JSON values (figures of a verdict, a push's sequence, ...).
+    """
+
+    seq: int
+    rollout: str
+    at: float
+    actor: str
+    transition: str
+    reason: str
+    details: dict[str, object] = field(default_factory=dict)
+
+
+class StoreError(Exception):
+    """A rollout store operation failed; the message says why, for people."""
+
+
+class RolloutExistsError(StoreError):
+    """An active rollout already has this name."""
+
+    def __init__(self, name: str, phase: str) -> None:
+        super().__init__(
+            f"rollout {name!r} already exists and is {phase}; abort it or wait until it ends"
+        )
+        self.name = name
+        self.phase = phase
+
+
+class RouteBusyError(StoreError):
+    """Another active rollout already moves this route."""
+
+    def __init__(self, route: str, holder: str, phase: str) -> None:
+        super().__init__(
+            f"route {route!r} is already being moved by rollout {holder!r} ({phase}); "
+            "abort it or wait until it ends"
+        )
+        self.route = route
+        self.holder = holder
+        self.phase = phase
+
+
+class RolloutNotFoundError(StoreError):
+    """No rollout has this name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no rollout named {name!r}")
+        self.name = name
+
+
+class RevisionConflictError(StoreError):
+    """The rollout changed since it was read: ``expected`` is stale, ``current`` is stored.
+
+    Read it again, derive the new state from the stored one, and retry.
+    """
+
+    def __init__(self, name: str, expected: int, current: int) -> None:
+        super().__init__(
+            f"rollout {name!r} changed meanwhile (revision {current}, expected {expected}); "
+            "read it again and retry"
+        )
+        self.name = name
+        self.expected = expected
+        self.current = current
+
+
+class CorruptRecordError(StoreError):
+    """A stored record cannot be read back (damaged, or written by an incompatible version)."""
+
+
+class RolloutStore(Protocol):
+    """Durable rollouts: records with compare-and-set updates and an append-only history.
+
+    Implementations are safe to call from several threads, and several processes may share
+    one store: every write is one atomic transaction.
+    """
+
+    def create(
+        self,
+        name: str,
+        policy: RolloutPolicy,
+        source: PolicySource,
+        state: RolloutState,
+        event: RecordEvent,
+    ) -> StoredRollout:
+        """Record a new rollout of ``policy.spec.route`` with its first state and event.
+
+        A terminal rollout of the same name is replaced (new policy, source and state; its
+        revision keeps increasing and its history continues).
+
+        Raises:
+            RolloutExistsError: an active rollout has this name.
+            RouteBusyError: an active rollout of another name moves the same route.
+            StoreError: the store failed (nothing was written).
+        """
+        ...
+
+    def get(self, name: str) -> StoredRollout:
+        """The rollout named ``name``.
+
+        Raises:
+            RolloutNotFoundError: no rollout has this name.
+            CorruptRecordError: its record cannot be read back.
+        """
+        ...
+
+    def list(self, active_only: bool = False) -> builtins.list[StoredRollout]:
+        """Every rollout (or only the active ones), sorted by name.
+
+        Raises:
+            CorruptRecordError: a record cannot be read back (the message names it).
+        """
+        ...
+
+    def update(
+        self,
+        name: str,
+        expected_revision: int,
+        state: RolloutState,
+        events: Sequence[RecordEvent],
+    ) -> StoredRollout:
+        """Compare-and-set: store ``state`` and append ``events`` in one transaction, if the
+        rollout is still at ``expected_revision``; the revision becomes ``expected + 1``.
+
+        Raises:
+            RolloutNotFoundError: no rollout has this name.
+            RevisionConflictError: the stored revision is not ``expected_revision``.
+            RouteBusyError: ``state`` makes a terminal rollout active again (a retry) while
+                another active rollout moves its route.
+            StoreError: the store failed (nothing was written).
+        """
+        ...
+
+    def history(self, name: str, limit: int | None = None) -> builtins.list[HistoryEvent]:
+        """The rollout's events, oldest first; with ``limit``, only the last ``limit``.
+
+        Raises:
+            RolloutNotFoundError: no rollout has this name.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the store (after a write in progress, if any)."""
+        ...
