@@ -12,17 +12,21 @@ Routes (JSON):
     PUT  /v1/routes/{route}/weights   {"weights": {cluster: int}, "nodes": [..]?, "timeout_s": n?}
                                       → the ACK outcome; 200 when ACKed, 409 on NACK,
                                       504 on timeout or no node; 400/404 on bad input;
-                                      503 when the weights could not be saved (nothing changed)
+                                      503 when the weights could not be saved (nothing changed);
+                                      409 when an active rollout moves the route (its weights are
+                                      the rollout's: pause or abort it instead)
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from controller.runtime.reload import GatewayReloader
+from controller.store.rollouts import RolloutStore
 from controller.xds.cache import SnapshotCache
 from controller.xds.typeurls import PUSH_ORDER, short_name
 from controller.xds.weights import PersistError, WeightChange, WeightController
@@ -79,10 +83,27 @@ def status_json(cache: SnapshotCache, reloader: GatewayReloader | None = None) -
 
 
 def make_app(
-    cache: SnapshotCache, weights: WeightController, reloader: GatewayReloader | None = None
+    cache: SnapshotCache,
+    weights: WeightController,
+    reloader: GatewayReloader | None = None,
+    rollouts: RolloutStore | None = None,
 ) -> web.Application:
-    """The admin application over the running controller's cache, weights and gateway."""
+    """The admin application over the running controller's cache, weights and gateway; with
+    ``rollouts``, manual weight changes of a route under an active rollout are refused."""
     app = web.Application()
+
+    async def owned(route: str) -> web.Response | None:
+        if rollouts is None:
+            return None
+        active = await asyncio.to_thread(rollouts.list, True)
+        owner = next((r for r in active if r.route == route), None)
+        if owner is None:
+            return None
+        error = (
+            f"route {route!r} is moved by rollout {owner.name!r} ({owner.state.phase}); "
+            f"its weights are the rollout's: use sluice rollout pause/abort {owner.name}"
+        )
+        return web.json_response({"error": error}, status=409)
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -118,6 +139,8 @@ def make_app(
             body = WeightRequest.model_validate_json(await request.read())
         except ValidationError as exc:
             return web.json_response({"error": str(exc)}, status=400)
+        if (refused := await owned(request.match_info["route"])) is not None:
+            return refused
         return await change(request.match_info["route"], body.weights, body.nodes, body.timeout_s)
 
     async def reset_weights(request: web.Request) -> web.Response:
@@ -127,6 +150,8 @@ def make_app(
             query = ResetRequest.model_validate(dict(request.query))
         except ValidationError as exc:
             return web.json_response({"error": str(exc)}, status=400)
+        if (refused := await owned(request.match_info["route"])) is not None:
+            return refused
         return await change(request.match_info["route"], None, None, query.timeout_s)
 
     async def reload_gateway(_: web.Request) -> web.Response:

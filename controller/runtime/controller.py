@@ -21,9 +21,13 @@ from pathlib import Path
 from aiohttp import web
 
 from controller.policy.gateway import Gateway
+from controller.policy.rollout_checks import check_against_gateway
 from controller.runtime.address import split_address
 from controller.runtime.admin import make_app
+from controller.runtime.reconciler import Reconciler, rollout_overlay
 from controller.runtime.reload import GatewayReloader
+from controller.store.rollouts import StoreError
+from controller.store.sqlite_rollouts import SqliteRolloutStore
 from controller.store.weights import SqliteWeightStore
 from controller.xds.cache import SnapshotCache
 from controller.xds.resources import build_snapshot
@@ -46,7 +50,8 @@ class ServeConfig:
         gateway_path: its file (re-read on SIGHUP), or None for the embedded default.
         xds_address: ``host:port`` of the ADS gRPC server (port 0: any free port).
         admin_address: ``host:port`` of the admin HTTP API (port 0: any free port).
-        state_path: the SQLite file holding the served weights.
+        state_path: the SQLite file holding the served weights and the rollouts.
+        poll_s: how often the reconciler re-reads the rollouts (operators' commands).
     """
 
     gateway: Gateway
@@ -54,6 +59,7 @@ class ServeConfig:
     xds_address: str
     admin_address: str
     state_path: Path
+    poll_s: float = 0.25
 
 
 async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
@@ -65,32 +71,54 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
     try:
         store = SqliteWeightStore(config.state_path)
         persisted = store.load()
-    except (sqlite3.Error, ValueError, OSError) as exc:
+        rollouts = SqliteRolloutStore(config.state_path)
+        active = rollouts.list(active_only=True)
+    except (sqlite3.Error, ValueError, OSError, StoreError) as exc:
         raise StartupError(
             f"cannot read the state file {config.state_path}: {exc}. It holds the served "
-            "weights: restore it, or remove it to serve the gateway file's weights."
+            "weights and the rollouts: restore it, or remove it to serve the gateway file's "
+            "weights and forget the rollouts."
         ) from exc
+    # An active rollout's route serves the rollout's weights from the first snapshot on: the
+    # state says what Envoy has (or is being sent), whatever a crash left in route_weights.
+    # A rollout whose route or clusters left the gateway is not overlaid: its next push fails
+    # it (phase failed, with the reason) instead of keeping the controller from starting.
+    overlay = rollout_overlay(
+        r for r in active if not check_against_gateway(r.policy, config.gateway)
+    )
+    persisted.update(overlay.weights)
     try:
-        first = build_snapshot(config.gateway, persisted, label="start")
+        first = build_snapshot(config.gateway, persisted, label="start", options=overlay.options)
     except ValueError as exc:
         store.close()
+        rollouts.close()
         raise StartupError(
             f"the weights persisted in {config.state_path} do not fit the gateway: {exc}. "
             "Refusing to serve a default in their place; fix the gateway or remove the state file."
         ) from exc
     cache = SnapshotCache(first)
-    weights = WeightController(config.gateway, cache, persisted, persist=store.put)
+    weights = WeightController(
+        config.gateway, cache, persisted, persist=store.put, options=overlay.options
+    )
     if persisted:
         log.info("serving persisted weights: %s", persisted)
+    for rollout in active:
+        log.info(
+            "resuming rollout %s (%s, stage %d)",
+            rollout.name,
+            rollout.state.phase,
+            rollout.state.stage + 1,
+        )
 
     try:
         server, xds_port = await start_server(cache, config.xds_address)
     except RuntimeError as exc:
         store.close()
+        rollouts.close()
         raise StartupError(str(exc)) from exc
     admin_host, admin_port = split_address(config.admin_address)
     reloader = GatewayReloader(config.gateway_path, weights)
-    runner = web.AppRunner(make_app(cache, weights, reloader), access_log=None)
+    runner = web.AppRunner(make_app(cache, weights, reloader, rollouts), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, admin_host, admin_port)
     try:
@@ -99,6 +127,7 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         await server.stop(None)
         await runner.cleanup()
         store.close()
+        rollouts.close()
         raise StartupError(f"cannot bind the admin API to {config.admin_address}: {exc}") from exc
     bound_admin = runner.addresses[0][1] if runner.addresses else admin_port
     # Everything alive now (imported modules, envoy-data-plane's classes, the first snapshot)
@@ -151,14 +180,20 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
             loop.add_signal_handler(sig, stop.set)
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGHUP, schedule_reload)
+    reconciler = Reconciler(rollouts, weights, poll_s=config.poll_s)
+    reconciling = loop.create_task(reconciler.run(stop), name="reconciler")
     try:
         await stop.wait()
     finally:
         log.info("stopping")
+        reconciling.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reconciling
         for task in reloads:
             task.cancel()
         await runner.cleanup()
         await server.stop(grace=1.0)
         # The store is closed last: a weight change may still be saving in a worker thread.
         await asyncio.to_thread(store.close)
+        await asyncio.to_thread(rollouts.close)
         print(json.dumps({"event": "stopped"}), file=sys.stderr, flush=True)

@@ -1,0 +1,380 @@
+"""``sluice rollout``: start, watch and steer rollouts.
+
+The CLI writes the rollout store directly (SQLite: the controller's ``--state`` file), as
+``kubectl`` writes the API server: ``start`` records a pending rollout and the running
+controller picks it up within its poll interval; commands go through the same state machine
+and compare-and-set as the controller, so concurrent commands never corrupt a rollout and an
+abort written during a stage transition wins.
+
+Exit codes: 0 done · 1 the rollout failed (``status --watch`` ending rolled back, aborted or
+failed) · 2 invalid input (a policy that fails validation, a bad option) · 4 refused (the
+command is not allowed in the rollout's phase, the route is busy, the name is taken) · 5 no
+such rollout · 6 the state file cannot be opened.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from controller.cli import exitcodes
+from controller.cli.rolloutview import history_json, rollout_json, status_view
+from controller.cli.yamlout import dump
+from controller.policy.loading import load_policy
+from controller.policy.source import DocumentError
+from controller.rollout.inputs import Command, CommandKind
+from controller.rollout.machine import start as start_state
+from controller.runtime.gitsource import policy_source
+from controller.store.rollouts import (
+    RolloutExistsError,
+    RolloutNotFoundError,
+    RolloutStore,
+    RouteBusyError,
+    StoreError,
+)
+from controller.store.sqlite_rollouts import SqliteRolloutStore
+from controller.store.transitions import apply_input
+
+app = typer.Typer(
+    help="Start, watch and steer rollouts (one route from its baseline to its candidate).",
+    no_args_is_help=True,
+)
+
+STATE_DEFAULT = Path(os.environ.get("SLUICE_STATE", ".sluice/state.db"))
+
+
+class Output(StrEnum):
+    """Output formats."""
+
+    table = "table"
+    json = "json"
+    yaml = "yaml"
+
+
+OutputOption = Annotated[Output, typer.Option("--output", "-o", help="table, json or yaml.")]
+StateOption = Annotated[
+    Path,
+    typer.Option(
+        "--state", help="The controller's state file (`sluice serve --state`; env SLUICE_STATE)."
+    ),
+]
+NameArg = Annotated[str, typer.Argument(help="The rollout's name.", metavar="NAME")]
+ReasonOption = Annotated[str, typer.Option(help="Why, for the history.")]
+ActorOption = Annotated[
+    str | None, typer.Option(help="Who, for the history (default: $SLUICE_ACTOR or user@host).")
+]
+
+
+def _actor(actor: str | None) -> str:
+    if actor:
+        return actor
+    if env := os.environ.get("SLUICE_ACTOR"):
+        return env
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+@contextmanager
+def _store(path: Path, create: bool = False) -> Iterator[RolloutStore]:
+    """Open the rollout store; exit 6 when it cannot be opened (and, unless ``create``, when
+    the file does not exist: a typo must not create an empty state file)."""
+    if not create and not path.exists():
+        typer.echo(
+            f"error: no state file at {path}: pass the controller's --state (or SLUICE_STATE)",
+            err=True,
+        )
+        raise typer.Exit(exitcodes.STATE_UNAVAILABLE)
+    try:
+        store = SqliteRolloutStore(path)
+    except (StoreError, OSError) as exc:
+        typer.echo(f"error: cannot open the state file {path}: {exc}", err=True)
+        raise typer.Exit(exitcodes.STATE_UNAVAILABLE) from exc
+    try:
+        yield store
+    except RolloutNotFoundError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exitcodes.NOT_FOUND) from exc
+    except StoreError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exitcodes.STATE_UNAVAILABLE) from exc
+    finally:
+        store.close()
+
+
+def _emit(data: Any, output: Output) -> None:
+    if output is Output.json:
+        typer.echo(json.dumps(data, indent=2))
+    else:
+        typer.echo(dump(data), nl=False)
+
+
+@app.command()
+def start(
+    name: NameArg,
+    policy: Annotated[
+        Path, typer.Option("--policy", "-p", help="The policy file (YAML; '-' reads stdin).")
+    ],
+    state: StateOption = STATE_DEFAULT,
+    actor: ActorOption = None,
+    output: OutputOption = Output.table,
+) -> None:
+    """Record a new rollout of the policy's route; the controller starts moving it.
+
+    The policy file is validated first (errors as file:line: field: message, exit 2), and its
+    git commit recorded. Refused (exit 4) when an active rollout has this name or moves the same
+    route.
+    """
+    label = "<stdin>" if str(policy) == "-" else str(policy)
+    try:
+        text = typer.get_text_stream("stdin").read() if str(policy) == "-" else policy.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        typer.echo(f"{label}: cannot read: {exc}", err=True)
+        raise typer.Exit(exitcodes.INVALID_INPUT) from exc
+    try:
+        parsed = load_policy(text, label)
+    except DocumentError as exc:
+        for issue in exc.issues:
+            typer.echo(str(issue), err=True)
+        raise typer.Exit(exitcodes.INVALID_INPUT) from exc
+    source = policy_source(policy, text)
+    now = time.time()
+    initial, event = start_state(parsed, now, _actor(actor))
+    with _store(state, create=True) as store:
+        try:
+            created = store.create(name, parsed, source, initial, event)
+        except (RolloutExistsError, RouteBusyError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(exitcodes.REFUSED) from exc
+    if output is not Output.table:
+        _emit(rollout_json(created, now), output)
+        return
+    commit = source.git_commit[:12] if source.git_commit else "not in git"
+    dirty = " (the file differs from it)" if source.git_dirty else ""
+    typer.echo(
+        f"rollout {name} created (pending): route {parsed.spec.route}, "
+        f"{parsed.spec.baseline.cluster} → {parsed.spec.candidate.cluster}, stages "
+        + " → ".join(f"{s.weight:g}%" for s in parsed.spec.stages)
+        + f"; policy {label} at {commit}{dirty}"
+    )
+
+
+@app.command("list")
+def list_rollouts(
+    state: StateOption = STATE_DEFAULT,
+    output: OutputOption = Output.table,
+    active: Annotated[bool, typer.Option(help="Only active rollouts.")] = False,
+) -> None:
+    """Every rollout: phase, stage, weights, age."""
+    now = time.time()
+    with _store(state) as store:
+        rollouts = store.list(active_only=active)
+    rows = [rollout_json(r, now) for r in rollouts]
+    if output is not Output.table:
+        _emit({"rollouts": rows}, output)
+        return
+    table = Table()
+    for column in ("name", "route", "phase", "stage", "candidate", "age", "reason"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["name"],
+            row["route"],
+            row["phase"],
+            f"{row['stage']}/{row['stages']}",
+            f"{row['weights']['candidate']:g}%" + ("" if row["in_effect"] else " …"),
+            _age(row["age_s"]),
+            row["reason"],
+        )
+    Console().print(table)
+    if not rows:
+        typer.echo("no rollouts")
+
+
+@app.command()
+def status(
+    name: NameArg,
+    state: StateOption = STATE_DEFAULT,
+    output: OutputOption = Output.table,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            "-w",
+            help="Live view until the rollout ends; exit 0 when it succeeded, 1 otherwise.",
+        ),
+    ] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes (--watch).")] = 0.5,
+) -> None:
+    """A rollout's stage, weights, bake time left, last verdict and recent history."""
+    with _store(state) as store:
+        if not watch:
+            rollout = store.get(name)
+            events = store.history(name, limit=8)
+            now = time.time()
+            if output is not Output.table:
+                data = rollout_json(rollout, now)
+                data["history"] = [history_json(e) for e in events]
+                _emit(data, output)
+                return
+            Console().print(status_view(rollout, events, now))
+            return
+        _watch(store, name, output, interval)
+
+
+def _watch(store: RolloutStore, name: str, output: Output, interval: float) -> None:
+    console = Console()
+    rollout = store.get(name)
+    if output is not Output.table:
+        # One JSON document per change (JSON lines), for scripts following a rollout.
+        last = -1
+        while True:
+            rollout = store.get(name)
+            if rollout.revision != last:
+                last = rollout.revision
+                typer.echo(json.dumps(rollout_json(rollout, time.time())))
+            if rollout.state.terminal:
+                break
+            time.sleep(interval)
+    else:
+        with Live(console=console, refresh_per_second=4, transient=False) as live:
+            while True:
+                rollout = store.get(name)
+                events = store.history(name, limit=8)
+                live.update(
+                    Group(
+                        status_view(rollout, events, time.time()),
+                        Text("watching; Ctrl-C to stop", style="dim"),
+                    )
+                )
+                if rollout.state.terminal:
+                    break
+                time.sleep(interval)
+    raise typer.Exit(exitcodes.OK if rollout.state.phase == "succeeded" else exitcodes.FAILED)
+
+
+@app.command()
+def history(
+    name: NameArg,
+    state: StateOption = STATE_DEFAULT,
+    output: OutputOption = Output.table,
+    limit: Annotated[int | None, typer.Option(help="Only the last N events.", min=1)] = None,
+) -> None:
+    """A rollout's history: every transition, who made it and why."""
+    with _store(state) as store:
+        store.get(name)
+        events = store.history(name, limit=limit)
+    rows = [history_json(e) for e in events]
+    if output is not Output.table:
+        _emit({"name": name, "history": rows}, output)
+        return
+    table = Table()
+    for column in ("#", "time (UTC)", "actor", "transition", "reason"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(str(row["seq"]), row["time"], row["actor"], row["transition"], row["reason"])
+    Console().print(table)
+
+
+def _command(
+    kind: CommandKind, name: str, state: Path, reason: str, actor: str | None, output: Output
+) -> None:
+    with _store(state) as store:
+        stored, decision = apply_input(
+            store, name, Command(now=time.time(), kind=kind, actor=_actor(actor), reason=reason)
+        )
+    if decision.refused:
+        typer.echo(f"refused: {name}: {decision.refused}", err=True)
+        raise typer.Exit(exitcodes.REFUSED)
+    if output is not Output.table:
+        _emit(rollout_json(stored, time.time()), output)
+        return
+    typer.echo(f"{name}: {stored.state.phase}: {stored.state.reason}")
+
+
+@app.command()
+def pause(
+    name: NameArg,
+    state: StateOption = STATE_DEFAULT,
+    reason: ReasonOption = "",
+    actor: ActorOption = None,
+    output: OutputOption = Output.table,
+) -> None:
+    """Hold the rollout where it is: the weights stay, nothing moves until resume."""
+    _command("pause", name, state, reason, actor, output)
+
+
+@app.command()
+def resume(
+    name: NameArg,
+    state: StateOption = STATE_DEFAULT,
+    reason: ReasonOption = "",
+    actor: ActorOption = None,
+    output: OutputOption = Output.table,
+) -> None:
+    """Continue a paused rollout; the current stage bakes again from now."""
+    _command("resume", name, state, reason, actor, output)
+
+
+@app.command()
+def promote(
+    name: NameArg,
+    full: Annotated[
+        bool, typer.Option("--full", help="Go straight to the last stage (100%).")
+    ] = False,
+    state: StateOption = STATE_DEFAULT,
+    reason: ReasonOption = "",
+    actor: ActorOption = None,
+    output: OutputOption = Output.table,
+) -> None:
+    """Leave the current stage now, without waiting for its bake time or a verdict."""
+    _command("promote_full" if full else "promote", name, state, reason, actor, output)
+
+
+@app.command()
+def abort(
+    name: NameArg,
+    state: StateOption = STATE_DEFAULT,
+    reason: ReasonOption = "",
+    actor: ActorOption = None,
+    output: OutputOption = Output.table,
+) -> None:
+    """Send 0% to the candidate and stop (phase aborted once every Envoy ACKed)."""
+    _command("abort", name, state, reason, actor, output)
+
+
+@app.command()
+def retry(
+    name: NameArg,
+    state: StateOption = STATE_DEFAULT,
+    reason: ReasonOption = "",
+    actor: ActorOption = None,
+    output: OutputOption = Output.table,
+) -> None:
+    """Start a rolled back, aborted or failed rollout again from its first stage."""
+    _command("retry", name, state, reason, actor, output)
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h"

@@ -1,0 +1,271 @@
+"""The reconciler: drives every active rollout through the state machine.
+
+One task per active rollout; a supervisor lists the store every ``poll_s`` seconds and starts
+tasks for new rollouts (an operator's ``sluice rollout start`` writes the store directly). Each
+task loops:
+
+1. re-read the rollout (operators' commands land in the store at any time);
+2. if the state awaits an ACK, push ``desired_weight`` through the weight primitive and feed the
+   outcome back; an operator's change meanwhile (a new push number, e.g. an abort) cancels the
+   wait, so the newest decision is pushed next;
+3. if an analysis is due, judge the stage and feed the verdict;
+4. feed the time (bake ends, deadlines, pending rollouts start);
+5. sleep until the next due time, at most ``poll_s``.
+
+Every transition is written to the store *before* its weights are pushed (compare-and-set on
+the revision; a conflict re-reads and decides again), so a crash between a push and the write
+of its outcome restarts with the push still owed: the controller pushes the same weights again
+(an idempotent change: Envoys that have them ACK at once) and the bake clock starts only at the
+ACK. A restarted controller serves each active rollout's weights from the first snapshot on
+(:func:`rollout_overlay`), never a default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from controller.policy.rollout_policy import RolloutPolicy
+from controller.rollout.inputs import AckKind, AckResult, Input, Tick
+from controller.rollout.machine import analysis_due, next_due
+from controller.rollout.state import Phase, RolloutState
+from controller.runtime.analyzer import BakeOnlyAnalyzer, StageAnalyzer
+from controller.store.rollouts import RolloutNotFoundError, RolloutStore, StoredRollout
+from controller.store.transitions import apply_input
+from controller.xds.resources import RouteOptions
+from controller.xds.weights import PersistError, WeightController
+
+log = logging.getLogger(__name__)
+
+_OPTION_PHASES = frozenset({Phase.PROGRESSING, Phase.PAUSED})
+"""Phases whose route carries the policy's forcing header and sticky hashing. A rollback
+removes them: after it, no request should reach the candidate."""
+
+
+def route_options(policy: RolloutPolicy, phase: Phase) -> RouteOptions | None:
+    """The route options a rollout serves in ``phase`` (None: none)."""
+    spec = policy.spec
+    if phase not in _OPTION_PHASES or (spec.override is None and spec.sticky is None):
+        return None
+    force_header = spec.override.header if spec.override else None
+    force: tuple[tuple[str, str], ...] = ()
+    if spec.override is not None:
+        force = (
+            (spec.override.candidate, spec.candidate.cluster),
+            (spec.override.baseline, spec.baseline.cluster),
+        )
+    return RouteOptions(
+        force_header=force_header,
+        force=force,
+        hash_header=spec.sticky.header if spec.sticky else None,
+        hash_cookie=spec.sticky.cookie if spec.sticky else None,
+    )
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """What active rollouts serve on their routes, for a controller's first snapshot."""
+
+    weights: dict[str, dict[str, int]]
+    options: dict[str, RouteOptions]
+
+
+def rollout_overlay(rollouts: Iterable[StoredRollout]) -> Overlay:
+    """The weights and options of every active rollout's route: the weight awaiting its ACK
+    (it may be on the wire already) or else the last ACKed one. Rollouts that pushed nothing
+    yet leave their route alone."""
+    weights: dict[str, dict[str, int]] = {}
+    options: dict[str, RouteOptions] = {}
+    for rollout in rollouts:
+        state, policy = rollout.state, rollout.policy
+        if state.terminal or state.served_weight is None:
+            continue
+        weights[policy.spec.route] = policy.envoy_weights(state.served_weight)
+        own = route_options(policy, state.phase)
+        if own is not None:
+            options[policy.spec.route] = own
+    return Overlay(weights=weights, options=options)
+
+
+class Reconciler:
+    """Drives the active rollouts of ``store`` by pushing weights through ``weights``.
+
+    Args:
+        store: the rollout store (shared with CLI processes).
+        weights: the weight primitive of the running xDS server.
+        analyzer: judges stages (default: :class:`BakeOnlyAnalyzer`).
+        clock: wall-clock seconds since the epoch (bake clocks survive restarts).
+        poll_s: how often the store is re-read for new rollouts and operators' commands.
+    """
+
+    def __init__(
+        self,
+        store: RolloutStore,
+        weights: WeightController,
+        analyzer: StageAnalyzer | None = None,
+        clock: Callable[[], float] = time.time,
+        poll_s: float = 0.25,
+    ) -> None:
+        self._store = store
+        self._weights = weights
+        self._analyzer = analyzer or BakeOnlyAnalyzer()
+        self._clock = clock
+        self._poll_s = poll_s
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._route_locks: dict[str, asyncio.Lock] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Supervise until ``stop`` is set; then cancel the rollout tasks (their state is in
+        the store: a restarted controller carries on)."""
+        try:
+            while not stop.is_set():
+                try:
+                    active = await asyncio.to_thread(self._store.list, True)
+                except Exception:
+                    log.exception("cannot list rollouts; retrying")
+                    active = []
+                for rollout in active:
+                    task = self._tasks.get(rollout.name)
+                    if task is None or task.done():
+                        self._tasks[rollout.name] = asyncio.create_task(
+                            self._drive(rollout.name), name=f"rollout {rollout.name}"
+                        )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self._poll_s)
+        finally:
+            for task in self._tasks.values():
+                task.cancel()
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    # -- one rollout --------------------------------------------------------------------------
+
+    async def _drive(self, name: str) -> None:
+        try:
+            while True:
+                rollout = await asyncio.to_thread(self._store.get, name)
+                state = rollout.state
+                if state.terminal:
+                    await self._settle(rollout)
+                    return
+                now = self._clock()
+                if state.awaiting_ack and state.phase != Phase.PENDING:
+                    result = await self._push(rollout)
+                    if result is None:
+                        continue  # superseded by a newer decision: push that one
+                    after = await self._apply(name, result)
+                    if result.outcome != "acked" and not after.state.terminal:
+                        await asyncio.sleep(_backoff(after.state.push_attempts))
+                    continue
+                if analysis_due(state, rollout.policy, now):
+                    verdict = await self._analyzer.judge(rollout, now)
+                    await self._apply(name, verdict)
+                    continue
+                after = await self._apply(name, Tick(now))
+                if after.revision != rollout.revision:
+                    continue  # moved (or an operator's command): look again at once
+                due = next_due(after.state, after.policy)
+                wait = self._poll_s if due is None else min(self._poll_s, max(0.0, due - now))
+                await asyncio.sleep(wait)
+        except RolloutNotFoundError:
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The rollout's state is in the store; the supervisor starts a new task.
+            log.exception("rollout %s: reconciling failed; retrying", name)
+            await asyncio.sleep(self._poll_s)
+
+    async def _apply(self, name: str, event: Input) -> StoredRollout:
+        """Feed ``event`` to the machine and store the result (:func:`apply_input`)."""
+        stored, decision = await asyncio.to_thread(apply_input, self._store, name, event)
+        for record in decision.events:
+            log.info("rollout %s: %s: %s", name, record.transition, record.reason)
+        return stored
+
+    async def _push(self, rollout: StoredRollout) -> AckResult | None:
+        """Serve the state's desired weight and wait for the ACKs. Returns None when an
+        operator's decision replaced this push meanwhile (the wait is cancelled)."""
+        state, policy = rollout.state, rollout.policy
+        route = policy.spec.route
+        lock = self._route_locks.setdefault(route, asyncio.Lock())
+        async with lock:
+            change = asyncio.create_task(
+                self._weights.set_weights(
+                    route,
+                    policy.envoy_weights(state.desired_weight),
+                    options=route_options(policy, state.phase),
+                    timeout_s=policy.spec.ack_timeout.total_seconds(),
+                )
+            )
+            while True:
+                done, _ = await asyncio.wait({change}, timeout=self._poll_s)
+                if done:
+                    break
+                if await self._replaced(rollout):
+                    change.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await change
+                    return None
+        now = self._clock()
+        try:
+            outcome = change.result()
+        except ValueError as exc:
+            return _result(state, now, "invalid", str(exc))
+        except PersistError as exc:
+            return _result(state, now, "unsaved", str(exc))
+        ack = outcome.ack
+        if ack.outcome == "acked":
+            return _result(state, now, "acked")
+        if ack.outcome == "nacked":
+            message = "; ".join(f"{node}: {msg}" for node, msg in sorted(ack.nacked.items()))
+            return _result(state, now, "nacked", message)
+        if ack.outcome == "no_nodes":
+            return _result(state, now, "no_nodes")
+        waiting = ", ".join(sorted(ack.pending)) if ack.pending else ""
+        return _result(state, now, "timeout", f"waiting for {waiting}" if waiting else ack.outcome)
+
+    async def _replaced(self, rollout: StoredRollout) -> bool:
+        try:
+            latest = await asyncio.to_thread(self._store.get, rollout.name)
+        except Exception:
+            return False
+        return latest.state.push_seq != rollout.state.push_seq
+
+    async def _settle(self, rollout: StoredRollout) -> None:
+        """A rollout that ended leaves no options on its route (forcing header, sticky
+        hashing), unless another rollout moves the route now."""
+        route = rollout.policy.spec.route
+        lock = self._route_locks.setdefault(route, asyncio.Lock())
+        async with lock:
+            if self._weights.options(route) is None:
+                return
+            active = await asyncio.to_thread(self._store.list, True)
+            if any(r.policy.spec.route == route for r in active):
+                return
+            served = rollout.state.served_weight
+            weights = rollout.policy.envoy_weights(served if served is not None else 0.0)
+            try:
+                await self._weights.set_weights(
+                    route,
+                    weights,
+                    options=None,
+                    timeout_s=rollout.policy.spec.ack_timeout.total_seconds(),
+                )
+            except (ValueError, PersistError):
+                log.exception("rollout %s: cannot remove its route options", rollout.name)
+
+
+def _result(state: RolloutState, now: float, outcome: AckKind, message: str = "") -> AckResult:
+    return AckResult(
+        now=now, seq=state.push_seq, weight=state.desired_weight, outcome=outcome, message=message
+    )
+
+
+def _backoff(attempts: int) -> float:
+    """Seconds before pushing again after ``attempts`` unconfirmed pushes (0.5 s doubling,
+    at most 10 s)."""
+    return float(min(10.0, 0.5 * 2 ** max(0, attempts - 1)))
