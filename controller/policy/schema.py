@@ -39,7 +39,16 @@ def policy_json_schema() -> dict[str, Any]:
         "$id": POLICY_SCHEMA_ID,
         **body,
         "title": "Sluice RolloutPolicy (sluice.dev/v1alpha1)",
+        "$comment": _LIMITS,
     }
+
+
+_LIMITS = (
+    "Checked by `sluice policy validate` only: stage weights increase and end at 100%;"
+    " baseline and candidate differ; SLO names are unique; a deadline is at least its bake"
+    " time; the analysis interval is above 0s; the override's two values differ; with"
+    " --gateway, the route and clusters exist in the gateway."
+)
 
 
 class _FileSchema(GenerateJsonSchema):

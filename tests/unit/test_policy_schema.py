@@ -71,6 +71,7 @@ def test_the_schema_is_a_valid_draft_2020_12_schema() -> None:
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["$id"] == "https://sluice.dev/schemas/rolloutpolicy-v1alpha1.json"
     assert "RolloutPolicy" in schema["title"]
+    assert "sluice policy validate" in schema["$comment"]
 
 
 def test_there_are_example_policies() -> None:
