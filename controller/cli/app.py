@@ -5,13 +5,16 @@ Exit codes (stable, for scripts):
     1  the operation ran and reported a failure (e.g. a weight change NACKed or timed out)
     2  invalid input (a file failed validation, a bad argument)
     3  the controller could not be reached
+    4  refused: not allowed in the rollout's phase, the route is busy, the name is taken
+    5  no rollout has that name
+    6  the state file cannot be opened
 """
 
 from __future__ import annotations
 
 import typer
 
-from controller.cli import gateway, policy, serve, xds
+from controller.cli import gateway, policy, rollout, serve, xds
 
 app = typer.Typer(
     name="sluice",
@@ -22,6 +25,7 @@ app = typer.Typer(
 )
 app.add_typer(gateway.app, name="gateway")
 app.add_typer(policy.app, name="policy")
+app.add_typer(rollout.app, name="rollout")
 app.add_typer(xds.app, name="xds")
 app.command("serve")(serve.serve)
 
