@@ -89,10 +89,7 @@ class SnapshotCache:
         status = self._nodes.get(node_id)
         if status is None:
             return
-        status.stream_ids.discard(stream_id)
-        types = status.stream_types.pop(stream_id, set())
-        for table in (status.stream_sent, status.stream_acks, status.stream_nacks):
-            table.pop(stream_id, None)
+        types = status.forget_stream(stream_id)
         for type_url in types:
             status.refresh_acked(type_url, self._clock())
         for waiter in list(self._waiters):
@@ -102,7 +99,7 @@ class SnapshotCache:
         """A stream subscribed to ``type_url``: the node now counts as a target for it."""
         node = self._nodes[node_id]
         node.type_status(type_url)
-        node.stream_types.setdefault(stream_id, set()).add(type_url)
+        node.subscribe(stream_id, type_url)
         for waiter in list(self._waiters):
             waiter.on_subscribe(node_id, stream_id, type_url)
 
@@ -112,7 +109,10 @@ class SnapshotCache:
         """A response with ``version``, built at snapshot ``generation``, went to a stream."""
         node = self._nodes[node_id]
         node.type_status(type_url).sent_version = version
-        node.stream_sent.setdefault(stream_id, {})[type_url] = (version, generation)
+        sent = node.stream_sent.get(stream_id)
+        if sent is None:
+            sent = node.stream_sent[stream_id] = {}
+        sent[type_url] = (version, generation)
 
     def record_ack(
         self, node_id: str, stream_id: int, type_url: str, version: str, generation: int
@@ -121,11 +121,17 @@ class SnapshotCache:
         reconnected already holding it). The node's status shows the version once every open
         stream of the node holds it."""
         node = self._nodes[node_id]
-        node.stream_acks.setdefault(stream_id, {})[type_url] = (version, generation)
-        node.stream_nacks.get(stream_id, {}).pop(type_url, None)
+        acks = node.stream_acks.get(stream_id)
+        if acks is None:
+            acks = node.stream_acks[stream_id] = {}
+        acks[type_url] = (version, generation)
+        nacks = node.stream_nacks.get(stream_id)
+        if nacks:
+            nacks.pop(type_url, None)
         node.refresh_acked(type_url, self._clock())
-        for waiter in list(self._waiters):
-            waiter.on_ack(node_id, stream_id, type_url, version, generation)
+        if self._waiters:
+            for waiter in list(self._waiters):
+                waiter.on_ack(node_id, stream_id, type_url, version, generation)
 
     def record_nack(
         self,
@@ -161,11 +167,9 @@ class SnapshotCache:
 
     def connected_nodes(self, type_url: str | None = None) -> set[str]:
         """Ids of nodes with an open stream (that subscribed to ``type_url`` if given)."""
-        return {
-            n.node_id
-            for n in self._nodes.values()
-            if (n.streams > 0 if type_url is None else bool(n.streams_of(type_url)))
-        }
+        if type_url is None:
+            return {n.node_id for n in self._nodes.values() if n.stream_ids}
+        return {n.node_id for n in self._nodes.values() if n.type_streams.get(type_url)}
 
     def watch(
         self,
@@ -179,28 +183,48 @@ class SnapshotCache:
         Synchronous on purpose: called right after :meth:`set_snapshot`, before the event loop
         runs any stream, it cannot miss an ACK.
         """
-        names = set(nodes) if nodes is not None else self.connected_nodes(type_url)
-        targets = {
-            n: (self._nodes[n].streams_of(type_url) if n in self._nodes else set()) for n in names
-        }
-        waiter = AckWaiter(type_url, version, generation, targets)
+        no_streams: frozenset[int] = frozenset()
+        if nodes is None:  # one pass over the nodes, through the per-type index
+            known = {
+                node_id: (node, streams)
+                for node_id, node in self._nodes.items()
+                if (streams := node.type_streams.get(type_url))
+            }
+            targets: dict[str, Collection[int]] = {n: s for n, (_, s) in known.items()}
+        else:
+            known = {}
+            targets = {}
+            for node_id in set(nodes):
+                node = self._nodes.get(node_id)
+                streams = node.type_streams.get(type_url) if node is not None else None
+                targets[node_id] = streams or no_streams
+                if node is not None and streams:
+                    known[node_id] = (node, streams)
+        waiter = AckWaiter(type_url, version, generation, targets)  # copies the stream sets
         waiter.started = self._monotonic()
-        for node_id in names:
-            node = self._nodes.get(node_id)
-            if node is None:
-                continue
-            for stream_id in node.streams_of(type_url):
+        for node_id, (node, streams) in known.items():
+            for stream_id in streams:
                 # What a stream answered counts only if nothing newer is in flight to it: a
                 # rollback to a version the stream ACKed earlier is not held by it while a
                 # newer response has not been answered.
-                sent = node.stream_sent.get(stream_id, {}).get(type_url)
-                acked = node.stream_acks.get(stream_id, {}).get(type_url)
-                nacked = node.stream_nacks.get(stream_id, {}).get(type_url)
-                answered = max((a[1] for a in (acked, nacked) if a is not None), default=-1)
-                in_flight = sent is not None and sent[1] > answered
-                if acked is not None and not in_flight:
+                acks = node.stream_acks.get(stream_id)
+                nacks = node.stream_nacks.get(stream_id)
+                acked = acks.get(type_url) if acks is not None else None
+                nacked = nacks.get(type_url) if nacks is not None else None
+                if acked is None and nacked is None:
+                    continue
+                sent_to = node.stream_sent.get(stream_id)
+                sent = sent_to.get(type_url) if sent_to is not None else None
+                if sent is not None:
+                    answered = max(
+                        acked[1] if acked is not None else -1,
+                        nacked[1] if nacked is not None else -1,
+                    )
+                    if sent[1] > answered:
+                        continue  # in flight
+                if acked is not None:
                     waiter.on_ack(node_id, stream_id, type_url, *acked)
-                if nacked is not None and not in_flight:
+                if nacked is not None:
                     waiter.on_nack(node_id, stream_id, type_url, *nacked)
         self._waiters.add(waiter)
         return waiter

@@ -69,20 +69,52 @@ class NodeStatus:
     stream_sent: dict[int, dict[str, tuple[str, int]]] = field(default_factory=dict)
     stream_acks: dict[int, dict[str, tuple[str, int]]] = field(default_factory=dict)
     stream_nacks: dict[int, dict[str, tuple[str, int, str]]] = field(default_factory=dict)
+    # The same subscriptions indexed by type: type URL → open streams subscribed to it (kept by
+    # the cache with ``stream_types``; an ACK and a push look it up, they do not scan).
+    type_streams: dict[str, set[int]] = field(default_factory=dict)
 
     def streams_of(self, type_url: str) -> set[int]:
-        """Open streams subscribed to ``type_url``."""
-        return {s for s in self.stream_ids if type_url in self.stream_types.get(s, ())}
+        """Open streams subscribed to ``type_url`` (a copy)."""
+        return set(self.type_streams.get(type_url, ()))
+
+    def subscribe(self, stream_id: int, type_url: str) -> None:
+        """Record that open stream ``stream_id`` subscribed to ``type_url``."""
+        types = self.stream_types.get(stream_id)
+        if types is None:
+            types = self.stream_types[stream_id] = set()
+        types.add(type_url)
+        streams = self.type_streams.get(type_url)
+        if streams is None:
+            streams = self.type_streams[type_url] = set()
+        streams.add(stream_id)
+
+    def forget_stream(self, stream_id: int) -> set[str]:
+        """Drop every per-stream record of a closed stream; returns the types it subscribed to."""
+        self.stream_ids.discard(stream_id)
+        types = self.stream_types.pop(stream_id, set())
+        for type_url in types:
+            streams = self.type_streams.get(type_url)
+            if streams is not None:
+                streams.discard(stream_id)
+                if not streams:
+                    del self.type_streams[type_url]
+        self.stream_sent.pop(stream_id, None)
+        self.stream_acks.pop(stream_id, None)
+        self.stream_nacks.pop(stream_id, None)
+        return types
 
     def refresh_acked(self, type_url: str, at: float) -> None:
         """Show a version as the node's ACKed one when every stream subscribed to the type
         ACKed it."""
-        versions = {
-            self.stream_acks.get(s, {}).get(type_url, ("",))[0] for s in self.streams_of(type_url)
-        }
-        if len(versions) == 1 and "" not in versions:
+        version = ""
+        for stream_id in self.type_streams.get(type_url, ()):
+            acks = self.stream_acks.get(stream_id)
+            acked = acks.get(type_url) if acks is not None else None
+            if acked is None or not acked[0] or (version and acked[0] != version):
+                return  # a stream has not ACKed the type, or two streams hold different ones
+            version = acked[0]
+        if version:
             status = self.type_status(type_url)
-            version = versions.pop()
             if status.acked_version != version:
                 status.acked_version = version
                 status.acked_at = at
