@@ -61,35 +61,39 @@ class SotwStream(StreamBase):
         Raises:
             StreamError: malformed request, missing node on the first request, empty type URL.
         """
+        node = self.node
         try:
-            req = wire.parse_sotw_request(raw, with_node=self.node is None)
+            # A plain tuple, not a SotwRequest: this runs once per ACK from every Envoy.
+            version_info, req_node, resource_names, type_url, response_nonce, error_detail = (
+                wire.sotw_request_fields(raw, with_node=node is None)
+            )
         except wire.WireError as exc:
             raise StreamError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"malformed DiscoveryRequest: {exc}"
             ) from exc
-        self.node = admit(
-            self.cache, self.node, req.node, req.type_url, "sotw", self.wakeup, self.stream_id
-        )
-        node_id = self.node.node_id
-        if req.type_url not in SERVED_TYPES:
+        if node is None or not type_url:
+            node = self.node = admit(
+                self.cache, node, req_node, type_url, "sotw", self.wakeup, self.stream_id
+            )
+        node_id = node.node_id
+        if type_url not in SERVED_TYPES:
             # Like a resource that does not exist: no response; Envoy's initial_fetch_timeout
             # applies. Recorded so that `sluice xds status` shows what the node asked for.
-            self.cache.record_unsupported(node_id, req.type_url)
+            self.cache.record_unsupported(node_id, type_url)
             return
-        state = self.types.get(req.type_url)
+        state = self.types.get(type_url)
         names = (
             None
-            if req.type_url in typeurls.WILDCARD_TYPES
-            and (not req.resource_names or "*" in req.resource_names)
-            else frozenset(req.resource_names)
+            if type_url in typeurls.WILDCARD_TYPES and (not resource_names or "*" in resource_names)
+            else frozenset(resource_names)
         )
-        if state is None or (not req.response_nonce and state.sent_nonce is None):
+        if state is None or (not response_nonce and state.sent_nonce is None):
             if state is None:
-                self.cache.record_subscribed(node_id, self.stream_id, req.type_url)
-            state = self.types.setdefault(req.type_url, _TypeState())
+                self.cache.record_subscribed(node_id, self.stream_id, type_url)
+            state = self.types.setdefault(type_url, _TypeState())
             state.names = names
-            current = self.cache.snapshot.get(req.type_url)
-            if names is None and current is not None and req.version_info == current.version:
+            current = self.cache.snapshot.get(type_url)
+            if names is None and current is not None and version_info == current.version:
                 # Reconnecting with the current version of a wildcard type: that version is the
                 # whole type, so the client holds exactly it. (For named types the version says
                 # nothing about which names the client holds: those are always answered, and
@@ -99,28 +103,28 @@ class SotwStream(StreamBase):
                 state.acked_resources = state.sent_resources
                 state.sent_generation = self.cache.generation
                 self.cache.record_ack(
-                    node_id, self.stream_id, req.type_url, current.version, self.cache.generation
+                    node_id, self.stream_id, type_url, current.version, self.cache.generation
                 )
             else:
                 state.needs_response = True
             self.wakeup.set()
             return
-        if req.response_nonce != state.sent_nonce:
+        if response_nonce != state.sent_nonce:
             return  # stale: answers a response that a newer one replaced
         assert state.sent_version is not None
-        if req.error_detail is not None:
+        if error_detail is not None:
             state.rejected = True
-            state.last_nack = (req.error_detail.code, req.error_detail.message)
+            state.last_nack = (error_detail.code, error_detail.message)
             self.cache.record_nack(
                 node_id,
                 self.stream_id,
-                req.type_url,
+                type_url,
                 state.sent_version,
                 state.sent_generation,
-                req.error_detail.code,
-                req.error_detail.message,
+                error_detail.code,
+                error_detail.message,
             )
-        elif req.version_info == state.sent_version:
+        elif version_info == state.sent_version:
             # An ACK carries the version it accepts. A request answering the last nonce with
             # another version_info and no error_detail (Envoy changing its subscription after a
             # NACK) accepts nothing.
@@ -128,7 +132,7 @@ class SotwStream(StreamBase):
             state.acked_resources = state.sent_resources
             state.rejected = False
             self.cache.record_ack(
-                node_id, self.stream_id, req.type_url, state.sent_version, state.sent_generation
+                node_id, self.stream_id, type_url, state.sent_version, state.sent_generation
             )
         if names != state.names:
             state.names = names
@@ -167,15 +171,21 @@ class SotwStream(StreamBase):
 
     def pending_responses(self) -> list[bytes]:
         """Responses due now, in make-before-break order (CDS, EDS, LDS, RDS)."""
-        if self.node is None:
+        node = self.node
+        if node is None:
             return []
         out: list[bytes] = []
-        snapshot = self.cache.snapshot
+        cache = self.cache
+        snapshot = cache.snapshot
+        generation = cache.generation
+        types = self.types
         self.holding = False
         for type_url in typeurls.PUSH_ORDER:
-            state = self.types.get(type_url)
+            state = types.get(type_url)
+            if state is None:
+                continue
             current = snapshot.get(type_url)
-            if state is None or current is None:
+            if current is None:
                 continue
             served, names = current, state.names
             if type_url in CLUSTER_TYPES and (
@@ -214,13 +224,11 @@ class SotwStream(StreamBase):
             out.append(view.body + wire.nonce_field(nonce))
             state.needs_response = False
             state.sent_version = served.version
-            state.sent_generation = self.cache.generation
+            state.sent_generation = generation
             state.rejected = False  # what the client answers next is about this response
             state.sent_nonce = nonce
             state.sent_resources = view.resources
-            self.cache.record_sent(
-                self.node.node_id, self.stream_id, type_url, served.version, self.cache.generation
-            )
+            cache.record_sent(node.node_id, self.stream_id, type_url, served.version, generation)
         return out
 
 

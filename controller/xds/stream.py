@@ -129,9 +129,9 @@ def clusters_ready(
     503 for users. ``None`` means the stream does not subscribe to that type (nothing to wait
     for, e.g. a client that only reads routes).
     """
-    if cds_acked is not None and not all(c in cds_acked for c in needed):
+    if cds_acked is not None and not all(map(cds_acked.__contains__, needed)):
         return False
-    return eds_acked is None or all(c in eds_acked for c in needed)
+    return eds_acked is None or all(map(eds_acked.__contains__, needed))
 
 
 class AdsStream(Protocol):
