@@ -165,13 +165,16 @@ def start(
     if output is not Output.table:
         _emit(rollout_json(created, now), output)
         return
-    commit = source.git_commit[:12] if source.git_commit else "not in git"
-    dirty = " (the file differs from it)" if source.git_dirty else ""
+    if source.git_commit:
+        origin = f"at {source.git_commit[:12]}"
+        origin += " (the file differs from it)" if source.git_dirty else ""
+    else:
+        origin = "(not in git)"
     typer.echo(
         f"rollout {name} created (pending): route {parsed.spec.route}, "
         f"{parsed.spec.baseline.cluster} → {parsed.spec.candidate.cluster}, stages "
         + " → ".join(f"{s.weight:g}%" for s in parsed.spec.stages)
-        + f"; policy {label} at {commit}{dirty}"
+        + f"; policy {label} {origin}"
     )
 
 
@@ -220,7 +223,9 @@ def status(
             help="Live view until the rollout ends; exit 0 when it succeeded, 1 otherwise.",
         ),
     ] = False,
-    interval: Annotated[float, typer.Option(help="Seconds between refreshes (--watch).")] = 0.5,
+    interval: Annotated[
+        float, typer.Option(help="Seconds between refreshes (--watch).", min=0.05)
+    ] = 0.5,
 ) -> None:
     """A rollout's stage, weights, bake time left, last verdict and recent history."""
     with _store(state) as store:
@@ -242,13 +247,18 @@ def _watch(store: RolloutStore, name: str, output: Output, interval: float) -> N
     console = Console()
     rollout = store.get(name)
     if output is not Output.table:
-        # One JSON document per change (JSON lines), for scripts following a rollout.
+        # One document per change, for scripts following a rollout: JSON lines, or a YAML
+        # stream (each document after a ``---``).
         last = -1
         while True:
             rollout = store.get(name)
             if rollout.revision != last:
                 last = rollout.revision
-                typer.echo(json.dumps(rollout_json(rollout, time.time())))
+                data = rollout_json(rollout, time.time())
+                if output is Output.json:
+                    typer.echo(json.dumps(data))
+                else:
+                    typer.echo("---\n" + dump(data), nl=False)
             if rollout.state.terminal:
                 break
             time.sleep(interval)
@@ -296,9 +306,13 @@ def _command(
     kind: CommandKind, name: str, state: Path, reason: str, actor: str | None, output: Output
 ) -> None:
     with _store(state) as store:
-        stored, decision = apply_input(
-            store, name, Command(now=time.time(), kind=kind, actor=_actor(actor), reason=reason)
-        )
+        try:
+            stored, decision = apply_input(
+                store, name, Command(now=time.time(), kind=kind, actor=_actor(actor), reason=reason)
+            )
+        except RouteBusyError as exc:  # a retry while another rollout moves the route
+            typer.echo(f"refused: {name}: {exc}", err=True)
+            raise typer.Exit(exitcodes.REFUSED) from exc
     if decision.refused:
         typer.echo(f"refused: {name}: {decision.refused}", err=True)
         raise typer.Exit(exitcodes.REFUSED)
