@@ -54,7 +54,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-STATE_DEFAULT = Path(os.environ.get("SLUICE_STATE", ".sluice/state.db"))
+STATE_DEFAULT = Path(".sluice/state.db")
 
 
 class Output(StrEnum):
@@ -69,7 +69,9 @@ OutputOption = Annotated[Output, typer.Option("--output", "-o", help="table, jso
 StateOption = Annotated[
     Path,
     typer.Option(
-        "--state", help="The controller's state file (`sluice serve --state`; env SLUICE_STATE)."
+        "--state",
+        envvar="SLUICE_STATE",
+        help="The controller's state file (`sluice serve --state`).",
     ),
 ]
 NameArg = Annotated[str, typer.Argument(help="The rollout's name.", metavar="NAME")]

@@ -28,7 +28,11 @@ def serve(
         str, typer.Option(help="host:port of the admin HTTP API (port 0: any).")
     ] = DEFAULT_ADMIN,
     state: Annotated[
-        Path, typer.Option(help="SQLite file keeping the served weights across restarts.")
+        Path,
+        typer.Option(
+            envvar="SLUICE_STATE",
+            help="SQLite file keeping the served weights and the rollouts across restarts.",
+        ),
     ] = Path(".sluice/state.db"),
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
