@@ -339,7 +339,11 @@ class _Step:
                 details=dict(verdict.details),
                 failures=failures,
             )
-        changes: dict[str, object] = {"last_verdict": record, "last_analysis_at": verdict.now}
+        changes: dict[str, object] = {
+            "last_verdict": record,
+            "last_analysis_at": verdict.now,
+            "updated_at": verdict.now,
+        }
         if verdict.outcome == "pass":
             changes["passes"] = s.passes + 1
             if analysis.failure_counting == "consecutive":
@@ -441,6 +445,7 @@ class _Step:
                 f"{why}; starting again from stage 1",
                 phase=Phase.PENDING,
                 stage=-1,
+                desired_weight=0.0,
                 stage_started_at=None,
                 last_analysis_at=None,
                 passes=0,
