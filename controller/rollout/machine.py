@@ -11,9 +11,13 @@ and retry. Envoy rejecting the weights (NACK) rolls back and ends ``failed``, wh
 Guarantees (checked by property tests in ``tests/unit/test_rollout_properties.py``): weights
 stay within 0-100%; the desired weight only grows except when rolling back (or on a retry,
 which starts again from 0%); rolled back, aborted and failed rollouts end with 0% candidate
-ACKed (or no Envoy connected to serve anything else); without an operator's promote, a stage is
-never left before its bake time, and never without a pass verdict; a paused rollout does not
-move.
+ACKed (or no Envoy connected to serve anything else), except a rollout failed because the
+controller cannot serve its weights at all (``invalid``: its route or a cluster is not in the
+gateway, so nothing of it was ever served, and nothing can be pushed to undo); without an
+operator's promote, a stage is never left before its bake time, and never without a pass
+verdict; a paused rollout does not move. A push that is never confirmed (ACK timeouts, no Envoy
+connected, a NACKed rollback) holds the rollout where it is, pushed again with backoff and
+reported in ``hold``: it never promotes.
 
 The machine never reads a clock and does no I/O: every input carries ``now``; actions say what
 to push, what to await and what to record.
