@@ -187,7 +187,7 @@ def test_rollout_moves_every_stage_and_traffic_follows(
     stages = [(10, "3s"), (50, "3s"), (100, "2s")]
     url = f"http://127.0.0.1:{envoy.listener_port()}"
     with LoadGenerator(url, concurrency=6) as load, WeightWatcher(envoy, load) as watcher:
-        load.start("before", duration=90)
+        load.start("0", duration=90)  # the gateway sends nothing to the candidate
         wait_until(lambda: len(load.results) > 50, timeout=10, what="load running")
         cli.start(policy_text([(f"{w}%", b) for w, b in stages]))
         final = wait_phase(cli, "succeeded", timeout=60)
