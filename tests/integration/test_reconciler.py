@@ -39,14 +39,16 @@ RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 PY, GO = "comments-python", "comments-go"
 
 
-def policy(stages: str, extra: str = "") -> RolloutPolicy:
+def policy(
+    stages: str, extra: str = "", route: str = "comments", baseline: str = PY
+) -> RolloutPolicy:
     return load_policy(
         f"""apiVersion: sluice.dev/v1alpha1
 kind: RolloutPolicy
-metadata: {{name: comments}}
+metadata: {{name: {route}}}
 spec:
-  route: comments
-  baseline: {{cluster: {PY}}}
+  route: {route}
+  baseline: {{cluster: {baseline}}}
   candidate: {{cluster: {GO}}}
   stages: {stages}
   analysis: {{interval: 100ms, slos: []}}
@@ -327,3 +329,31 @@ async def test_a_restart_serves_the_last_acked_weights_not_a_later_table_entry(
         call.cancel()
         await channel.close()
     assert weights == {PY: 7500, GO: 2500}
+
+
+async def test_rollouts_on_two_routes_run_at_once(
+    ads: Any, store: SqliteRolloutStore, weights: WeightController
+) -> None:
+    client = await ads.synced_sotw("edge-1")
+    stages = "[{weight: 20%, bake: 300ms}, {weight: 100%, bake: 100ms}]"
+    create(store, policy(stages))
+    create(store, policy(stages, route="health", baseline="static"), name="health")
+    both_moving = False
+    async with reconciling(store, weights):
+        while True:
+            resp = await client.recv(3)
+            await client.ack(resp)
+            decoded = ads.decode(resp)
+            comments = ads.route_weights(decoded["public"], "comments").get(GO, 0)
+            ops = ads.route_weights(decoded["admin"], "health").get(GO, 0)
+            both_moving = both_moving or (0 < comments < 10_000 and 0 < ops < 10_000)
+            if comments == ops == 10_000:
+                break
+        for name in ("comments", "health"):
+            deadline = time.monotonic() + 5
+            while store.get(name).state.phase != Phase.SUCCEEDED:
+                assert time.monotonic() < deadline, store.get(name).state
+                await asyncio.sleep(0.02)
+    # Both were at their first stage at the same time: they ran side by side, not one after
+    # the other (each first stage bakes 300 ms; pushes take milliseconds).
+    assert both_moving
