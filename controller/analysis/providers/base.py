@@ -1,0 +1,69 @@
+"""The ``MetricsProvider`` protocol and the registry of backends.
+
+A provider turns "baseline cluster B and candidate cluster C over ``[start, end]``" into a
+:class:`~controller.analysis.sli.Sample`, or a :class:`~controller.analysis.sli.NoSample`
+saying why not (a query error, an empty result and NaN are three different outcomes, none of
+them a pass). Backends: ``prometheus`` (PromQL over Prometheus' HTTP API) and
+``envoy_admin`` (the embedded default: Envoy's own ``/stats/prometheus``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from controller.analysis.sli import SampleResult
+
+
+@dataclass(frozen=True)
+class CustomQuery:
+    """A policy's custom SLO query: ``template`` with ``{cluster}`` and ``{window}`` (e.g.
+    ``2m``) replaced for each side."""
+
+    name: str
+    template: str
+
+
+class MetricsProvider(Protocol):
+    """A metrics backend."""
+
+    async def sample(
+        self,
+        baseline: str,
+        candidate: str,
+        start: float,
+        end: float,
+        custom: tuple[CustomQuery, ...] = (),
+    ) -> SampleResult:
+        """Counts of both clusters over ``[start, end]`` (epoch seconds), summed over every
+        Envoy, and the custom queries' values. Never raises for a failing backend: that is a
+        :class:`~controller.analysis.sli.NoSample` of kind ``error``."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and background tasks."""
+        ...
+
+
+ProviderFactory = Callable[[Mapping[str, str]], MetricsProvider]
+"""Builds a provider from its options (e.g. ``{"url": "http://prometheus:9090"}``)."""
+
+
+class UnknownProviderError(ValueError):
+    """No metrics provider has that name."""
+
+
+def make_provider(
+    name: str, options: Mapping[str, str], registry: Mapping[str, ProviderFactory]
+) -> MetricsProvider:
+    """The provider ``name`` from ``registry``, built with ``options``.
+
+    Raises:
+        UnknownProviderError: ``name`` is not registered (the message lists those that are).
+    """
+    factory = registry.get(name)
+    if factory is None:
+        known = ", ".join(sorted(registry)) or "none"
+        raise UnknownProviderError(f"unknown metrics provider {name!r} (known: {known})")
+    return factory(options)

@@ -1,0 +1,147 @@
+"""What the judge reads: per-side request counts, 5xx counts and latency histograms over a window.
+
+Both metrics providers (Prometheus, Envoy's admin ``/stats/prometheus``) reduce Envoy's
+per-cluster stats to these values, summed over every Envoy:
+
+- ``requests``: ``envoy_cluster_upstream_rq_total`` increase over the window;
+- ``errors``: ``envoy_cluster_upstream_rq_xx{envoy_response_code_class="5"}`` increase;
+- ``latency``: ``envoy_cluster_upstream_rq_time_bucket`` increase per ``le`` (milliseconds,
+  cumulative counts, ascending bounds, the last one ``+Inf``).
+
+Pure data, no I/O. Counts are floats: Prometheus' ``increase()`` extrapolates to the window's
+edges and returns non-integers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """A cumulative latency histogram: ``bounds`` (ms, ascending, the last ``inf``) and
+    ``counts[i]`` = requests that took at most ``bounds[i]`` ms (Prometheus ``le`` semantics).
+
+    Raises:
+        ValueError: bounds and counts differ in length, bounds are not strictly ascending, the
+            last bound is not ``inf``, or counts decrease.
+    """
+
+    bounds: tuple[float, ...]
+    counts: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.bounds) != len(self.counts):
+            raise ValueError("bounds and counts must have the same length")
+        if self.bounds and not math.isinf(self.bounds[-1]):
+            raise ValueError("the last bound must be +Inf")
+        if any(b >= a for a, b in zip(self.bounds[1:], self.bounds, strict=False)):
+            raise ValueError("bounds must be strictly ascending")
+        if any(b < a - 1e-9 for a, b in zip(self.counts, self.counts[1:], strict=False)):
+            raise ValueError("cumulative counts must not decrease")
+
+    @property
+    def total(self) -> float:
+        """Requests counted (the ``+Inf`` bucket); 0 for an empty histogram."""
+        return self.counts[-1] if self.counts else 0.0
+
+    def above(self, bound_ms: float) -> float:
+        """Requests slower than ``bound_ms``, which must be one of :attr:`bounds`.
+
+        Raises:
+            ValueError: ``bound_ms`` is not a bucket bound (exceedance is only exact at one).
+        """
+        try:
+            index = self.bounds.index(bound_ms)
+        except ValueError:
+            raise ValueError(f"{bound_ms} ms is not a bucket bound") from None
+        return self.total - self.counts[index]
+
+    def bound_at_or_above(self, value_ms: float) -> float:
+        """The smallest bucket bound >= ``value_ms`` (``inf`` when none)."""
+        for bound in self.bounds:
+            if bound >= value_ms:
+                return bound
+        return math.inf
+
+    def quantile(self, q: float) -> float | None:
+        """The upper bound of the bucket holding quantile ``q`` (0 < q < 1): an upper estimate,
+        never an interpolation (``histogram_quantile`` interpolates linearly inside a bucket;
+        the judge does not use it for decisions). None for an empty histogram."""
+        if not 0 < q < 1:
+            raise ValueError("q must be in (0, 1)")
+        if self.total <= 0:
+            return None
+        target = q * self.total
+        for bound, count in zip(self.bounds, self.counts, strict=True):
+            if count >= target:
+                return bound
+        return math.inf
+
+    def plus(self, other: Histogram) -> Histogram:
+        """The sum of two histograms with the same bounds (an empty one is neutral).
+
+        Raises:
+            ValueError: both are non-empty and their bounds differ.
+        """
+        if not self.bounds:
+            return other
+        if not other.bounds:
+            return self
+        if self.bounds != other.bounds:
+            raise ValueError("cannot add histograms with different bucket bounds")
+        return Histogram(
+            self.bounds, tuple(a + b for a, b in zip(self.counts, other.counts, strict=True))
+        )
+
+
+EMPTY_HISTOGRAM = Histogram((), ())
+
+
+@dataclass(frozen=True)
+class SideCounts:
+    """What one side (a cluster) served over a window, summed over every Envoy."""
+
+    requests: float
+    errors: float
+    latency: Histogram = EMPTY_HISTOGRAM
+
+    @property
+    def error_rate(self) -> float | None:
+        """5xx / requests (a ratio, 0-1); None without requests."""
+        return self.errors / self.requests if self.requests > 0 else None
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Both sides over the same window ``[start, end]`` (epoch seconds), plus the values of
+    custom SLO queries by SLO name: ``(baseline, candidate)``."""
+
+    start: float
+    end: float
+    baseline: SideCounts
+    candidate: SideCounts
+    custom: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+FailureKind = Literal["error", "empty", "nan"]
+"""Why a provider has no sample: the query failed (backend down, bad query, timeout), the
+result was empty (no series: nothing scraped yet, wrong cluster name), or it was NaN (0/0)."""
+
+
+@dataclass(frozen=True)
+class NoSample:
+    """A provider's answer when it has no usable sample; never a pass.
+
+    Attributes:
+        kind: see :data:`FailureKind`.
+        message: what failed, for people (the query and the backend's error).
+    """
+
+    kind: FailureKind
+    message: str
+
+
+SampleResult = Sample | NoSample
