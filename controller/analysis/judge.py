@@ -8,8 +8,10 @@ baseline over the rollout so far as a reference. Per SLO the verdict is:
   candidate is within the SLO" at level ``alpha`` (the rollout's false-alarm budget split over
   stages and SLOs, :func:`alpha_per_test`), however many times the stage was looked at;
 - **pass** when the candidate served at least ``minRequests`` in the stage, no test rejected,
-  and its point estimate is within the SLO (a candidate that merely looks bad without proof
-  yet is not passed: it stays inconclusive until the evidence decides or the deadline comes);
+  and the mirrored test shows, at the same level, that the candidate is *not* worse than
+  :data:`PASS_MARGIN` times the SLO's limit (evidence of no large regression: a candidate that
+  merely lacks proof either way stays inconclusive until the evidence decides or the stage's
+  deadline comes, where ``onFailure`` applies);
 - **inconclusive** otherwise: too few requests, or no data (with ``noData: hold``), or a
   query error (always: an unreachable backend is not a breach).
 
@@ -37,7 +39,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from controller.analysis.sequential import log_e_value, upper_bound
+from controller.analysis.sequential import log_e_value, log_e_value_below, upper_bound
 from controller.analysis.sli import Histogram, NoSample, Sample, SampleResult, SideCounts
 from controller.policy.rollout_policy import (
     CustomSlo,
@@ -51,6 +53,11 @@ from controller.policy.rollout_policy import (
 FALSE_ALARM_BUDGET = 0.01
 """Probability, per rollout, of rolling back a candidate that meets every SLO (split over the
 rollout's stages and SLOs)."""
+
+PASS_MARGIN = 1.5
+"""A pass needs evidence that the tested proportion (error rate, share of slow requests) is
+below this multiple of its limit. With little traffic no such evidence comes: the stage holds
+until its deadline instead of promoting on a guess."""
 
 _QUANTILE = {"latency_p50": 0.5, "latency_p95": 0.95, "latency_p99": 0.99}
 
@@ -315,20 +322,21 @@ def _latency(
 
 def quantile_upper_bound(hist: Histogram, q: float, alpha: float) -> float:
     """A time-uniform upper confidence bound of the ``q`` quantile from a histogram: the first
-    bucket bound ``t`` whose exceedance share cannot be shown to be above ``1 - q``
-    (its lower confidence bound at level ``alpha`` is at most ``1 - q``). ``inf`` when even
-    the last finite bound is exceeded too often. (Howard & Ramdas 2022: a confidence sequence
-    for a quantile from confidence sequences of ``P(X > t)``; one-sided, so no union over
-    bounds is needed: the bound is wrong only if the test at the true quantile's bucket errs.)"""
+    bucket bound ``t`` whose exceedance share is shown to be at most ``1 - q`` (its upper
+    confidence bound at level ``alpha`` is at most ``1 - q``); ``inf`` when no finite bound
+    qualifies yet (too few requests). Howard & Ramdas 2022: a confidence sequence for a
+    quantile from confidence sequences of ``P(X > t)``; the bound is below the true quantile
+    only if the test at the last bucket bound below it errs (probability <= ``alpha``)."""
     n = hist.total
     reject = math.log(1 / alpha)
-    # "LCB(P(X > t)) <= 1 - q" is "H0: P(X > t) <= 1 - q is not rejected"; the exceedance
-    # count falls as t grows, so the first such bound is found by bisection.
+    # "UCB(P(X > t)) <= 1 - q" is "H0: P(X > t) >= 1 - q is rejected"; the exceedance count
+    # falls as t grows, so the first such bound is found by bisection. Below the true quantile
+    # P(X > t) > 1 - q, and the test rejects that true statement with probability <= alpha.
     finite = [b for b in hist.bounds if math.isfinite(b)]
     lo, hi = 0, len(finite)
     while lo < hi:
         mid = (lo + hi) // 2
-        if log_e_value(hist.above(finite[mid]), n, 1 - q) < reject:
+        if log_e_value_below(hist.above(finite[mid]), n, 1 - q) >= reject:
             hi = mid
         else:
             lo = mid + 1
@@ -349,13 +357,15 @@ def _decide(
     percent: bool,
     threshold: float | None = None,
 ) -> SloVerdict:
-    """Test ``x`` of ``m`` against each null proportion; fail on the strongest evidence."""
+    """Test ``x`` of ``m`` against each null proportion: fail on the strongest evidence of a
+    breach; pass when every limit is shown not to be exceeded by :data:`PASS_MARGIN` times."""
     reject = math.log(1 / alpha)
     best_log_e, best = -math.inf, checks[0]
     for check in checks:
         log_e = log_e_value(x, m, check[1])
         if log_e > best_log_e:
             best_log_e, best = log_e, check
+    cleared = all(log_e_value_below(x, m, PASS_MARGIN * c[1]) >= reject for c in checks)
     what, null, _ = best
     confidence = max(0.0, 1 - math.exp(-best_log_e)) if best_log_e > 0 else 0.0
     share = x / m if m else 0.0
@@ -369,14 +379,13 @@ def _decide(
             f"(alpha {alpha:.2g}); {m:.0f} candidate requests"
         )
         outcome: Outcome = "fail"
-    elif share <= null:
+    elif cleared:
         reason = f"{name}: candidate {shown} vs baseline {base}{drift_text}: within the SLO"
         outcome = "pass"
     else:
         reason = (
-            f"{name}: candidate {shown} vs baseline {base}{drift_text} looks worse "
-            f"({what_share} {share:.2%} > {null:.2%}) without proof yet "
-            f"(confidence {confidence:.3f})"
+            f"{name}: candidate {shown} vs baseline {base}{drift_text}: not enough evidence "
+            f"either way yet ({what_share} {share:.2%}, limit {null:.2%}, {m:.0f} requests)"
         )
         outcome = "inconclusive"
     return SloVerdict(

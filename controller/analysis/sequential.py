@@ -78,8 +78,9 @@ def log_e_value(x: float, m: float, p0: float) -> float:
     return _log_mean_exp(ratios)
 
 
-def _log_e_value_below(x: float, m: float, p0: float) -> float:
-    """log E for ``H0: p >= p0`` (alternatives ``p0 / k``): the mirror of :func:`log_e_value`."""
+def log_e_value_below(x: float, m: float, p0: float) -> float:
+    """log E for ``H0: p >= p0`` (alternatives ``p0 / k``): the mirror of :func:`log_e_value`;
+    it increases with ``p0`` and decreases with ``x``."""
     if p0 <= _P_MIN:
         return -math.inf
     p0 = min(p0, _P_MAX)
@@ -97,11 +98,11 @@ def upper_bound(x: float, m: float, alpha: float) -> float:
         return 1.0
     threshold = math.log(1 / alpha)
     lo, hi = x / m, 1.0
-    if _log_e_value_below(x, m, hi) < threshold:
+    if log_e_value_below(x, m, hi) < threshold:
         return 1.0
     for _ in range(60):
         mid = (lo + hi) / 2
-        if _log_e_value_below(x, m, mid) >= threshold:
+        if log_e_value_below(x, m, mid) >= threshold:
             hi = mid
         else:
             lo = mid

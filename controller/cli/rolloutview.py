@@ -164,6 +164,9 @@ def status_view(rollout: StoredRollout, events: list[HistoryEvent], now: float) 
             f"  (failures {data['failures']}/{data['failure_limit']})"
         )
     lines.append(verdict_line)
+    slos = (verdict or {}).get("details", {}).get("slos") if verdict else None
+    if isinstance(slos, dict) and slos:
+        lines.append(slo_table(slos))
     lines.append(Text(f"reason   {data['reason']}"))
     if events:
         table = Table(title="recent history", title_justify="left", show_edge=False)
@@ -178,3 +181,48 @@ def status_view(rollout: StoredRollout, events: list[HistoryEvent], now: float) 
 def format_duration_s(seconds: float) -> str:
     """Seconds as a duration the way files write it (``90.5`` → ``"90.5s"``)."""
     return format_duration(timedelta(seconds=round(seconds, 1)))
+
+
+def _value(name: str, value: object) -> str:
+    if not isinstance(value, int | float):
+        return "-"
+    if name.startswith("latency"):
+        return f"{value:g} ms"
+    if name in ("error_rate", "parity"):
+        return f"{value:.3%}"
+    return f"{value:g}"
+
+
+def slo_table(slos: dict[str, Any]) -> Table:
+    """Every SLO of the last verdict: values, drift, limit tested, confidence, requests."""
+    table = Table(title="SLOs (last analysis)", title_justify="left", show_edge=False)
+    for column in (
+        "SLO",
+        "verdict",
+        "baseline",
+        "candidate",
+        "drift",
+        "tested",
+        "confidence",
+        "requests b/c",
+    ):
+        table.add_column(column)
+    for name, figures in slos.items():
+        outcome = str(figures.get("outcome", "-"))
+        style = {"pass": "green", "fail": "red"}.get(outcome, "yellow")
+        drift = figures.get("drift")
+        threshold = figures.get("threshold")
+        table.add_row(
+            name,
+            Text(outcome, style=style),
+            _value(name, figures.get("baseline")),
+            _value(name, figures.get("candidate")),
+            f"{drift:+.1%}" if isinstance(drift, int | float) else "-",
+            (f"{threshold:g} ms" if name.startswith("latency") else f"{threshold:.3%}")
+            if isinstance(threshold, int | float)
+            else "-",
+            f"{figures.get('confidence', 0):.4f}",
+            f"{figures.get('baseline_requests', 0):.0f}/{figures.get('candidate_requests', 0):.0f}"
+            + (" (ref)" if figures.get("reference") else ""),
+        )
+    return table

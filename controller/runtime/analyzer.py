@@ -1,16 +1,21 @@
 """How the reconciler gets a verdict on the current stage.
 
-The judge against Prometheus or Envoy's stats plugs in here (``controller.analysis``). Until a
-metrics provider is configured, :class:`BakeOnlyAnalyzer` is used: a policy without SLOs
-(``slos: []``) is gated on bake time alone and passes; a policy with SLOs gets an
-inconclusive verdict, so it never promotes without evidence and, at the stage deadline,
-follows its ``onFailure``.
+:class:`MetricsAnalyzer` asks a metrics provider (Prometheus, or Envoy's own stats) for both
+sides over the stage so far and hands the counts to the pure judge
+(:func:`controller.analysis.judge.judge`). Without a metrics provider, :class:`BakeOnlyAnalyzer`
+is used: a policy without SLOs (``slos: []``) is gated on bake time alone and passes; a policy
+with SLOs gets an inconclusive verdict, so it never promotes without evidence and, at the
+stage deadline, follows its ``onFailure``.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
+from controller.analysis.judge import judge
+from controller.analysis.providers.base import CustomQuery, MetricsProvider
+from controller.analysis.sli import NoSample, SideCounts
+from controller.policy.rollout_policy import CustomSlo
 from controller.rollout.inputs import Verdict
 from controller.rollout.machine import describe_stage
 from controller.store.rollouts import StoredRollout
@@ -45,4 +50,47 @@ class BakeOnlyAnalyzer:
             stage=stage,
             outcome="inconclusive",
             reason=f"{where}: no metrics provider configured to judge its SLOs",
+        )
+
+
+class MetricsAnalyzer:
+    """Judges stages from a metrics provider.
+
+    The stage window is ``[state.stage_started_at, now]`` (the bake clock starts at the ACK of
+    the stage's weights, so the window holds only requests served at this stage's weights).
+    When the baseline served fewer than ``minRequests`` in the stage (at high weights it serves
+    almost nothing), the baseline over the rollout so far is the reference.
+    """
+
+    def __init__(self, provider: MetricsProvider) -> None:
+        self._provider = provider
+
+    async def judge(self, rollout: StoredRollout, now: float) -> Verdict:
+        """See :class:`StageAnalyzer`."""
+        policy, state = rollout.policy, rollout.state
+        spec = policy.spec
+        start = state.stage_started_at if state.stage_started_at is not None else now
+        custom = tuple(
+            CustomQuery(slo.name, slo.query)
+            for slo in spec.analysis.slos
+            if isinstance(slo, CustomSlo)
+        )
+        baseline, candidate = spec.baseline.cluster, spec.candidate.cluster
+        sample = await self._provider.sample(baseline, candidate, start, now, custom)
+        reference: SideCounts | None = None
+        if not isinstance(sample, NoSample) and sample.baseline.requests < (
+            spec.analysis.min_requests
+        ):
+            whole = await self._provider.sample(baseline, candidate, rollout.created_at, now)
+            if not isinstance(whole, NoSample):
+                reference = whole.baseline
+        judgement = judge(policy, state.stage, sample, reference)
+        details = dict(judgement.details)
+        details["window"] = {"start": start, "end": now}
+        return Verdict(
+            now=now,
+            stage=state.stage,
+            outcome=judgement.outcome,
+            reason=judgement.reason,
+            details=details,
         )
