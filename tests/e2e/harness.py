@@ -206,9 +206,11 @@ class Upstream:
     proc: Process
 
     @classmethod
-    def start(cls, name: str, workdir: Path) -> Upstream:
+    def start(cls, name: str, workdir: Path, *behaviour: str) -> Upstream:
+        """Start it; ``behaviour``: extra arguments of ``upstream_server.py`` (latency, errors,
+        e.g. ``"--median-ms", "10", "--error-rate", "0.02"``)."""
         proc = Process.start(
-            f"upstream-{name}", [sys.executable, str(UPSTREAM_SCRIPT), name], workdir
+            f"upstream-{name}", [sys.executable, str(UPSTREAM_SCRIPT), name, *behaviour], workdir
         )
         try:
             ready = proc.read_json_line("ready", timeout=10.0)
