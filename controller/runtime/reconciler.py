@@ -7,7 +7,7 @@ task loops:
 1. re-read the rollout (operators' commands land in the store at any time);
 2. if the state awaits an ACK, push ``desired_weight`` through the weight primitive and feed the
    outcome back; an operator's change meanwhile (a new push number, e.g. an abort) cancels the
-   wait, so the newest decision is pushed next;
+   wait (or the backoff after an unconfirmed push), so the newest decision is pushed next;
 3. if an analysis is due, judge the stage and feed the verdict;
 4. feed the time (bake ends, deadlines, pending rollouts start);
 5. sleep until the next due time, at most ``poll_s``.
@@ -158,7 +158,7 @@ class Reconciler:
                         continue  # superseded by a newer decision: push that one
                     after = await self._apply(name, result)
                     if result.outcome != "acked" and not after.state.terminal:
-                        await asyncio.sleep(_backoff(after.state.push_attempts))
+                        await self._back_off(after, result.seq)
                     continue
                 if analysis_due(state, rollout.policy, now):
                     verdict = await self._analyzer.judge(rollout, now)
@@ -228,12 +228,25 @@ class Reconciler:
         waiting = ", ".join(sorted(ack.pending)) if ack.pending else ""
         return _result(state, now, "timeout", f"waiting for {waiting}" if waiting else ack.outcome)
 
-    async def _replaced(self, rollout: StoredRollout) -> bool:
+    async def _replaced(self, rollout: StoredRollout, seq: int | None = None) -> bool:
+        """Whether the stored rollout now awaits another push than ``seq`` (default: the
+        push ``rollout`` awaits): an operator's command replaced it."""
         try:
             latest = await asyncio.to_thread(self._store.get, rollout.name)
         except Exception:
             return False
-        return latest.state.push_seq != rollout.state.push_seq
+        return latest.state.push_seq != (rollout.state.push_seq if seq is None else seq)
+
+    async def _back_off(self, after: StoredRollout, seq: int) -> None:
+        """Wait before pushing ``seq`` again (it was not confirmed), unless an operator's
+        command replaces it meanwhile (e.g. an abort): that one is pushed at once."""
+        if after.state.push_seq != seq:
+            return
+        deadline = time.monotonic() + _backoff(after.state.push_attempts)
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(self._poll_s, left))
+            if await self._replaced(after, seq):
+                return
 
     async def _settle(self, rollout: StoredRollout) -> None:
         """A rollout that ended leaves no options on its route (forcing header, sticky

@@ -357,3 +357,29 @@ async def test_rollouts_on_two_routes_run_at_once(
     # Both were at their first stage at the same time: they ran side by side, not one after
     # the other (each first stage bakes 300 ms; pushes take milliseconds).
     assert both_moving
+
+
+async def test_an_abort_during_the_backoff_is_pushed_at_once(
+    store: SqliteRolloutStore, weights: WeightController
+) -> None:
+    """Pushes that are never confirmed (here: no Envoy connected) back off up to 10 s between
+    attempts; an operator's abort meanwhile must not wait for the backoff to end."""
+    create(store, policy("[{weight: 10%, bake: 1s}, {weight: 100%, bake: 1s}]"))
+    now = time.time()
+    owed, _ = apply_input(store, "comments", Tick(now))
+    for _ in range(6):  # six unconfirmed pushes already: the next backoff is 10 s
+        owed, _ = apply_input(
+            store, "comments", AckResult(now, owed.state.push_seq, 10.0, "no_nodes")
+        )
+    async with reconciling(store, weights):
+        deadline = time.monotonic() + 5
+        while (await asyncio.to_thread(store.get, "comments")).state.push_attempts < 7:
+            assert time.monotonic() < deadline, "the reconciler did not push"
+            await asyncio.sleep(0.02)
+        # The reconciler's push found no Envoy and now backs off for 10 s.
+        await asyncio.to_thread(
+            apply_input, store, "comments", Command(now=time.time(), kind="abort", actor="op")
+        )
+        done = await wait_for(store, Phase.ABORTED, timeout_s=2)
+    assert done.state.acked_weight == 0
+    assert weights.current()["comments"][GO] == 0
