@@ -103,11 +103,15 @@ def _timeout_s(timeout: str) -> float:
 
 
 def _change_result(response: httpx.Response) -> dict[str, Any]:
-    """The body of a weight change's answer; exit 2 on bad input, 1 when nothing was done."""
+    """The body of a weight change's answer; exit 2 on bad input, 4 when refused (an active
+    rollout moves the route), 1 when nothing was done."""
     data: dict[str, Any] = response.json()
     if response.status_code in (400, 404):
         typer.echo(f"error: {data['error']}", err=True)
         raise typer.Exit(exitcodes.INVALID_INPUT)
+    if response.status_code == 409 and "outcome" not in data:  # a NACK carries an outcome
+        typer.echo(f"error: {data['error']}", err=True)
+        raise typer.Exit(exitcodes.REFUSED)
     if "outcome" not in data:
         typer.echo(f"error: {data.get('error', response.text)}", err=True)
         raise typer.Exit(exitcodes.FAILED)
@@ -128,7 +132,8 @@ def set_weights(
 ) -> None:
     """Set a route's weighted_clusters and wait until the nodes ACK the new version.
 
-    Exit 0 when every node ACKed; 1 on NACK, timeout or no connected node; 2 on bad input.
+    Exit 0 when every node ACKed; 1 on NACK, timeout or no connected node; 2 on bad input;
+    4 when an active rollout moves the route (pause or abort it instead).
     """
     parsed = _parse_weights(weights)
     timeout_s = _timeout_s(timeout)
@@ -166,7 +171,8 @@ def reset_weights(
 ) -> None:
     """Drop a route's weight override: serve the gateway file's weights again, wait for ACKs.
 
-    Exit 0 when every node ACKed; 1 on NACK, timeout or no connected node; 2 on bad input.
+    Exit 0 when every node ACKed; 1 on NACK, timeout or no connected node; 2 on bad input;
+    4 when an active rollout moves the route.
     """
     timeout_s = _timeout_s(timeout)
     response = request(

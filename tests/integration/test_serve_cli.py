@@ -342,3 +342,42 @@ def test_corrupt_state_file_is_a_clear_startup_error(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "cannot read the state file" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_manual_weights_on_a_route_under_rollout_are_refused_with_exit_4(
+    state: Path, tmp_path: Path
+) -> None:
+    """`sluice xds set-weights`/`reset-weights` on a route an active rollout moves: refused
+    (the admin API answers 409), exit 4 as the README documents for refusals, and nothing
+    changes."""
+    policy = tmp_path / "comments.yaml"
+    policy.write_text(
+        """apiVersion: sluice.dev/v1alpha1
+kind: RolloutPolicy
+metadata: {name: comments}
+spec:
+  route: comments
+  baseline: {cluster: comments-python}
+  candidate: {cluster: comments-go}
+  stages: [{weight: 10%, bake: 1h}, {weight: 100%, bake: 1h}]
+  analysis: {interval: 1m, slos: []}
+"""
+    )
+    controller = Controller(state)
+    try:
+        started = subprocess.run(
+            [*SLUICE, "rollout", "start", "c1", "--policy", str(policy), "--state", str(state)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert started.returncode == 0, started.stderr
+        manual = controller.cli(
+            "xds", "set-weights", "comments", "comments-python=50", "comments-go=50"
+        )
+        assert manual.returncode == 4, manual.stdout + manual.stderr
+        assert "moved by rollout 'c1'" in manual.stderr
+        reset = controller.cli("xds", "reset-weights", "comments")
+        assert reset.returncode == 4, reset.stdout + reset.stderr
+    finally:
+        assert controller.stop() == 0
