@@ -117,13 +117,15 @@ class SideCounts:
 @dataclass(frozen=True)
 class Sample:
     """Both sides over the same window ``[start, end]`` (epoch seconds), plus the values of
-    custom SLO queries by SLO name: ``(baseline, candidate)``."""
+    custom SLO queries by SLO name: ``(baseline, candidate)``, and ``warnings`` for people
+    about a partial sample (e.g. some Envoys could not be scraped and were left out)."""
 
     start: float
     end: float
     baseline: SideCounts
     candidate: SideCounts
     custom: dict[str, tuple[float, float]] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
 
 FailureKind = Literal["error", "empty", "nan"]
