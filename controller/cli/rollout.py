@@ -158,6 +158,12 @@ def start(
     source = policy_source(policy, text)
     now = time.time()
     initial, event = start_state(parsed, now, _actor(actor))
+    if not state.exists():
+        typer.echo(
+            f"note: creating a new state file {state}: the rollout starts once `sluice serve "
+            f"--state {state}` runs",
+            err=True,
+        )
     with _store(state, create=True) as store:
         try:
             created = store.create(name, parsed, source, initial, event)

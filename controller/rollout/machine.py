@@ -317,8 +317,11 @@ class _Step:
             or verdict.stage != s.stage
             or s.awaiting_ack
             or s.stage_started_at is None
+            or verdict.now < s.stage_started_at
         ):
-            return self._same()  # stale: another stage, or weights not in place
+            # Stale: another stage, weights not in place, or judged on a window that began
+            # before this bake (a resume restarts it).
+            return self._same()
         record = VerdictRecord(
             at=verdict.now,
             outcome=verdict.outcome,

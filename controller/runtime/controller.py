@@ -81,8 +81,8 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         ) from exc
     # An active rollout's route serves the rollout's weights from the first snapshot on: the
     # state says what Envoy has (or is being sent), whatever a crash left in route_weights.
-    # A rollout whose route or clusters left the gateway is not overlaid: its next push fails
-    # it (phase failed, with the reason) instead of keeping the controller from starting.
+    # A rollout whose route or clusters left the gateway is not overlaid (its weights, saved
+    # with every push, then make build_snapshot refuse to start below, naming the problem).
     overlay = rollout_overlay(
         r for r in active if not check_against_gateway(r.policy, config.gateway)
     )

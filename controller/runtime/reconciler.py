@@ -117,6 +117,7 @@ class Reconciler:
         self._poll_s = poll_s
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._route_locks: dict[str, asyncio.Lock] = {}
+        self._settling: dict[str, asyncio.Task[None]] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Supervise until ``stop`` is set; then cancel the rollout tasks (their state is in
@@ -128,6 +129,8 @@ class Reconciler:
                 except Exception:
                     log.exception("cannot list rollouts; retrying")
                     active = []
+                else:
+                    self._settle_routes({r.route for r in active})
                 for rollout in active:
                     task = self._tasks.get(rollout.name)
                     if task is None or task.done():
@@ -137,9 +140,21 @@ class Reconciler:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self._poll_s)
         finally:
-            for task in self._tasks.values():
+            tasks = [*self._tasks.values(), *self._settling.values()]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _settle_routes(self, owned: set[str]) -> None:
+        """Start removing the route options (forcing header, sticky hashing) of every route
+        that no active rollout moves any more: a rollout that ended (or was aborted) leaves
+        none behind, even when its own task died or its name was reused."""
+        for route in self._weights.routes_with_options() - owned:
+            task = self._settling.get(route)
+            if task is None or task.done():
+                self._settling[route] = asyncio.create_task(
+                    self._drop_options(route), name=f"settle {route}"
+                )
 
     # -- one rollout --------------------------------------------------------------------------
 
@@ -149,8 +164,7 @@ class Reconciler:
                 rollout = await asyncio.to_thread(self._store.get, name)
                 state = rollout.state
                 if state.terminal:
-                    await self._settle(rollout)
-                    return
+                    return  # the supervisor removes its route options (_settle_routes)
                 now = self._clock()
                 if state.awaiting_ack and state.phase != Phase.PENDING:
                     result = await self._push(rollout)
@@ -201,15 +215,19 @@ class Reconciler:
                     timeout_s=policy.spec.ack_timeout.total_seconds(),
                 )
             )
-            while True:
-                done, _ = await asyncio.wait({change}, timeout=self._poll_s)
-                if done:
-                    break
-                if await self._replaced(rollout):
-                    change.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await change
-                    return None
+            try:
+                while True:
+                    done, _ = await asyncio.wait({change}, timeout=self._poll_s)
+                    if done:
+                        break
+                    if await self._replaced(rollout):
+                        change.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await change
+                        return None
+            except asyncio.CancelledError:
+                change.cancel()  # shutting down: stop waiting for the ACK too
+                raise
         now = self._clock()
         try:
             outcome = change.result()
@@ -248,28 +266,25 @@ class Reconciler:
             if await self._replaced(after, seq):
                 return
 
-    async def _settle(self, rollout: StoredRollout) -> None:
-        """A rollout that ended leaves no options on its route (forcing header, sticky
-        hashing), unless another rollout moves the route now."""
-        route = rollout.policy.spec.route
+    async def _drop_options(self, route: str) -> None:
+        """Serve ``route``'s current weights without options, unless a rollout moves the route
+        again by now (checked under the route's lock, which every push of the route takes)."""
         lock = self._route_locks.setdefault(route, asyncio.Lock())
         async with lock:
             if self._weights.options(route) is None:
                 return
-            active = await asyncio.to_thread(self._store.list, True)
-            if any(r.policy.spec.route == route for r in active):
-                return
-            served = rollout.state.served_weight
-            weights = rollout.policy.envoy_weights(served if served is not None else 0.0)
             try:
-                await self._weights.set_weights(
-                    route,
-                    weights,
-                    options=None,
-                    timeout_s=rollout.policy.spec.ack_timeout.total_seconds(),
-                )
+                active = await asyncio.to_thread(self._store.list, True)
+            except Exception:
+                log.exception("cannot list rollouts; the options of %s stay for now", route)
+                return
+            if any(r.route == route for r in active):
+                return
+            weights = self._weights.current().get(route)
+            try:
+                await self._weights.set_weights(route, weights, options=None)
             except (ValueError, PersistError):
-                log.exception("rollout %s: cannot remove its route options", rollout.name)
+                log.exception("cannot remove the rollout options of route %s", route)
 
 
 def _result(state: RolloutState, now: float, outcome: AckKind, message: str = "") -> AckResult:

@@ -129,6 +129,10 @@ class WeightController:
         """The rollout options served on ``route``, if any."""
         return self._options.get(route)
 
+    def routes_with_options(self) -> set[str]:
+        """Routes served with rollout options now."""
+        return set(self._options)
+
     def current(self) -> dict[str, dict[str, int]]:
         """Every route's served weights (routes with weighted clusters or an override)."""
         out: dict[str, dict[str, int]] = {}

@@ -233,7 +233,11 @@ def _make(state: Path, policy: Path, setup: str, name: str = "r1") -> StoredRoll
 
 def test_start_records_a_pending_rollout(state: Path, policy: Path) -> None:
     result = _start(state, policy, "r1", "--actor", "carol")
-    assert result.stderr == ""
+    # A new state file is worth a note: no controller reads it yet.
+    assert result.stderr == (
+        f"note: creating a new state file {state}: the rollout starts once "
+        f"`sluice serve --state {state}` runs\n"
+    )
     assert result.stdout == (
         "rollout r1 created (pending): route comments, comments-python → comments-go, "
         f"stages 1% → 25% → 100%; policy {policy} (not in git)\n"

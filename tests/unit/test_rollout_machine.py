@@ -897,3 +897,15 @@ def test_analysis_due_at_bake_end_between_intervals() -> None:
 )
 def test_next_due(state: RolloutState, due: float | None) -> None:
     assert next_due(state, POLICY) == due
+
+
+def test_a_verdict_judged_before_a_resume_does_not_count() -> None:
+    """A slow analysis started before a pause and resume must not fail the fresh bake."""
+    run = baking_at(make_policy(), 1, 100.0)
+    run.command(110.0, "pause")
+    run.command(111.0, "resume")
+    assert run.state.stage_started_at == 111.0
+    stale = run.verdict(110.5, "fail")
+    assert not stale.changed
+    assert run.state.phase == Phase.PROGRESSING
+    assert run.state.last_verdict is None
