@@ -20,7 +20,10 @@ The tests, for a drift ``d`` (``maxDrift``) and quantile ``q``:
 - **error rate** ``H0: p_c <= (1 + d) * p_b``. ``p_b`` is replaced by its time-uniform upper
   confidence bound (level ``alpha/2``) and the candidate's errors tested against that null
   with the mixture e-value (level ``alpha/2``). A larger null only lowers the e-value, so the
-  pair stays valid: ``P(false fail) <= alpha``.
+  pair stays valid: ``P(false fail) <= alpha/2 + alpha/2 = alpha``. Whenever a check of an
+  SLO leans on a baseline bound, all its checks are tested at ``alpha/2`` (the strongest of
+  them is the one with the smallest null, or for latency the lowest threshold, so together
+  they spend ``alpha/2``); an SLO with only fixed ceilings tests them at ``alpha``.
 - **latency quantile** (p99: ``q = 0.99``) ``H0: t_q(c) <= (1 + d) * t_q(b)``, judged by
   counts, never by comparing interpolated quantiles: take a time-uniform *upper* confidence
   bound of the baseline's quantile over Envoy's histogram buckets (Howard & Ramdas 2022), the
@@ -243,13 +246,15 @@ def _error_rate(
         return SloVerdict(
             name, "inconclusive", f"{name}: no baseline traffic to compare with", None, p_c
         )
+    # The baseline's bound spent alpha/2: the candidate's test gets the other half.
+    level = alpha / 2 if slo.max_drift is not None and p_b is not None else alpha
     return _decide(
         name,
         "error rate",
         checks,
         candidate.errors,
         candidate.requests,
-        alpha,
+        level,
         p_b,
         p_c,
         drift,
@@ -267,6 +272,7 @@ def _latency(
         return SloVerdict(name, "inconclusive", f"{name}: no candidate latencies yet")
     checks: list[tuple[str, float, float]] = []
     thresholds: list[float] = []
+    against_baseline = False
     baseline_q = baseline.latency.quantile(q) if baseline.latency.total > 0 else None
     if slo.max_drift is not None and baseline.latency.total > 0:
         upper = quantile_upper_bound(baseline.latency, q, alpha / 2)
@@ -277,6 +283,7 @@ def _latency(
                     (f"more than {slo.max_drift:g}% slower than the baseline", 1 - q, limit)
                 )
                 thresholds.append(limit)
+                against_baseline = True
     if slo.max_value is not None:
         ceiling_ms = slo.max_value.total_seconds() * 1000
         limit = hist_c.bound_at_or_above(ceiling_ms)
@@ -297,7 +304,10 @@ def _latency(
             baseline_q,
             candidate_q,
         )
-    # Each check tests the share of candidate requests slower than its threshold.
+    # Each check tests the share of candidate requests slower than its threshold; the
+    # baseline's bound spent alpha/2 when a drift check is there: the candidate's tests get the
+    # other half.
+    level = alpha / 2 if against_baseline else alpha
     worst: SloVerdict | None = None
     for what, null, limit in checks:
         slower = hist_c.above(limit)
@@ -307,7 +317,7 @@ def _latency(
             [(what, null, null)],
             slower,
             hist_c.total,
-            alpha,
+            level,
             baseline_q,
             candidate_q,
             drift,
@@ -428,8 +438,14 @@ def _custom(slo: CustomSlo, sample: Sample, min_requests: int) -> SloVerdict:
 def _with_counts(
     verdict: SloVerdict, baseline: SideCounts, candidate: SideCounts, reference: bool
 ) -> SloVerdict:
+    reason = verdict.reason
+    if verdict.outcome == "fail":
+        reason += f", {baseline.requests:.0f} baseline requests" + (
+            " (the rollout so far: too few in this stage)" if reference else ""
+        )
     return _replace(
         verdict,
+        reason=reason,
         baseline_requests=baseline.requests,
         candidate_requests=candidate.requests,
         reference=reference,

@@ -7,7 +7,8 @@ however often, and whenever, one looks:
 
 - :func:`log_e_value` is the logarithm of a *test supermartingale* (an e-process) for
   ``H0: p <= p0`` over a stream of Bernoulli(p) outcomes (x successes in m trials): a mixture,
-  over alternatives ``p1 = k * p0`` (k on :data:`GRID`, equal weights), of Wald's likelihood
+  over alternatives ``p1 = k * p0`` (k on :data:`GRID`, equal weights; capped at
+  ``1 - (1 - p0) / k`` for large ``p0``), of Wald's likelihood
   ratios ``(p1/p0)^x ((1-p1)/(1-p0))^(m-x)``. Under any ``p <= p0`` each ratio has expectation
   at most 1 at every step, so by Ville's inequality ``P(sup_t E_t >= 1/alpha) <= alpha``:
   rejecting when ``E_t >= 1/alpha`` at any look keeps the false-alarm rate at most ``alpha``.
@@ -36,8 +37,11 @@ import math
 
 GRID: tuple[float, ...] = (1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
 """Alternatives as multiples of the null proportion (equal prior weights): sensitive from a
-25% to a 10x increase. A regression smaller than 25% of the null still accumulates evidence,
-only more slowly."""
+25% to a 10x increase. Below that the evidence stalls: the ``k * p0`` ratio grows on average
+only when the true proportion exceeds ``(k - 1) / ln(k) * p0`` (for small ``p0``), about
+``1.12 * p0`` for ``k = 1.25``; a smaller excess drives every ratio to 0, however many trials.
+Likewise :func:`upper_bound` and :func:`lower_bound` tend to about ``1.12`` and ``0.89`` times
+the true proportion, not to it."""
 
 _P_MAX = 1.0 - 1e-12
 _P_MIN = 1e-15
@@ -74,8 +78,16 @@ def log_e_value(x: float, m: float, p0: float) -> float:
     if p0 >= _P_MAX:
         return -math.inf
     p0 = max(p0, _P_MIN)
-    ratios = [_log_ratio(x, m, p0, min(k * p0, _P_MAX)) for k in GRID]
+    ratios = [_log_ratio(x, m, p0, _alternative(p0, k)) for k in GRID]
     return _log_mean_exp(ratios)
+
+
+def _alternative(p0: float, k: float) -> float:
+    """The alternative ``k * p0``, capped at ``1 - (1 - p0) / k`` (the complement shrunk by the
+    same factor) once ``p0 > 1 / (k + 1)``. Both ``p1 / p0`` and ``(1 - p1) / (1 - p0)`` then
+    fall as ``p0`` grows, so every ratio (and the mixture) decreases in ``p0`` for any counts:
+    a cap at a constant near 1 would make ``(1 - p1) / (1 - p0)`` grow with ``p0``."""
+    return min(k * p0, 1.0 - (1.0 - p0) / k)
 
 
 def log_e_value_below(x: float, m: float, p0: float) -> float:
@@ -92,7 +104,7 @@ def upper_bound(x: float, m: float, alpha: float) -> float:
     ``1 - alpha`` it lies above the true ``p`` at every look. 1.0 with no data.
 
     The largest ``p0`` not rejected by the test of ``H0: p >= p0`` at level ``alpha``
-    (bisection; ``_log_e_value_below`` increases with ``p0``).
+    (bisection; :func:`log_e_value_below` increases with ``p0``).
     """
     if m <= 0:
         return 1.0
