@@ -1,8 +1,14 @@
-"""Suite-wide pytest options: ``--e2e`` enables the end-to-end suite (``tests/e2e``)."""
+"""Suite-wide pytest options and fixtures: ``--e2e`` enables the end-to-end suite
+(``tests/e2e``); ``prometheus_factory`` starts a real Prometheus."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+
+import prometheus_fixture
 import pytest
+from prometheus_fixture import Prometheus
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -21,3 +27,39 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "e2e" in item.keywords:
             item.add_marker(skip)
+
+
+# --- a real Prometheus (tests/prometheus_fixture.py) -----------------------------------------
+
+_FIRST_PROMETHEUS = pytest.StashKey[int]()
+
+
+@pytest.fixture
+def prometheus_factory(tmp_path: Path) -> Iterator[Callable[..., Prometheus]]:
+    """Start real Prometheus servers owned by the test:
+    ``factory([ScrapeTarget(job, "127.0.0.1:port", "/stats/prometheus")], interval_s=1.0)``.
+
+    Skips without the binary (fails under ``CI=true``); stops them at teardown (SIGTERM, then
+    SIGKILL). A module that shares one Prometheus uses :func:`prometheus_fixture.factory`.
+    """
+    with prometheus_fixture.factory(tmp_path) as start:
+        yield start
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[_FIRST_PROMETHEUS] = len(prometheus_fixture.INSTANCES)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failing test gets the log tails of the Prometheus servers it started or shared (the
+    e2e suite's own hook already shows those of every process its tests ran)."""
+    report = yield
+    if report.failed and report.when in ("setup", "call") and "e2e" not in item.keywords:
+        first = item.stash.get(_FIRST_PROMETHEUS, 0)
+        for index, instance in enumerate(prometheus_fixture.INSTANCES):
+            if index >= first or instance.proc.alive():
+                report.sections.append((f"log tail: {instance.proc.name}", instance.logs(60)))
+    return report

@@ -1,0 +1,114 @@
+"""End to end: the ``prometheus`` provider reads back what real clients sent through real Envoy.
+
+A real Envoy fed by the controller splits real traffic 70/30 between the two real upstreams;
+a real Prometheus scrapes the Envoy's admin ``/stats/prometheus`` every second; the provider's
+sample over the traffic window must agree with what the clients received.
+
+Run with ``pytest tests/e2e/test_prometheus_e2e.py --e2e -rP`` (``-rP`` shows the figures).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+
+import pytest
+from prometheus_fixture import Prometheus, ScrapeTarget
+
+from controller.analysis.providers.prometheus import PrometheusProvider
+from controller.analysis.sli import Sample, SideCounts
+
+from .harness import BASELINE, CANDIDATE, Stack
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
+
+REQUESTS = 1500
+
+
+def envoy_prometheus_text(stack: Stack, cluster: str) -> str:
+    """Envoy's own ``/stats/prometheus`` lines for ``cluster`` (for failure messages)."""
+    text = stack.envoy.http.get("/stats/prometheus").text
+    return "\n".join(line for line in text.splitlines() if f'"{cluster}"' in line)
+
+
+def last_sample_time(prometheus: Prometheus) -> float:
+    """The timestamp of the newest scraped sample of Envoy's request counters."""
+    data = prometheus.query("max(timestamp(envoy_cluster_upstream_rq_total))")
+    return float(data["result"][0]["value"][1])
+
+
+@pytest.mark.parametrize("protocol", ["sotw"])
+def test_sample_matches_what_clients_saw(
+    stack: Stack,
+    prometheus_factory: Callable[..., Prometheus],
+    record_property: Callable[[str, object], None],
+) -> None:
+    """1,500 requests at 70/30: per side, the sampled requests equal the clients' count within
+    2%, errors are 0, and each latency histogram's +Inf bucket equals its requests.
+
+    Why 2%: ``increase()`` extrapolates the counter's growth from the first and last samples in
+    the window to the window's edges. The window here ends on a scrape's timestamp and lasts a
+    whole number of seconds, so with 1 s scrapes whose timestamps Prometheus aligns (within
+    its 2 ms tolerance) a sample sits on each edge and nothing is extrapolated: the result is
+    the exact counter delta. Counts are flat at both edges (no traffic there), so a scrape that
+    missed its alignment scales the delta by at most (its jitter / window), well under 1% for
+    jitters of tens of ms over this ~5 s window. Envoy's counters are live and the route has no
+    retries, so Envoy's count is the clients' count.
+    """
+    address = stack.envoy.admin_url.removeprefix("http://")
+    prometheus = prometheus_factory([ScrapeTarget("envoy", address)])
+    stack.set_weights(70, 30)
+    stack.envoy.wait_route_weights({BASELINE: 70, CANDIDATE: 30}, timeout=5.0)
+    # One request per side first, so that every series (the latency buckets too) exists
+    # before the window opens: increase() only partly counts a series born inside it.
+    warmup = stack.load(concurrency=2).run(40)
+    assert warmup.count(BASELINE), warmup.describe()
+    assert warmup.count(CANDIDATE), warmup.describe()
+    time.sleep(1.2)  # Envoy flushes histograms every stats_flush_interval (1 s here)
+    prometheus.wait_scraped(time.time(), scrapes=2)
+    before = last_sample_time(prometheus)
+
+    summary = stack.load(concurrency=8).run(REQUESTS, duration=60.0)
+    assert summary.total == REQUESTS, summary.describe()
+    assert summary.ok == REQUESTS, f"{summary.describe()}\n{stack.diagnostics()}"
+
+    time.sleep(1.2)  # the last histogram flush
+    prometheus.wait_scraped(time.time(), scrapes=2)
+    end = last_sample_time(prometheus)
+    provider = PrometheusProvider(prometheus.url, timeout_s=2, retry_budget_s=3)
+
+    async def sample() -> object:
+        try:
+            return await provider.sample(BASELINE, CANDIDATE, before, end)
+        finally:
+            await provider.close()
+
+    result = asyncio.run(sample())
+
+    assert isinstance(result, Sample), (
+        f"{result}\n{envoy_prometheus_text(stack, CANDIDATE)}\n{prometheus.logs(20)}"
+    )
+    clients = {BASELINE: summary.count(BASELINE), CANDIDATE: summary.count(CANDIDATE)}
+    sides: dict[str, SideCounts] = {BASELINE: result.baseline, CANDIDATE: result.candidate}
+    figures = {
+        "window_s": result.end - result.start,
+        "clients": clients,
+        "requests": {c: s.requests for c, s in sides.items()},
+        "errors": {c: s.errors for c, s in sides.items()},
+        "histogram_total": {c: s.latency.total for c, s in sides.items()},
+        "p99_bucket_ms": {c: s.latency.quantile(0.99) for c, s in sides.items()},
+        "relative_error": {c: (sides[c].requests - n) / n for c, n in clients.items() if n},
+    }
+    print(f"prometheus sample vs clients: {json.dumps(figures)}")
+    record_property("figures", figures)
+    for cluster, seen in clients.items():
+        side = sides[cluster]
+        context = f"{cluster}: {figures}\n{envoy_prometheus_text(stack, cluster)}"
+        assert side.requests == pytest.approx(seen, rel=0.02), context
+        assert side.errors == 0.0, context
+        assert side.latency.total == pytest.approx(side.requests, rel=0.02), context
+        assert list(side.latency.counts) == sorted(side.latency.counts), context
+    # The clients saw a 70/30 split; so did the sample (same counts, so the same share).
+    assert clients[CANDIDATE] > 0.2 * REQUESTS, clients
