@@ -40,10 +40,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from controller.analysis.judge import judge  # noqa: E402
-from controller.analysis.sli import Histogram, Sample, SideCounts  # noqa: E402
-from controller.policy.rollout_policy import RolloutPolicy  # noqa: E402
-from controller.xds.bootstrap import latency_buckets_ms  # noqa: E402
+from controller.analysis.judge import judge
+from controller.analysis.sli import Histogram, Sample, SideCounts
+from controller.policy.rollout_policy import RolloutPolicy
+from controller.xds.bootstrap import latency_buckets_ms
 
 SHARES = (0.01, 0.05, 0.25)
 SIGMA = 0.6
@@ -225,7 +225,8 @@ def main() -> int:
     print(
         f"judge_power: {args.rps:g} rps, interval {args.interval:g}s, bake {args.bake:g}s, "
         f"deadline +10 intervals, minRequests {args.min_requests}, baseline p99 from a "
-        f"log-normal (median {args.median_ms:g} ms, sigma {SIGMA}), error rate {args.error_rate:.2%}"
+        f"log-normal (median {args.median_ms:g} ms, sigma {SIGMA}), "
+        f"error rate {args.error_rate:.2%}"
     )
     print(
         f"{'share':>6} {'checker':>7} {'false rollback':>15} {'(at deadline)':>14} "

@@ -228,13 +228,13 @@ def _error_rate(
     slo: ErrorRateSlo, baseline: SideCounts, candidate: SideCounts, alpha: float
 ) -> SloVerdict:
     name = slo.metric
-    if candidate.requests <= 0:
+    if candidate.attempts <= 0:
         return SloVerdict(name, "inconclusive", f"{name}: no candidate requests yet")
-    p_c = candidate.errors / candidate.requests
+    p_c = candidate.errors / candidate.attempts
     p_b = baseline.error_rate
     checks: list[tuple[str, float, float]] = []  # (what, null proportion, point value it limits)
     if slo.max_drift is not None and p_b is not None:
-        ucb = upper_bound(baseline.errors, baseline.requests, alpha / 2)
+        ucb = upper_bound(baseline.errors, baseline.attempts, alpha / 2)
         null = min(1.0, (1 + slo.max_drift / 100) * ucb)
         checks.append((f"more than {slo.max_drift:g}% above the baseline", null, null))
     if slo.max_value is not None:
@@ -253,7 +253,7 @@ def _error_rate(
         "error rate",
         checks,
         candidate.errors,
-        candidate.requests,
+        candidate.attempts,
         level,
         p_b,
         p_c,

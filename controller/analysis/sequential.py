@@ -35,13 +35,13 @@ from __future__ import annotations
 
 import math
 
-GRID: tuple[float, ...] = (1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
-"""Alternatives as multiples of the null proportion (equal prior weights): sensitive from a
-25% to a 10x increase. Below that the evidence stalls: the ``k * p0`` ratio grows on average
-only when the true proportion exceeds ``(k - 1) / ln(k) * p0`` (for small ``p0``), about
-``1.12 * p0`` for ``k = 1.25``; a smaller excess drives every ratio to 0, however many trials.
-Likewise :func:`upper_bound` and :func:`lower_bound` tend to about ``1.12`` and ``0.89`` times
-the true proportion, not to it."""
+GRID: tuple[float, ...] = (1.05, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
+"""Alternatives as multiples of the null proportion (equal prior weights): from a 5% to a 10x
+increase. The ``k * p0`` ratio grows on average only when the true proportion exceeds
+``(k - 1) / ln(k) * p0`` (for small ``p0``): about ``1.025 * p0`` for ``k = 1.05``, so any
+excess beyond ~2.5% is detected given enough trials (a smaller one drives every ratio to 0).
+Likewise :func:`upper_bound` and :func:`lower_bound` tend to within ~2.5% of the true
+proportion. The near-1 alternatives cost ``ln(8/6)`` nats of evidence on large regressions."""
 
 _P_MAX = 1.0 - 1e-12
 _P_MIN = 1e-15

@@ -109,9 +109,16 @@ class SideCounts:
     latency: Histogram = EMPTY_HISTOGRAM
 
     @property
+    def attempts(self) -> float:
+        """The requests the error rate is out of: ``max(requests, errors)``. Envoy counts the
+        503s it answers itself (upstream connect failure, overflow) in ``upstream_rq_xx`` but
+        not in ``upstream_rq_total``; a candidate that is down has errors and no requests."""
+        return max(self.requests, self.errors)
+
+    @property
     def error_rate(self) -> float | None:
-        """5xx / requests (a ratio, 0-1); None without requests."""
-        return self.errors / self.requests if self.requests > 0 else None
+        """5xx / :attr:`attempts` (a ratio, 0-1); None without any."""
+        return self.errors / self.attempts if self.attempts > 0 else None
 
 
 @dataclass(frozen=True)
