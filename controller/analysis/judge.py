@@ -42,7 +42,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from controller.analysis.sequential import log_e_value, log_e_value_below, upper_bound
+from controller.analysis.sequential import (
+    COARSE_GRID,
+    log_e_value,
+    log_e_value_below,
+    upper_bound,
+)
 from controller.analysis.sli import Histogram, NoSample, Sample, SampleResult, SideCounts
 from controller.policy.rollout_policy import (
     CustomSlo,
@@ -375,7 +380,9 @@ def _decide(
         log_e = log_e_value(x, m, check[1])
         if log_e > best_log_e:
             best_log_e, best = log_e, check
-    cleared = all(log_e_value_below(x, m, PASS_MARGIN * c[1]) >= reject for c in checks)
+    cleared = all(
+        log_e_value_below(x, m, PASS_MARGIN * c[1], COARSE_GRID) >= reject for c in checks
+    )
     what, null, _ = best
     confidence = max(0.0, 1 - math.exp(-best_log_e)) if best_log_e > 0 else 0.0
     share = x / m if m else 0.0

@@ -90,13 +90,18 @@ def _alternative(p0: float, k: float) -> float:
     return min(k * p0, 1.0 - (1.0 - p0) / k)
 
 
-def log_e_value_below(x: float, m: float, p0: float) -> float:
+COARSE_GRID: tuple[float, ...] = (1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
+"""Alternatives for tests whose null is already far from the expected value (the judge's pass
+test, against 1.5x the limit): the near-1 alternatives of :data:`GRID` would only dilute."""
+
+
+def log_e_value_below(x: float, m: float, p0: float, grid: tuple[float, ...] = GRID) -> float:
     """log E for ``H0: p >= p0`` (alternatives ``p0 / k``): the mirror of :func:`log_e_value`;
     it increases with ``p0`` and decreases with ``x``."""
     if p0 <= _P_MIN:
         return -math.inf
     p0 = min(p0, _P_MAX)
-    return _log_mean_exp([_log_ratio(x, m, p0, p0 / k) for k in GRID])
+    return _log_mean_exp([_log_ratio(x, m, p0, p0 / k) for k in grid])
 
 
 def upper_bound(x: float, m: float, alpha: float) -> float:
