@@ -62,7 +62,7 @@ FALSE_ALARM_BUDGET = 0.01
 """Probability, per rollout, of rolling back a candidate that meets every SLO (split over the
 rollout's stages and SLOs)."""
 
-PASS_MARGIN = 1.5
+PASS_MARGIN = 2.0
 """A pass needs evidence that the tested proportion (error rate, share of slow requests) is
 below this multiple of its limit. With little traffic no such evidence comes: the stage holds
 until its deadline instead of promoting on a guess."""
@@ -238,14 +238,21 @@ def _error_rate(
     p_c = candidate.errors / candidate.attempts
     p_b = baseline.error_rate
     checks: list[tuple[str, float, float]] = []  # (what, null proportion, point value it limits)
+    passes: list[tuple[float, float, float]] = []  # (x, m, limit a pass must be shown below)
     if slo.max_drift is not None and p_b is not None:
         ucb = upper_bound(baseline.errors, baseline.attempts, alpha / 2)
         null = min(1.0, (1 + slo.max_drift / 100) * ucb)
         checks.append((f"more than {slo.max_drift:g}% above the baseline", null, null))
+        # A pass is measured against the baseline's point estimate (floored by the rule of
+        # three when it saw no error), not against its lenient upper bound: thin baseline data
+        # must not let a worse candidate through.
+        point = max(p_b, 3 / baseline.attempts)
+        passes.append((candidate.errors, candidate.attempts, (1 + slo.max_drift / 100) * point))
     if slo.max_value is not None:
         checks.append(
             (f"above the ceiling {slo.max_value:g}%", slo.max_value / 100, slo.max_value / 100)
         )
+        passes.append((candidate.errors, candidate.attempts, slo.max_value / 100))
     drift = (p_c / p_b - 1) if p_b else None
     if not checks:
         return SloVerdict(
@@ -264,6 +271,7 @@ def _error_rate(
         p_c,
         drift,
         percent=True,
+        passes=passes,
     )
 
 
@@ -277,6 +285,7 @@ def _latency(
         return SloVerdict(name, "inconclusive", f"{name}: no candidate latencies yet")
     checks: list[tuple[str, float, float]] = []
     thresholds: list[float] = []
+    pass_limits: list[float] = []
     against_baseline = False
     baseline_q = baseline.latency.quantile(q) if baseline.latency.total > 0 else None
     if slo.max_drift is not None and baseline.latency.total > 0:
@@ -288,6 +297,9 @@ def _latency(
                     (f"more than {slo.max_drift:g}% slower than the baseline", 1 - q, limit)
                 )
                 thresholds.append(limit)
+                # A pass is measured against the baseline's point quantile (see _error_rate).
+                assert baseline_q is not None
+                pass_limits.append(hist_c.bound_at_or_above((1 + slo.max_drift / 100) * baseline_q))
                 against_baseline = True
     if slo.max_value is not None:
         ceiling_ms = slo.max_value.total_seconds() * 1000
@@ -295,6 +307,7 @@ def _latency(
         if math.isfinite(limit):
             checks.append((f"above the ceiling {ceiling_ms:g} ms", 1 - q, limit))
             thresholds.append(limit)
+            pass_limits.append(limit)
     candidate_q = hist_c.quantile(q)
     drift = (
         (candidate_q / baseline_q - 1)
@@ -314,8 +327,9 @@ def _latency(
     # other half.
     level = alpha / 2 if against_baseline else alpha
     worst: SloVerdict | None = None
-    for what, null, limit in checks:
+    for (what, null, limit), pass_limit in zip(checks, pass_limits, strict=True):
         slower = hist_c.above(limit)
+        pass_slower = hist_c.above(pass_limit) if math.isfinite(pass_limit) else 0.0
         verdict = _decide(
             name,
             f"share of requests slower than {limit:g} ms",
@@ -328,6 +342,7 @@ def _latency(
             drift,
             percent=False,
             threshold=limit,
+            passes=[(pass_slower, hist_c.total, 1 - q)],
         )
         if worst is None or _rank(verdict.outcome) > _rank(worst.outcome):
             worst = verdict
@@ -371,6 +386,7 @@ def _decide(
     *,
     percent: bool,
     threshold: float | None = None,
+    passes: list[tuple[float, float, float]] | None = None,
 ) -> SloVerdict:
     """Test ``x`` of ``m`` against each null proportion: fail on the strongest evidence of a
     breach; pass when every limit is shown not to be exceeded by :data:`PASS_MARGIN` times."""
@@ -380,8 +396,10 @@ def _decide(
         log_e = log_e_value(x, m, check[1])
         if log_e > best_log_e:
             best_log_e, best = log_e, check
+    pass_tests = passes if passes is not None else [(x, m, c[1]) for c in checks]
     cleared = all(
-        log_e_value_below(x, m, PASS_MARGIN * c[1], COARSE_GRID) >= reject for c in checks
+        log_e_value_below(px, pm, PASS_MARGIN * limit, COARSE_GRID) >= reject
+        for px, pm, limit in pass_tests
     )
     what, null, _ = best
     confidence = max(0.0, 1 - math.exp(-best_log_e)) if best_log_e > 0 else 0.0

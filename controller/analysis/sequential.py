@@ -92,7 +92,8 @@ def _alternative(p0: float, k: float) -> float:
 
 COARSE_GRID: tuple[float, ...] = (1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
 """Alternatives for tests whose null is already far from the expected value (the judge's pass
-test, against 1.5x the limit): the near-1 alternatives of :data:`GRID` would only dilute."""
+test, against ``PASS_MARGIN`` times the limit): the near-1 alternatives of :data:`GRID` would
+only dilute."""
 
 
 def log_e_value_below(x: float, m: float, p0: float, grid: tuple[float, ...] = GRID) -> float:

@@ -35,6 +35,23 @@ def serve(
         ),
     ] = Path(".sluice/state.db"),
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    prometheus_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SLUICE_PROMETHEUS_URL",
+            help="Judge stages from this Prometheus (scraping the Envoys' /stats/prometheus).",
+        ),
+    ] = None,
+    envoy_admin: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Judge stages from these Envoys' admin /stats/prometheus (repeat per Envoy; "
+            "used without --prometheus-url).",
+        ),
+    ] = None,
+    scrape_interval: Annotated[
+        str, typer.Option(help="How often --envoy-admin Envoys are scraped (e.g. 1s).")
+    ] = "1s",
 ) -> None:
     """Serve Envoy its configuration over ADS (SotW and Delta) and keep weights durable.
 
@@ -55,7 +72,15 @@ def serve(
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(exitcodes.INVALID_INPUT) from exc
     gw = read_gateway(gateway)
-    config = ServeConfig(gw, gateway, xds_address, admin_address, state)
+    metrics: tuple[str, dict[str, str]] | None = None
+    if prometheus_url:
+        metrics = ("prometheus", {"url": prometheus_url})
+    elif envoy_admin:
+        metrics = (
+            "envoy_admin",
+            {"urls": ",".join(envoy_admin), "scrape_interval": scrape_interval},
+        )
+    config = ServeConfig(gw, gateway, xds_address, admin_address, state, metrics=metrics)
     try:
         asyncio.run(run(config))
     except StartupError as exc:

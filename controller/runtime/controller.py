@@ -20,10 +20,13 @@ from pathlib import Path
 
 from aiohttp import web
 
+from controller.analysis.providers import PROVIDERS
+from controller.analysis.providers.base import MetricsProvider, make_provider
 from controller.policy.gateway import Gateway
 from controller.policy.rollout_checks import check_against_gateway
 from controller.runtime.address import split_address
 from controller.runtime.admin import make_app
+from controller.runtime.analyzer import MetricsAnalyzer, StageAnalyzer
 from controller.runtime.reconciler import Reconciler, rollout_overlay
 from controller.runtime.reload import GatewayReloader
 from controller.store.rollouts import StoreError
@@ -52,6 +55,9 @@ class ServeConfig:
         admin_address: ``host:port`` of the admin HTTP API (port 0: any free port).
         state_path: the SQLite file holding the served weights and the rollouts.
         poll_s: how often the reconciler re-reads the rollouts (operators' commands).
+        metrics: the metrics provider's name (``prometheus``, ``envoy_admin``) and options,
+            or None: stages are judged on bake time alone when a policy has no SLOs, and
+            never pass when it has some (no evidence).
     """
 
     gateway: Gateway
@@ -60,6 +66,7 @@ class ServeConfig:
     admin_address: str
     state_path: Path
     poll_s: float = 0.25
+    metrics: tuple[str, dict[str, str]] | None = None
 
 
 async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
@@ -79,6 +86,23 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
             "weights and the rollouts: restore it, or remove it to serve the gateway file's "
             "weights and forget the rollouts."
         ) from exc
+    provider: MetricsProvider | None = None
+    analyzer: StageAnalyzer | None = None
+    if config.metrics is not None:
+        name, options = config.metrics
+        try:
+            provider = make_provider(name, options, PROVIDERS)
+        except ValueError as exc:  # unknown provider, or options it refuses
+            store.close()
+            rollouts.close()
+            raise StartupError(f"metrics provider {name}: {exc}") from exc
+        starter = getattr(provider, "start", None)
+        if starter is not None:
+            await starter()
+        analyzer = MetricsAnalyzer(provider)
+        log.info("judging stages with the %s metrics provider (%s)", name, options)
+    else:
+        log.info("no metrics provider: policies without SLOs bake only; with SLOs they hold")
     # An active rollout's route serves the rollout's weights from the first snapshot on: the
     # state says what Envoy has (or is being sent), whatever a crash left in route_weights.
     # A rollout whose route or clusters left the gateway is not overlaid (its weights, saved
@@ -92,6 +116,8 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
     except ValueError as exc:
         store.close()
         rollouts.close()
+        if provider is not None:
+            await provider.close()
         raise StartupError(
             f"the weights persisted in {config.state_path} do not fit the gateway: {exc}. "
             "Refusing to serve a default in their place; fix the gateway or remove the state file."
@@ -115,6 +141,8 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
     except RuntimeError as exc:
         store.close()
         rollouts.close()
+        if provider is not None:
+            await provider.close()
         raise StartupError(str(exc)) from exc
     admin_host, admin_port = split_address(config.admin_address)
     reloader = GatewayReloader(config.gateway_path, weights)
@@ -128,6 +156,8 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         await runner.cleanup()
         store.close()
         rollouts.close()
+        if provider is not None:
+            await provider.close()
         raise StartupError(f"cannot bind the admin API to {config.admin_address}: {exc}") from exc
     bound_admin = runner.addresses[0][1] if runner.addresses else admin_port
     # Everything alive now (imported modules, envoy-data-plane's classes, the first snapshot)
@@ -180,7 +210,7 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
             loop.add_signal_handler(sig, stop.set)
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGHUP, schedule_reload)
-    reconciler = Reconciler(rollouts, weights, poll_s=config.poll_s)
+    reconciler = Reconciler(rollouts, weights, analyzer=analyzer, poll_s=config.poll_s)
     reconciling = loop.create_task(reconciler.run(stop), name="reconciler")
     try:
         await stop.wait()
@@ -189,6 +219,8 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         reconciling.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reconciling
+        if provider is not None:
+            await provider.close()
         for task in reloads:
             task.cancel()
         await runner.cleanup()

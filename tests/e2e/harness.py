@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -308,8 +308,10 @@ class Controller:
         xds_port: int = 0,
         name: str = "controller",
         timeout: float = 30.0,
+        extra: Sequence[str] = (),
     ) -> Controller:
-        """Start the controller and wait for its ready line (``--xds-address`` port 0: any)."""
+        """Start the controller and wait for its ready line (``--xds-address`` port 0: any);
+        ``extra``: more ``sluice serve`` options (e.g. a metrics provider)."""
         argv = [
             sys.executable,
             "-m",
@@ -325,6 +327,7 @@ class Controller:
             str(state_path),
             "--log-level",
             "debug",
+            *extra,
         ]
         proc = Process.start(name, argv, workdir)
         try:

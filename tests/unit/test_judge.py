@@ -290,7 +290,7 @@ def test_error_rate_ceiling(rate: float, outcome: str) -> None:
                 strict=True,
                 reason="known limitation: a fail needs the share above ~1.025x the limit "
                 "(the smallest alternative is 1.05x): a candidate 1% above a ceiling can be "
-                "promoted (a pass needs evidence below 1.5x the limit)",
+                "promoted (a pass needs evidence below PASS_MARGIN times the limit)",
             ),
         ),
         0.011,
