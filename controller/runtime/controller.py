@@ -20,7 +20,6 @@ from pathlib import Path
 
 from aiohttp import web
 
-from controller.analysis.providers import PROVIDERS
 from controller.analysis.providers.base import MetricsProvider, make_provider
 from controller.policy.gateway import Gateway
 from controller.policy.rollout_checks import check_against_gateway
@@ -89,6 +88,9 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
     provider: MetricsProvider | None = None
     analyzer: StageAnalyzer | None = None
     if config.metrics is not None:
+        # Imported only when used: prometheus-api-client pulls in pandas (~15 MB resident).
+        from controller.analysis.providers import PROVIDERS
+
         name, options = config.metrics
         try:
             provider = make_provider(name, options, PROVIDERS)
