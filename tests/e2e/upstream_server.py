@@ -4,18 +4,27 @@
                                     --slow-share P --slow-factor F]
 
 Binds 127.0.0.1 on a free port, prints ``{"event": "ready", "name": ..., "port": ...}`` on
-stdout, then answers every GET/POST/HEAD with 200, the header ``x-upstream: NAME`` and a small
-JSON body naming itself. Keep-alive (HTTP/1.1), one thread per connection. Stops on SIGTERM.
+stdout, then answers every GET/POST/HEAD (but the fault switch below) with 200, the header
+``x-upstream: NAME`` and a small JSON body naming itself. Keep-alive (HTTP/1.1), one thread
+per connection. Stops on SIGTERM.
 
 Behaviour for analysis tests (all off by default): each request waits a log-normal time
 (median ``--median-ms``, shape ``--sigma``); the slowest ``--slow-share`` of those draws (the
 draws above the distribution's ``1 - slow-share`` quantile) wait ``--slow-factor`` times
 longer; ``--error-rate`` of the requests answer 503.
+
+Runtime fault switch (for benchmarks such as ``benchmarks/rollback_latency.py``):
+``POST /__sluice/fault`` with a JSON object of behaviour fields (``error_rate``, ``median_ms``,
+``sigma``, ``slow_share``, ``slow_factor``) replaces those fields for every request answered
+from then on; ``GET /__sluice/fault`` shows the behaviour in force. Both answer 200 at once
+(no delay, never an injected error) with the behaviour and ``applied_at`` (``time.time()`` when
+it took effect); an unknown field or a bad value answers 400. Nothing else changes.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import random
@@ -51,9 +60,42 @@ class Behaviour:
     def fails(self) -> bool:
         return self.error_rate > 0 and random.random() < self.error_rate
 
+    def changed(self, fields: object) -> Behaviour:
+        """This behaviour with ``fields`` (a JSON object) replaced; ValueError when invalid."""
+        if not isinstance(fields, dict):
+            raise ValueError("expected a JSON object of behaviour fields")
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(f"unknown fields {unknown}; known: {sorted(known)}")
+        values: dict[str, float] = {}
+        for key, value in fields.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{key}: expected a number, got {value!r}")
+            values[key] = float(value)
+        new = dataclasses.replace(self, **values)
+        if not (0.0 <= new.error_rate <= 1.0 and 0.0 <= new.slow_share < 1.0):
+            raise ValueError("error_rate must be in [0, 1] and slow_share in [0, 1)")
+        if new.median_ms < 0 or new.sigma < 0 or new.slow_factor <= 0:
+            raise ValueError("median_ms and sigma must be >= 0, slow_factor > 0")
+        return new
+
+
+FAULT_PATH = "/__sluice/fault"
+
+
+@dataclass
+class _InForce:
+    """The behaviour in force, replaced as a whole by ``POST FAULT_PATH`` (each request reads
+    ``how`` once, so it never sees half a change)."""
+
+    how: Behaviour
+    applied_at: float
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
 
 def make_handler(name: str, behaviour: Behaviour | None = None) -> type[BaseHTTPRequestHandler]:
-    how = behaviour or Behaviour()
+    current = _InForce(behaviour or Behaviour(), time.time())
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -62,10 +104,32 @@ def make_handler(name: str, behaviour: Behaviour | None = None) -> type[BaseHTTP
         # Envoy's delayed ACK would add ~40 ms to every response.
         disable_nagle_algorithm = True
 
+        def _fault(self, body: bytes | None) -> None:
+            """``GET`` / ``POST`` ``FAULT_PATH``: show or change the behaviour (module doc)."""
+            status = 200
+            answer: dict[str, object]
+            with current.lock:
+                try:
+                    if body is not None:
+                        current.how = current.how.changed(json.loads(body or b"{}"))
+                        current.applied_at = time.time()
+                    answer = {**dataclasses.asdict(current.how), "applied_at": current.applied_at}
+                except ValueError as exc:  # json.JSONDecodeError is a ValueError
+                    status, answer = 400, {"error": str(exc)}
+            data = json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
         def _reply(self, with_body: bool) -> None:
             length = int(self.headers.get("content-length") or 0)
-            if length:
-                self.rfile.read(length)
+            payload = self.rfile.read(length) if length else b""
+            if self.path == FAULT_PATH and self.command in ("GET", "POST"):
+                self._fault(payload if self.command == "POST" else None)
+                return
+            how = current.how
             delay = how.delay_s()
             if delay:
                 time.sleep(delay)
