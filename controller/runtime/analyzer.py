@@ -10,15 +10,18 @@ stage deadline, follows its ``onFailure``.
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 
 from controller.analysis.judge import judge
 from controller.analysis.providers.base import CustomQuery, MetricsProvider
-from controller.analysis.sli import NoSample, SideCounts
+from controller.analysis.sli import NoSample, SampleResult, SideCounts
 from controller.policy.rollout_policy import CustomSlo
 from controller.rollout.inputs import Verdict
 from controller.rollout.machine import describe_stage
 from controller.store.rollouts import StoredRollout
+
+log = logging.getLogger(__name__)
 
 
 class StageAnalyzer(Protocol):
@@ -76,14 +79,22 @@ class MetricsAnalyzer:
             if isinstance(slo, CustomSlo)
         )
         baseline, candidate = spec.baseline.cluster, spec.candidate.cluster
-        sample = await self._provider.sample(baseline, candidate, start, now, custom)
         reference: SideCounts | None = None
-        if not isinstance(sample, NoSample) and sample.baseline.requests < (
-            spec.analysis.min_requests
-        ):
-            whole = await self._provider.sample(baseline, candidate, rollout.created_at, now)
-            if not isinstance(whole, NoSample):
-                reference = whole.baseline
+        try:
+            sample: SampleResult = await self._provider.sample(
+                baseline, candidate, start, now, custom
+            )
+            if not isinstance(sample, NoSample) and sample.baseline.requests < (
+                spec.analysis.min_requests
+            ):
+                whole = await self._provider.sample(baseline, candidate, rollout.created_at, now)
+                if not isinstance(whole, NoSample):
+                    reference = whole.baseline
+        except Exception as exc:
+            # A provider must not raise; if one does, it is a failing dependency like any
+            # other: reported on the rollout, never a pass (and never a breach).
+            log.exception("metrics provider failed")
+            sample = NoSample("error", f"metrics provider failed: {type(exc).__name__}: {exc}")
         judgement = judge(policy, state.stage, sample, reference)
         details = dict(judgement.details)
         details["window"] = {"start": start, "end": now}
