@@ -121,20 +121,6 @@ class SideCounts:
         return self.errors / self.attempts if self.attempts > 0 else None
 
 
-@dataclass(frozen=True)
-class Sample:
-    """Both sides over the same window ``[start, end]`` (epoch seconds), plus the values of
-    custom SLO queries by SLO name: ``(baseline, candidate)``, and ``warnings`` for people
-    about a partial sample (e.g. some Envoys could not be scraped and were left out)."""
-
-    start: float
-    end: float
-    baseline: SideCounts
-    candidate: SideCounts
-    custom: dict[str, tuple[float, float]] = field(default_factory=dict)
-    warnings: tuple[str, ...] = ()
-
-
 FailureKind = Literal["error", "empty", "nan"]
 """Why a provider has no sample: the query failed (backend down, bad query, timeout), the
 result was empty (no series: nothing scraped yet, wrong cluster name), or it was NaN (0/0)."""
@@ -142,7 +128,8 @@ result was empty (no series: nothing scraped yet, wrong cluster name), or it was
 
 @dataclass(frozen=True)
 class NoSample:
-    """A provider's answer when it has no usable sample; never a pass.
+    """A provider's answer when it has no usable sample (or, in :attr:`Sample.gaps`, no
+    usable value for one metric); never a pass.
 
     Attributes:
         kind: see :data:`FailureKind`.
@@ -151,6 +138,39 @@ class NoSample:
 
     kind: FailureKind
     message: str
+
+
+LATENCY_GAP = "latency"
+"""The :attr:`Sample.gaps` key of a side's latency histogram that could not be read."""
+
+
+def custom_gap(name: str) -> str:
+    """The :attr:`Sample.gaps` key of custom SLO ``name``'s query."""
+    return f"custom:{name}"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Both sides over the same window ``[start, end]`` (epoch seconds).
+
+    Attributes:
+        custom: the values of custom SLO queries by SLO name, ``(baseline, candidate)``.
+        gaps: metrics that could not be read while the rest could, keyed by
+            :data:`LATENCY_GAP` or :func:`custom_gap`, with why (no data is decided per SLO:
+            a candidate that is down from the start has no latency histogram at all, yet its
+            errors must still be judged). A missing latency histogram reads as
+            :data:`EMPTY_HISTOGRAM`; a custom SLO with a gap has no entry in ``custom``.
+        warnings: for people, about a partial sample (e.g. some Envoys could not be scraped
+            and were left out); shown with the verdict.
+    """
+
+    start: float
+    end: float
+    baseline: SideCounts
+    candidate: SideCounts
+    custom: dict[str, tuple[float, float]] = field(default_factory=dict)
+    gaps: dict[str, NoSample] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
 
 SampleResult = Sample | NoSample
