@@ -91,9 +91,9 @@ def _alternative(p0: float, k: float) -> float:
 
 
 COARSE_GRID: tuple[float, ...] = (1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
-"""Alternatives for tests whose null is already far from the expected value (the judge's pass
-test, against ``PASS_MARGIN`` times the limit): the near-1 alternatives of :data:`GRID` would
-only dilute."""
+"""Alternatives for tests whose null is far from the value expected of a good candidate (the
+judge's pass test, against ``passDrift``: a healthy candidate's proportion is a fraction of
+that null): the near-1 alternatives of :data:`GRID` would only dilute."""
 
 
 def log_e_value_below(x: float, m: float, p0: float, grid: tuple[float, ...] = GRID) -> float:

@@ -66,6 +66,15 @@ class Histogram:
                 return bound
         return math.inf
 
+    def bound_at_or_below(self, value_ms: float) -> float:
+        """The largest finite bucket bound <= ``value_ms`` (``-inf`` when none)."""
+        best = -math.inf
+        for bound in self.bounds:
+            if bound > value_ms or math.isinf(bound):
+                break
+            best = bound
+        return best
+
     def quantile(self, q: float) -> float | None:
         """The upper bound of the bucket holding quantile ``q`` (0 < q < 1): an upper estimate,
         never an interpolation (``histogram_quantile`` interpolates linearly inside a bucket;

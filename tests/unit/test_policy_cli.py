@@ -143,7 +143,8 @@ def test_valid_policy_prints_ok_and_exits_0(tmp_path: Path) -> None:
             "        maxValue: 1%\n        minValue: 99%\n",
             "minValue",
             "spec.analysis.slos[1].minValue",
-            "unknown field (did you mean 'maxValue'?); allowed: metric, maxDrift, maxValue",
+            "unknown field (did you mean 'maxValue'?); allowed: metric, maxDrift, passDrift,"
+            " tolerance, maxValue",
         ),
         (
             "      - metric: latency_p99\n        maxDrift: 5%\n",

@@ -99,7 +99,7 @@ def test_stage_deadline_defaults_to_bake_plus_ten_intervals() -> None:
     )
     text += "  analysis: {interval: 10s}\n"
     policy = _load(text)
-    assert policy.stage_deadline(0) == timedelta(minutes=1) + 10 * timedelta(seconds=10)
+    assert policy.stage_deadline(0) == timedelta(minutes=1) + 20 * timedelta(seconds=10)
     assert policy.stage_deadline(1) == timedelta(minutes=3)
 
 
@@ -246,7 +246,8 @@ def test_slo_defined_twice() -> None:
         (
             "{metric: latency_p99, maxdrift: 5%}",
             "spec.analysis.slos[0].maxdrift",
-            "unknown field (did you mean 'maxDrift'?); allowed: metric, maxDrift, maxValue",
+            "unknown field (did you mean 'maxDrift'?); allowed: metric, maxDrift, passDrift,"
+            " maxValue",
         ),
         (
             "{metric: error_rate, maxValue: 150%}",

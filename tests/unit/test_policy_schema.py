@@ -214,8 +214,8 @@ def test_defaults_are_written_as_in_files() -> None:
     analysis = properties["analysis"]["default"]
     assert analysis["interval"] == "30s"
     assert analysis["slos"] == [
-        {"metric": "latency_p99", "maxDrift": "5%"},
-        {"metric": "error_rate", "maxDrift": "5%"},
+        {"metric": "latency_p99", "maxDrift": "5%", "passDrift": "20%"},
+        {"metric": "error_rate", "maxDrift": "5%", "passDrift": "100%", "tolerance": "0.1%"},
     ]
     # The defaults are valid values, by the schema and by the model.
     doc = _doc(stages=properties["stages"]["default"], analysis=analysis)

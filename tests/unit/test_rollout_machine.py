@@ -18,8 +18,8 @@ command). A cell says what the machine answers:
 Row groups (``"ticks"``, ``"verdicts"``, ``"acks"``, ``"stale acks"``…) fill the inputs a row
 does not name one by one. Expected values are written out; nothing is derived from the machine.
 
-Timeline of the table's stage (stage 2/3, 50%, bake 60s, analysis every 10s, so a default
-deadline of 60s + 10 * 10s): its weights were pushed as push 2 and ACKed at t=100; the bake
+Timeline of the table's stage (stage 2/3, 50%, bake 60s, analysis every 10s, deadline 160s):
+its weights were pushed as push 2 and ACKed at t=100; the bake
 ends at 160, the deadline at 260. Inputs come at 150 (early), 200 (late) or 300 (overdue);
 push results and commands at 200.
 """
@@ -59,8 +59,8 @@ def make_policy(
                 "stages": stages
                 or [
                     {"weight": "2.5%", "bake": "60s"},
-                    {"weight": "50%", "bake": "60s"},
-                    {"weight": "100%", "bake": "60s"},
+                    {"weight": "50%", "bake": "60s", "deadline": "160s"},
+                    {"weight": "100%", "bake": "60s", "deadline": "160s"},
                 ],
                 "analysis": {"interval": "10s", **analysis},
                 "onFailure": on_failure,
@@ -821,8 +821,8 @@ def test_promote_at_the_last_stage_waits_for_its_ack() -> None:
 @pytest.mark.parametrize(
     ("deadline", "interval", "last_ok", "first_due"),
     [
-        (None, "10s", 100 + 60 + 100 - 1, 100 + 60 + 100),  # default: bake + 10 intervals
-        (None, "3s", 100 + 60 + 30 - 1, 100 + 60 + 30),
+        (None, "10s", 100 + 60 + 200 - 1, 100 + 60 + 200),  # default: bake + 20 intervals
+        (None, "3s", 100 + 60 + 60 - 1, 100 + 60 + 60),
         ("90s", "10s", 189, 190),  # Stage.deadline, from the ACK
         ("60s", "10s", 159, 160),  # deadline = bake: only a pass at the bake's end saves it
     ],
