@@ -85,6 +85,7 @@ def judge(
     stage: int,
     sample: SampleResult,
     reference: SideCounts | None = None,
+    window_s: float | None = None,
 ) -> Judgement:
     """Judge stage ``stage`` of a rollout of ``policy`` from its metrics.
 
@@ -94,6 +95,9 @@ def judge(
         sample: both sides over the stage so far, or why there is none.
         reference: the baseline over the rollout so far, used when the stage's baseline has
             fewer than ``minRequests`` requests.
+        window_s: the stage window's length in seconds, if known. ``noData: fail`` applies
+            only to windows of at least two analysis intervals: a younger window may simply
+            hold fewer than the two scrapes a rate needs (PromQL ``increase()``).
 
     Returns:
         The :class:`Judgement`; ``details`` maps each SLO name to its figures
@@ -104,9 +108,14 @@ def judge(
     where = f"stage {stage + 1}/{len(policy.spec.stages)}"
     if not analysis.slos:
         return Judgement("pass", f"{where}: no SLOs, bake time only")
+    no_data_fails = analysis.no_data == "fail" and (
+        window_s is None or window_s >= 2 * analysis.interval.total_seconds()
+    )
     if isinstance(sample, NoSample):
-        return _no_sample(policy, where, sample)
-    verdicts = tuple(_judge_slo(slo, sample, reference, policy) for slo in analysis.slos)
+        return _no_sample(where, sample, no_data_fails)
+    verdicts = tuple(
+        _judge_slo(slo, sample, reference, policy, no_data_fails) for slo in analysis.slos
+    )
     details: dict[str, object] = {"slos": {v.name: v.to_json() for v in verdicts}}
     warned = ""
     if sample.warnings:
@@ -123,12 +132,12 @@ def judge(
     return Judgement("inconclusive", reason, verdicts, details)
 
 
-def _no_sample(policy: RolloutPolicy, where: str, sample: NoSample) -> Judgement:
+def _no_sample(where: str, sample: NoSample, no_data_fails: bool) -> Judgement:
     if sample.kind == "error":
         reason = f"{where}: metrics query failed (not a breach; holding): {sample.message}"
         return Judgement("inconclusive", reason, details={"no_data": "error"})
     what = "no data" if sample.kind == "empty" else "NaN"
-    if policy.spec.analysis.no_data == "fail":
+    if no_data_fails:
         return Judgement(
             "fail",
             f"{where}: {what} (noData: fail): {sample.message}",
@@ -136,17 +145,18 @@ def _no_sample(policy: RolloutPolicy, where: str, sample: NoSample) -> Judgement
         )
     return Judgement(
         "inconclusive",
-        f"{where}: {what} (noData: hold): {sample.message}",
+        f"{where}: {what} (holding: noData: hold, or a window under two intervals): "
+        f"{sample.message}",
         details={"no_data": sample.kind},
     )
 
 
-def _no_data(name: str, gap: NoSample, policy: RolloutPolicy) -> SloVerdict:
+def _no_data(name: str, gap: NoSample, no_data_fails: bool) -> SloVerdict:
     """An SLO whose metric could not be read: ``noData`` decides (a query error holds)."""
     what = {"empty": "no data", "nan": "NaN", "error": "query failed"}[gap.kind]
-    if gap.kind != "error" and policy.spec.analysis.no_data == "fail":
+    if gap.kind != "error" and no_data_fails:
         return SloVerdict(name, "fail", f"{name}: {what} (noData: fail): {gap.message}")
-    mode = "not a breach; holding" if gap.kind == "error" else "noData: hold"
+    mode = "not a breach; holding" if gap.kind == "error" else "holding"
     return SloVerdict(name, "inconclusive", f"{name}: {what} ({mode}): {gap.message}")
 
 
@@ -155,6 +165,7 @@ def _judge_slo(
     sample: Sample,
     reference: SideCounts | None,
     policy: RolloutPolicy,
+    no_data_fails: bool,
 ) -> SloVerdict:
     name = slo_name(slo)
     levels = Levels(alpha_per_test(policy), PROMOTION_RISK)
@@ -170,14 +181,15 @@ def _judge_slo(
         return SloVerdict(name, "inconclusive", "parity: needs tap-compare (not available yet)")
     if isinstance(slo, CustomSlo):
         gap = sample.gaps.get(custom_gap(slo.name))
-        return _no_data(name, gap, policy) if gap else _custom(slo, sample, min_requests)
+        return _no_data(name, gap, no_data_fails) if gap else _custom(slo, sample, min_requests)
     candidate = sample.candidate
     if isinstance(slo, ErrorRateSlo):
         verdict = error_rate_verdict(slo, baseline, candidate, levels)
     else:
         gap = sample.gaps.get(LATENCY_GAP)
         if gap is not None and (candidate.latency.total <= 0 or baseline.latency.total <= 0):
-            return _with_counts(_no_data(name, gap, policy), baseline, candidate, used_reference)
+            verdict = _no_data(name, gap, no_data_fails)
+            return _with_counts(verdict, baseline, candidate, used_reference)
         verdict = latency_verdict(slo, baseline, candidate, levels)
     verdict = _with_counts(verdict, baseline, candidate, used_reference)
     if verdict.outcome == "pass" and candidate.requests < min_requests:

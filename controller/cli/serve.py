@@ -46,7 +46,7 @@ def serve(
         list[str] | None,
         typer.Option(
             help="Judge stages from these Envoys' admin /stats/prometheus (repeat per Envoy; "
-            "used without --prometheus-url).",
+            "not with --prometheus-url).",
         ),
     ] = None,
     scrape_interval: Annotated[
@@ -71,6 +71,13 @@ def serve(
         except ValueError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(exitcodes.INVALID_INPUT) from exc
+    if prometheus_url and envoy_admin:
+        typer.echo(
+            "error: --prometheus-url (or SLUICE_PROMETHEUS_URL) and --envoy-admin name two "
+            "metrics providers; give one",
+            err=True,
+        )
+        raise typer.Exit(exitcodes.INVALID_INPUT)
     gw = read_gateway(gateway)
     metrics: tuple[str, dict[str, str]] | None = None
     if prometheus_url:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-from controller.analysis.judge import judge
+from controller.analysis.judge import Judgement, judge
 from controller.analysis.providers.base import CustomQuery, MetricsProvider
 from controller.analysis.sli import NoSample, SampleResult, SideCounts
 from controller.policy.rollout_policy import CustomSlo
@@ -95,7 +95,15 @@ class MetricsAnalyzer:
             # other: reported on the rollout, never a pass (and never a breach).
             log.exception("metrics provider failed")
             sample = NoSample("error", f"metrics provider failed: {type(exc).__name__}: {exc}")
-        judgement = judge(policy, state.stage, sample, reference)
+        try:
+            judgement = judge(policy, state.stage, sample, reference, window_s=now - start)
+        except Exception as exc:
+            # A bug must not stop the reconciler's loop: the stage holds, and at its deadline
+            # onFailure applies, as for any inconclusive verdict.
+            log.exception("the judge failed")
+            judgement = Judgement(
+                "inconclusive", f"the judge failed (holding): {type(exc).__name__}: {exc}"
+            )
         details = dict(judgement.details)
         details["window"] = {"start": start, "end": now}
         return Verdict(

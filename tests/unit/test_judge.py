@@ -146,6 +146,17 @@ def test_no_data_follows_the_policy(kind: str, no_data: str, outcome: str) -> No
     assert verdict.details == {"no_data": kind}
 
 
+@pytest.mark.parametrize(("window_s", "outcome"), [(30.0, "inconclusive"), (60.0, "fail")])
+def test_no_data_fails_only_once_the_window_spans_two_intervals(
+    window_s: float, outcome: str
+) -> None:
+    """A window younger than two analysis intervals (30 s here) may hold fewer than the two
+    scrapes a rate needs: its no-data holds even under ``noData: fail``."""
+    policy = make_policy(noData="fail")
+    verdict = judge(policy, 0, NoSample("empty", "no series"), window_s=window_s)
+    assert verdict.outcome == outcome, verdict.reason
+
+
 # --- healthy candidates --------------------------------------------------------------------------
 
 
