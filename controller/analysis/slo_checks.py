@@ -18,8 +18,9 @@ candidate below both tests' evidence holds too: no data is never a pass.
 **Error rate**, drift ``d``, pass drift ``D``, tolerance ``tau`` (absolute): fail limit
 ``max((1 + d) p_b, p_b + tau)``, pass limit ``max((1 + D) p_b, p_b + 2 tau)``. ``p_b`` is not
 known: the fail test uses its time-uniform *upper* confidence bound and the pass test its
-*lower* one (each at half the test's level, the candidate's test getting the other half), so
-each pair stays valid (``P(wrong) <= level/2 + level/2``): a larger fail null or a smaller pass
+*lower* one, at :data:`BASELINE_SHARE` of the test's level, the candidate's test getting the
+rest, so each pair stays valid (``P(wrong) <= share * level + (1 - share) * level``: Bonferroni
+over the two statements): a larger fail null or a smaller pass
 null only lowers the e-value.
 
 **Latency quantile** ``q`` (p99: 0.99), judged by counts, never by comparing interpolated
@@ -51,6 +52,12 @@ from controller.analysis.sequential import (
 from controller.analysis.sli import Histogram, SideCounts
 from controller.analysis.verdicts import Outcome, SloVerdict, show
 from controller.policy.rollout_policy import ErrorRateSlo, LatencySlo
+
+BASELINE_SHARE = 0.2
+"""The part of a test's level spent on the baseline's confidence bound when a limit is relative
+to the baseline. Small because the baseline's bound is cheap: at the low stages the baseline
+serves most requests, at the high ones the judge uses the rollout so far. The candidate's own
+test gets the rest, where evidence is scarce."""
 
 QUANTILES = {"latency_p50": 0.5, "latency_p95": 0.95, "latency_p99": 0.99}
 """The quantile each latency SLO judges."""
@@ -101,14 +108,12 @@ def error_rate_verdict(
     x = candidate.errors
     p_c, p_b = x / m, baseline.error_rate
     relative = slo.max_drift is not None and p_b is not None
-    # A drift check leans on baseline bounds, which spend half of each level.
-    fail_level = levels.fail / 2 if relative else levels.fail
-    pass_level = levels.passing / 2 if relative else levels.passing
+    base, cand = _split(levels, relative)
     checks: list[Check] = []
     if slo.max_drift is not None and p_b is not None:
         tau = slo.tolerance / 100
-        ucb = upper_bound(baseline.errors, baseline.attempts, fail_level)
-        lcb = lower_bound(baseline.errors, baseline.attempts, pass_level)
+        ucb = upper_bound(baseline.errors, baseline.attempts, base.fail)
+        lcb = lower_bound(baseline.errors, baseline.attempts, base.passing)
         fail_null = min(1.0, max((1 + slo.max_drift / 100) * ucb, ucb + tau))
         pass_null = min(1.0, max((1 + slo.pass_drift / 100) * lcb, lcb + 2 * tau))
         what = f"more than {slo.max_drift:g}% and {slo.tolerance:g} points above the baseline"
@@ -122,9 +127,7 @@ def error_rate_verdict(
         return SloVerdict(
             name, "inconclusive", f"{name}: no baseline traffic to compare with", None, p_c
         )
-    return decide(
-        name, "error rate", checks, m, Levels(fail_level, pass_level), p_b, p_c, drift, True
-    )
+    return decide(name, "error rate", checks, m, cand, p_b, p_c, drift, True)
 
 
 def latency_verdict(
@@ -138,13 +141,12 @@ def latency_verdict(
     if m <= 0:
         return SloVerdict(name, "inconclusive", f"{name}: no candidate latencies yet")
     relative = slo.max_drift is not None and hist_b.total > 0
-    fail_level = levels.fail / 2 if relative else levels.fail
-    pass_level = levels.passing / 2 if relative else levels.passing
+    base, cand = _split(levels, relative)
     baseline_q = hist_b.quantile(q) if hist_b.total > 0 else None
     checks: list[Check] = []
     if slo.max_drift is not None and hist_b.total > 0:
-        upper = quantile_upper_bound(hist_b, q, fail_level)
-        lower = quantile_lower_bound(hist_b, q, pass_level)
+        upper = quantile_upper_bound(hist_b, q, base.fail)
+        lower = quantile_lower_bound(hist_b, q, base.passing)
         threshold = hist_c.bound_at_or_above((1 + slo.max_drift / 100) * upper)
         pass_threshold = hist_c.bound_at_or_below((1 + slo.pass_drift / 100) * lower)
         what = f"more than {slo.max_drift:g}% slower than the baseline"
@@ -180,11 +182,22 @@ def latency_verdict(
         "share of requests slower than the threshold",
         checks,
         m,
-        Levels(fail_level, pass_level),
+        cand,
         baseline_q,
         candidate_q,
         drift,
         False,
+    )
+
+
+def _split(levels: Levels, relative: bool) -> tuple[Levels, Levels]:
+    """(the baseline bounds' levels, the candidate tests' levels)."""
+    if not relative:
+        return levels, levels
+    share = BASELINE_SHARE
+    return (
+        Levels(levels.fail * share, levels.passing * share),
+        Levels(levels.fail * (1 - share), levels.passing * (1 - share)),
     )
 
 

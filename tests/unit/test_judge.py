@@ -373,10 +373,10 @@ def test_alpha_is_split_over_stages_and_slos() -> None:
 
 
 def test_a_drift_fail_spends_at_most_alpha_with_the_baseline_bound() -> None:
-    """The baseline's bound takes alpha/2 of the SLO's level: the candidate's test gets the
-    other half. Counts whose e-value against the judge's own threshold lies between 1/alpha and
-    2/alpha must not fail (at level alpha the pair would spend 1.5 alpha); above 2/alpha they
-    fail."""
+    """The baseline's bound takes BASELINE_SHARE (0.2) of the SLO's level: the candidate's
+    test gets the rest. Counts whose e-value against the judge's own threshold lies between
+    1/alpha and 1/(0.8 alpha) must not fail (at level alpha the pair would spend 1.2 alpha);
+    above they fail."""
     policy = make_policy([ERROR_RATE])
     alpha = alpha_per_test(policy)
     base = expected(10_000_000, 0.01)
@@ -386,7 +386,7 @@ def test_a_drift_fail_spends_at_most_alpha_with_the_baseline_bound() -> None:
     between = [
         x
         for x in range(1_000, 2_000)
-        if math.log(1 / alpha) <= log_e_value(x, m, null) < math.log(2 / alpha)
+        if math.log(1 / alpha) <= log_e_value(x, m, null) < math.log(1 / (0.8 * alpha))
     ]
     assert between, "no count between the two levels"
     for x in (between[0], between[-1]):
@@ -394,7 +394,7 @@ def test_a_drift_fail_spends_at_most_alpha_with_the_baseline_bound() -> None:
         assert verdict.outcome != "fail", (x, verdict.reason)
     verdict = judge(policy, 0, sample(base, SideCounts(m, between[-1] + 1, HEALTHY_CAND.latency)))
     assert verdict.outcome == "fail"
-    assert verdict.slos[0].alpha == pytest.approx(alpha / 2)
+    assert verdict.slos[0].alpha == pytest.approx(0.8 * alpha)
 
 
 def test_a_ceiling_alone_is_tested_at_the_full_level() -> None:
