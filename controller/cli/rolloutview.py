@@ -193,8 +193,15 @@ def _value(name: str, value: object) -> str:
     return f"{value:g}"
 
 
+def _limit(name: str, value: object) -> str:
+    if not isinstance(value, int | float):
+        return "-"
+    return f"{value:g} ms" if name.startswith("latency") else f"{value:.3%}"
+
+
 def slo_table(slos: dict[str, Any]) -> Table:
-    """Every SLO of the last verdict: values, drift, limit tested, confidence, requests."""
+    """Every SLO of the last verdict: values, drift, the fail and pass limits tested,
+    confidence, requests."""
     table = Table(title="SLOs (last analysis)", title_justify="left", show_edge=False)
     for column in (
         "SLO",
@@ -202,7 +209,8 @@ def slo_table(slos: dict[str, Any]) -> Table:
         "baseline",
         "candidate",
         "drift",
-        "tested",
+        "fail above",
+        "pass below",
         "confidence",
         "requests b/c",
     ):
@@ -211,16 +219,14 @@ def slo_table(slos: dict[str, Any]) -> Table:
         outcome = str(figures.get("outcome", "-"))
         style = {"pass": "green", "fail": "red"}.get(outcome, "yellow")
         drift = figures.get("drift")
-        threshold = figures.get("threshold")
         table.add_row(
             name,
             Text(outcome, style=style),
             _value(name, figures.get("baseline")),
             _value(name, figures.get("candidate")),
             f"{drift:+.1%}" if isinstance(drift, int | float) else "-",
-            (f"{threshold:g} ms" if name.startswith("latency") else f"{threshold:.3%}")
-            if isinstance(threshold, int | float)
-            else "-",
+            _limit(name, figures.get("threshold")),
+            _limit(name, figures.get("pass_threshold")),
             f"{figures.get('confidence', 0):.4f}",
             f"{figures.get('baseline_requests', 0):.0f}/{figures.get('candidate_requests', 0):.0f}"
             + (" (ref)" if figures.get("reference") else ""),

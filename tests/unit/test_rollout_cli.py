@@ -934,3 +934,49 @@ def test_concurrent_commands_from_processes_never_corrupt_and_abort_wins(
         0.0,
     )
     assert phase == "rolling_back"
+
+
+def test_the_slo_table_shows_both_limits_and_the_figures() -> None:
+    from rich.console import Console
+
+    from controller.cli.rolloutview import slo_table
+
+    console = Console(width=200, record=True)
+    console.print(
+        slo_table(
+            {
+                "latency_p99": {
+                    "outcome": "inconclusive",
+                    "baseline": 210.0,
+                    "candidate": 250.0,
+                    "drift": 0.19,
+                    "threshold": 230.0,
+                    "pass_threshold": 220.0,
+                    "confidence": 0.86,
+                    "baseline_requests": 1_188_000,
+                    "candidate_requests": 12_000,
+                },
+                "error_rate": {
+                    "outcome": "fail",
+                    "baseline": 0.01,
+                    "candidate": 0.02,
+                    "drift": 1.0,
+                    "threshold": 0.0114,
+                    "pass_threshold": 0.0193,
+                    "confidence": 0.9999,
+                    "baseline_requests": 1_188_000,
+                    "candidate_requests": 12_000,
+                    "reference": True,
+                },
+            }
+        )
+    )
+    text = console.export_text()
+    assert "fail above" in text
+    assert "pass below" in text
+    latency = next(line for line in text.splitlines() if "latency_p99" in line)
+    for cell in ("230 ms", "220 ms", "+19.0%", "1188000/12000"):
+        assert cell in latency
+    errors = next(line for line in text.splitlines() if "error_rate" in line)
+    for cell in ("1.140%", "1.930%", "(ref)"):
+        assert cell in errors
