@@ -6,6 +6,11 @@ Prometheus scrapes, every second, an in-process exporter that serves Envoy's
 is exact for a linear counter), so the counts can be checked to a few per cent, and ratios
 (5xx share, histogram shape), which come from the same scrape, exactly.
 
+A third fake cluster is down: no request reached it (``upstream_rq_total`` stays 0, no
+``upstream_rq_time`` series at all) while Envoy answers its requests with local 503s (counted
+in ``upstream_rq_xx``). Error shapes, retries, the provider's own thread pool and its overall
+deadline are checked against scripted HTTP servers (no Prometheus needed).
+
 The real-Envoy version (real traffic, the counts the clients saw) is
 ``tests/e2e/test_prometheus_e2e.py``. Without the binary these tests skip (fail under CI=true).
 """
@@ -14,11 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import prometheus_fixture
@@ -27,7 +37,13 @@ from prometheus_fixture import Prometheus, ScrapeTarget
 
 from controller.analysis.providers.base import CustomQuery
 from controller.analysis.providers.prometheus import PrometheusProvider
-from controller.analysis.sli import NoSample, Sample
+from controller.analysis.sli import (
+    EMPTY_HISTOGRAM,
+    LATENCY_GAP,
+    NoSample,
+    Sample,
+    custom_gap,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -37,11 +53,15 @@ BOUNDS = ("0.5", "1", "5", "10", "25", "50", "100", "250", "500", "1000", "+Inf"
 @dataclass
 class Side:
     """One fake cluster: ``rate`` requests/s, a share of them 5xx, and the cumulative share of
-    requests at or below each bound of :data:`BOUNDS`."""
+    requests at or below each bound of :data:`BOUNDS`; ``local_503_rate``: Envoy's own 503s
+    per second (counted in ``upstream_rq_xx`` only); ``histogram``: whether its
+    ``upstream_rq_time`` series exist."""
 
     rate: float
     error_share: float
     cumulative: tuple[float, ...]
+    local_503_rate: float = 0.0
+    histogram: bool = True
 
 
 @dataclass
@@ -68,13 +88,16 @@ class FakeEnvoyStats:
                 f'envoy_cluster_upstream_rq_xx{{envoy_response_code_class="2",{label}}}'
                 f" {total * (1 - side.error_share)!r}"
             )
-            if side.error_share > 0:  # Envoy creates the 5xx counter on the first 5xx
+            errors = total * side.error_share + side.local_503_rate * elapsed
+            if errors > 0:  # Envoy creates the 5xx counter on the first 5xx
                 lines.append(
                     f'envoy_cluster_upstream_rq_xx{{envoy_response_code_class="5",{label}}}'
-                    f" {total * side.error_share!r}"
+                    f" {errors!r}"
                 )
         lines.append("# TYPE envoy_cluster_upstream_rq_time histogram")
         for name, side in self.sides.items():
+            if not side.histogram:
+                continue
             total = side.rate * elapsed
             label = f'envoy_cluster_name="{name}"'
             for bound, share in zip(BOUNDS, side.cumulative, strict=True):
@@ -118,9 +141,11 @@ class FakeEnvoyStats:
 
 BASELINE = Side(50.0, 0.02, (0, 0, 0.1, 0.3, 0.6, 0.9, 0.99, 1, 1, 1, 1))
 CANDIDATE = Side(20.0, 0.0, (0, 0, 0.05, 0.2, 0.5, 0.8, 0.95, 0.999, 1, 1, 1))
+DOWN = Side(0.0, 0.0, (), local_503_rate=20.0, histogram=False)
 # Names a PromQL string literal must escape.
 BASELINE_NAME = 'comments-python"v1'
 CANDIDATE_NAME = "comments-go"
+DOWN_NAME = "comments-down"
 
 
 @dataclass
@@ -134,7 +159,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
     """One Prometheus for the module, scraping the fake Envoy every second; ready once 4 s of
     data exist. (The test that stops Prometheus starts its own.)"""
     escaped = BASELINE_NAME.replace('"', '\\"')
-    fake = FakeEnvoyStats({escaped: BASELINE, CANDIDATE_NAME: CANDIDATE})
+    fake = FakeEnvoyStats({escaped: BASELINE, CANDIDATE_NAME: CANDIDATE, DOWN_NAME: DOWN})
     try:
         address = fake.serve()
         with prometheus_fixture.factory(tmp_path_factory.mktemp("prometheus")) as start:
@@ -225,17 +250,84 @@ def test_too_short_a_window_is_empty(scraped: Scraped) -> None:
     assert result.kind == "empty", result
 
 
-def test_nan_custom_query(scraped: Scraped) -> None:
+def test_a_candidate_down_from_the_start_is_a_sample_with_a_latency_gap(scraped: Scraped) -> None:
+    """No ``upstream_rq_time`` series for the candidate: its latency is a gap (empty histogram),
+    while its local 503s and the baseline's figures are read as usual."""
+    end = last_scrape_time(scraped.prometheus)
+    provider = PrometheusProvider(scraped.prometheus.url, timeout_s=2, retry_budget_s=2)
+    result = run(sample(provider, BASELINE_NAME, DOWN_NAME, end - 3, end))
+
+    assert isinstance(result, Sample), result
+    print(f"candidate down: {result}")
+    assert set(result.gaps) == {LATENCY_GAP}, result.gaps
+    gap = result.gaps[LATENCY_GAP]
+    assert gap.kind == "empty", gap
+    assert gap.message.startswith(f"{DOWN_NAME}: "), gap
+    assert "envoy_cluster_upstream_rq_time_bucket" in gap.message, gap
+    assert "no series" in gap.message, gap
+    assert BASELINE_NAME not in gap.message, gap
+    down = result.candidate
+    assert down.latency == EMPTY_HISTOGRAM
+    assert down.requests == 0.0
+    assert down.errors == pytest.approx(DOWN.local_503_rate * 3, rel=0.03)
+    assert down.error_rate == 1.0
+    assert result.baseline.requests == pytest.approx(BASELINE.rate * 3, rel=0.03)
+    assert result.baseline.latency.bounds == tuple(float(b) for b in BOUNDS)
+    assert result.baseline.latency.total == pytest.approx(result.baseline.requests, rel=1e-6)
+
+
+def test_nan_custom_query_is_a_gap_of_that_slo_only(scraped: Scraped) -> None:
     end = last_scrape_time(scraped.prometheus)
     provider = PrometheusProvider(scraped.prometheus.url, timeout_s=2, retry_budget_s=2)
     nan = CustomQuery("ratio", 'label_replace(vector(0) / vector(0), "c", "{cluster}", "", "")')
-    result = run(sample(provider, BASELINE_NAME, CANDIDATE_NAME, end - 3, end, (nan,)))
-    assert isinstance(result, NoSample), result
-    assert result.kind == "nan", result
-    assert "vector(0) / vector(0)" in result.message
+    rps = CustomQuery(
+        "rps",
+        'sum(rate(envoy_cluster_upstream_rq_total{envoy_cluster_name="{cluster}"}[{window}]))',
+    )
+    result = run(sample(provider, BASELINE_NAME, CANDIDATE_NAME, end - 3, end, (nan, rps)))
+    assert isinstance(result, Sample), result
+    assert set(result.gaps) == {custom_gap("ratio")}, result.gaps
+    gap = result.gaps[custom_gap("ratio")]
+    assert gap.kind == "nan", gap
+    assert "vector(0) / vector(0)" in gap.message
+    # Both sides returned NaN: one entry naming both.
+    assert BASELINE_NAME in gap.message, gap
+    assert CANDIDATE_NAME in gap.message, gap
+    assert set(result.custom) == {"rps"}
+    assert result.custom["rps"] == pytest.approx((BASELINE.rate, CANDIDATE.rate), rel=0.03)
+    assert result.candidate.requests == pytest.approx(CANDIDATE.rate * 3, rel=0.03)
+    assert result.candidate.latency.total > 0
 
 
-def test_several_series_in_a_custom_query_is_an_error(scraped: Scraped) -> None:
+def test_empty_custom_query_is_a_gap_of_that_slo_only(scraped: Scraped) -> None:
+    """A custom query with no series on one side only (the down cluster has no latency
+    histogram): the gap names that side; the other custom SLO is read."""
+    end = last_scrape_time(scraped.prometheus)
+    provider = PrometheusProvider(scraped.prometheus.url, timeout_s=2, retry_budget_s=2)
+    slow = CustomQuery(
+        "slow",
+        "sum(increase(envoy_cluster_upstream_rq_time_bucket"
+        '{envoy_cluster_name="{cluster}",le="+Inf"}[{window}]))',
+    )
+    errors = CustomQuery(
+        "errors",
+        'sum(increase(envoy_cluster_upstream_rq_xx{envoy_cluster_name="{cluster}",'
+        'envoy_response_code_class="5"}[{window}]))',
+    )
+    result = run(sample(provider, BASELINE_NAME, DOWN_NAME, end - 3, end, (slow, errors)))
+    assert isinstance(result, Sample), result
+    assert set(result.gaps) == {LATENCY_GAP, custom_gap("slow")}, result.gaps
+    gap = result.gaps[custom_gap("slow")]
+    assert gap.kind == "empty", gap
+    assert gap.message.startswith(f"{DOWN_NAME}: "), gap
+    assert BASELINE_NAME not in gap.message, gap
+    assert "slow" not in result.custom
+    baseline_errors, down_errors = result.custom["errors"]
+    assert baseline_errors == pytest.approx(result.baseline.errors, rel=1e-6)
+    assert down_errors == pytest.approx(result.candidate.errors, rel=1e-6)
+
+
+def test_several_series_in_a_custom_query_is_an_error_gap(scraped: Scraped) -> None:
     end = last_scrape_time(scraped.prometheus)
     provider = PrometheusProvider(scraped.prometheus.url, timeout_s=2, retry_budget_s=2)
     many = CustomQuery(
@@ -243,9 +335,12 @@ def test_several_series_in_a_custom_query_is_an_error(scraped: Scraped) -> None:
         'increase(envoy_cluster_upstream_rq_xx{envoy_cluster_name="{cluster}"}[{window}])',
     )
     result = run(sample(provider, BASELINE_NAME, CANDIDATE_NAME, end - 3, end, (many,)))
-    assert isinstance(result, NoSample), result
-    assert result.kind == "error", result
-    assert "2 series" in result.message
+    assert isinstance(result, Sample), result
+    assert set(result.gaps) == {custom_gap("by_class")}, result.gaps
+    gap = result.gaps[custom_gap("by_class")]
+    assert gap.kind == "error", gap
+    assert "2 series" in gap.message
+    assert result.custom == {}
 
 
 def test_bad_promql_fails_at_once(scraped: Scraped) -> None:
@@ -296,14 +391,26 @@ def test_prometheus_stopped_is_an_error_within_the_budget(
 # --- retries, against a scripted HTTP API (no Prometheus needed) -----------------------------
 
 
+Result = list[dict[str, object]]
+
+
 class ScriptedApi:
     """``/api/v1/query`` answering each distinct query ``failures`` times with ``status``, then
-    with a plausible result; counts the requests per query."""
+    with a plausible result (or ``respond(query)`` when that is not None), each answer after
+    ``delay_s``; counts the requests per query and the answers sent."""
 
-    def __init__(self, status: int, failures: int) -> None:
+    def __init__(
+        self,
+        status: int = 503,
+        failures: int = 0,
+        *,
+        respond: Callable[[str], Result | None] | None = None,
+        delay_s: float = 0.0,
+    ) -> None:
         self.status = status
         self.failures = failures
         self.calls: dict[str, int] = {}
+        self.answered = 0
         self.lock = threading.Lock()
         api = self
 
@@ -313,9 +420,18 @@ class ScriptedApi:
                 with api.lock:
                     api.calls[query] = api.calls.get(query, 0) + 1
                     failing = api.calls[query] <= api.failures
+                time.sleep(delay_s)
+                scripted = respond(query) if respond is not None else None
+                body: dict[str, object]
                 if failing:
                     code = api.status
                     body = {"status": "error", "errorType": "scripted", "error": f"HTTP {code}"}
+                elif scripted is not None:
+                    code = 200
+                    body = {
+                        "status": "success",
+                        "data": {"resultType": "vector", "result": scripted},
+                    }
                 elif query.startswith("sum by (le)"):
                     code = 200
                     result = [
@@ -327,12 +443,14 @@ class ScriptedApi:
                     code = 200
                     result = [{"metric": {}, "value": [1.0, "10"]}]
                     body = {"status": "success", "data": {"resultType": "vector", "result": result}}
-                data = json.dumps(body).encode()
+                text = json.dumps(body).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Content-Length", str(len(text)))
                 self.end_headers()
-                self.wfile.write(data)
+                self.wfile.write(text)
+                with api.lock:
+                    api.answered += 1
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -389,3 +507,189 @@ def test_retries_stop_with_the_budget() -> None:
     # Backoff 0.1, 0.2, 0.4, 0.8 s...: about 4-5 attempts start within 1.5 s, not dozens.
     assert attempts[0] >= 2, attempts
     assert attempts[-1] <= 8, attempts
+
+
+# --- gaps, against a scripted HTTP API -------------------------------------------------------
+
+
+def test_no_latency_series_on_both_sides_is_one_gap_naming_both() -> None:
+    api = ScriptedApi(respond=lambda q: [] if q.startswith("sum by (le)") else None)
+    try:
+        provider = PrometheusProvider(api.url, timeout_s=2, retry_budget_s=2)
+        result = run(sample(provider, "b", "c", 100.0, 130.0))
+    finally:
+        api.close()
+    assert isinstance(result, Sample), result
+    assert set(result.gaps) == {LATENCY_GAP}, result.gaps
+    gap = result.gaps[LATENCY_GAP]
+    assert gap.kind == "empty", gap
+    assert gap.message.startswith("b: "), gap
+    assert "; c: " in gap.message, gap
+    assert result.baseline.latency == result.candidate.latency == EMPTY_HISTOGRAM
+    assert (result.baseline.requests, result.candidate.errors) == (10.0, 10.0)
+
+
+def test_no_inf_bucket_is_a_latency_gap() -> None:
+    def respond(query: str) -> Result | None:
+        if query.startswith("sum by (le)") and '"c"' in query:
+            return [{"metric": {"le": "1"}, "value": [1.0, "4"]}]
+        return None
+
+    api = ScriptedApi(respond=respond)
+    try:
+        provider = PrometheusProvider(api.url, timeout_s=2, retry_budget_s=2)
+        result = run(sample(provider, "b", "c", 100.0, 130.0))
+    finally:
+        api.close()
+    assert isinstance(result, Sample), result
+    gap = result.gaps[LATENCY_GAP]
+    assert gap.kind == "empty", gap
+    assert gap.message.startswith("c: "), gap
+    assert "+Inf" in gap.message, gap
+    assert result.candidate.latency == EMPTY_HISTOGRAM
+    assert result.baseline.latency.counts == (4.0, 10.0)
+
+
+def test_no_request_series_is_still_no_sample() -> None:
+    """The requests query empty (an unknown cluster) is no sample at all, gaps or not."""
+    api = ScriptedApi(
+        respond=lambda q: (
+            [] if q.startswith("sum(increase(envoy_cluster_upstream_rq_total") else None
+        )
+    )
+    try:
+        provider = PrometheusProvider(api.url, timeout_s=2, retry_budget_s=2)
+        result = run(sample(provider, "b", "c", 100.0, 130.0))
+    finally:
+        api.close()
+    assert isinstance(result, NoSample), result
+    assert result.kind == "empty"
+    assert result.message.startswith("b: "), result
+
+
+def test_a_failed_custom_query_fails_the_whole_sample() -> None:
+    """An HTTP error is a failing backend, not a gap: the whole sample is an error."""
+    api = ScriptedApi(400, failures=1, respond=lambda q: None)
+    try:
+        provider = PrometheusProvider(api.url, timeout_s=2, retry_budget_s=2)
+        custom = (CustomQuery("x", 'sum(up{job="{cluster}"})'),)
+        result = run(sample(provider, "b", "c", 100.0, 130.0, custom))
+    finally:
+        api.close()
+    assert isinstance(result, NoSample), result
+    assert result.kind == "error"
+    assert "8 of 8 queries failed" in result.message
+
+
+# --- the provider's own threads and its deadline ---------------------------------------------
+
+
+def dead_url() -> str:
+    """A URL on a port nothing listens on (connection refused at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def test_retries_do_not_occupy_the_default_executor() -> None:
+    """While a sample retries against a dead port, ``asyncio.to_thread`` (the state store,
+    the admin API) still gets a thread at once: the queries run in the provider's own pool.
+    The default executor is made small (2 threads) so that six queries retrying in it would
+    hold every thread until their budget ends, whatever the machine's CPU count; the
+    ``to_thread`` call must complete before any query has ended its retries (~1.5 s here)."""
+    provider = PrometheusProvider(dead_url(), timeout_s=1, retry_budget_s=3)
+    ended: list[str] = []
+    query = provider._query
+
+    def counted(*args: Any) -> Any:
+        answer = query(*args)
+        ended.append(answer.query)
+        return answer
+
+    provider._query = counted  # type: ignore[method-assign,assignment]
+
+    async def scenario() -> tuple[int, bool, object]:
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=2))
+        try:
+            sampling = asyncio.create_task(provider.sample("b", "c", 100.0, 130.0))
+            await asyncio.sleep(0.05)  # the queries are refused and back off
+            value = await asyncio.to_thread(lambda: 1)
+            ended_then, still_sampling = len(ended), not sampling.done()
+            assert value == 1
+            return ended_then, still_sampling, await sampling
+        finally:
+            await provider.close()
+
+    ended_then, still_sampling, result = asyncio.run(scenario())
+    assert ended_then == 0, f"asyncio.to_thread waited for {ended_then} queries' retries"
+    assert still_sampling
+    assert isinstance(result, NoSample), result
+    assert result.kind == "error"
+    assert "Connection refused" in result.message
+    assert len(ended) == 6
+
+
+def test_the_deadline_bounds_a_sample_and_stops_its_retries() -> None:
+    """A Prometheus that answers 503 after 1.5 s, a 0.5 s deadline: the sample is an error
+    naming the timeout, returned before any answer came; the attempts under way are not
+    retried once they end (the budget alone would allow more)."""
+    api = ScriptedApi(503, failures=10**6, delay_s=1.5)
+    try:
+        provider = PrometheusProvider(api.url, timeout_s=5, retry_budget_s=10, deadline_s=0.5)
+
+        async def scenario() -> tuple[object, int]:
+            try:
+                result = await provider.sample("b", "c", 100.0, 130.0)
+                return result, api.answered
+            finally:
+                await provider.close()
+
+        result, answered = asyncio.run(scenario())
+        assert isinstance(result, NoSample), result
+        assert result.kind == "error"
+        assert "timed out after 0.5 s" in result.message, result
+        assert answered == 0, "the sample waited for Prometheus' answers"
+        # The attempts under way end (503) and are not retried: their backoff is 0.1 s.
+        deadline = time.monotonic() + 10
+        while api.answered < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert sorted(api.calls.values()) == [1] * 6, api.calls
+    finally:
+        api.close()
+
+
+def test_the_default_deadline_is_budget_plus_timeout() -> None:
+    provider = PrometheusProvider("http://p:9090", timeout_s=2, retry_budget_s=5)
+    assert provider.deadline_s == 8.0
+    run(provider.close())
+    with pytest.raises(ValueError, match="deadline_s"):
+        PrometheusProvider("http://p:9090", deadline_s=0)
+
+
+# --- the registry ----------------------------------------------------------------------------
+
+
+def test_the_registry_imports_a_backend_only_when_used() -> None:
+    """Importing the registry imports neither backend (prometheus-api-client, httpx); building
+    a provider imports its own."""
+    code = """
+import sys
+from controller.analysis.providers import PROVIDERS
+from controller.analysis.providers.base import make_provider
+loaded = lambda: sorted(m for m in sys.modules if m.split(".")[0] in (
+    "prometheus_api_client", "pandas", "httpx") or m.startswith("controller.analysis.providers."))
+print(loaded())
+provider = make_provider("prometheus", {"url": "http://p:9090"}, PROVIDERS)
+print(type(provider).__name__, loaded())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    before, after = done.stdout.splitlines()
+    assert before == "['controller.analysis.providers.base']", done.stdout
+    assert after.startswith("PrometheusProvider "), done.stdout
+    assert "'controller.analysis.providers.prometheus'" in after, done.stdout
+    assert "'prometheus_api_client'" in after, done.stdout
+    assert "'controller.analysis.providers.envoy_admin'" not in after, done.stdout

@@ -3,7 +3,9 @@
 A provider turns "baseline cluster B and candidate cluster C over ``[start, end]``" into a
 :class:`~controller.analysis.sli.Sample`, or a :class:`~controller.analysis.sli.NoSample`
 saying why not (a query error, an empty result and NaN are three different outcomes, none of
-them a pass). Backends: ``prometheus`` (PromQL over Prometheus' HTTP API) and
+them a pass). A metric that alone cannot be read (a side's latency histogram, a custom query)
+is a gap of the sample (:attr:`~controller.analysis.sli.Sample.gaps`), not a missing sample:
+the other SLOs are still judged. Backends: ``prometheus`` (PromQL over Prometheus' HTTP API) and
 ``envoy_admin`` (the embedded default: Envoy's own ``/stats/prometheus``).
 """
 
@@ -37,8 +39,9 @@ class MetricsProvider(Protocol):
         custom: tuple[CustomQuery, ...] = (),
     ) -> SampleResult:
         """Counts of both clusters over ``[start, end]`` (epoch seconds), summed over every
-        Envoy, and the custom queries' values. Never raises for a failing backend: that is a
-        :class:`~controller.analysis.sli.NoSample` of kind ``error``."""
+        Envoy, and the custom queries' values; a metric that cannot be read while the others
+        can is in :attr:`~controller.analysis.sli.Sample.gaps`. Never raises for a failing
+        backend: that is a :class:`~controller.analysis.sli.NoSample` of kind ``error``."""
         ...
 
     async def close(self) -> None:

@@ -4,20 +4,31 @@ Each :meth:`PrometheusProvider.sample` runs, for the baseline and the candidate,
 count queries of :mod:`controller.analysis.queries` (requests, 5xx, latency buckets) and the
 policy's custom queries, as instant queries evaluated at ``end`` over the window
 ``[end - W, end]`` (W: ``end - start`` rounded to whole seconds; the sample reports the window
-it measured). The queries run concurrently, each in a worker thread (prometheus-api-client is
-synchronous), and each retries transient failures (connection refused or reset, timeouts,
-HTTP 429 and 5xx) with exponential backoff until the retry budget is spent; a bad query
-(HTTP 400, 422) fails at once.
+it measured). The queries run concurrently in the provider's own bounded thread pool
+(prometheus-api-client is synchronous; retries sleep in those threads, never in the event
+loop's shared default executor), and each retries transient failures (connection refused or
+reset, timeouts, HTTP 429 and 5xx) with exponential backoff until the retry budget is spent; a
+bad query (HTTP 400, 422) fails at once. The whole sample is bounded by a deadline (by default
+the retry budget plus the timeout plus 1 s).
 
 Outcomes, none of them a pass:
 
-- any query failed → ``NoSample("error")``, the message naming the query, the error and the
-  attempts made;
-- a side's request query, the latency query or a custom query returned no series →
-  ``NoSample("empty")`` (unknown cluster, nothing scraped yet, or fewer than two samples in
-  the window: ``increase()`` needs two). The 5xx query returning no series reads 0: Envoy
-  creates that counter on the first 5xx;
-- a value is NaN (or infinite) → ``NoSample("nan")`` (e.g. a custom ratio over no requests).
+- any query failed (an HTTP or connection error), or the deadline passed →
+  ``NoSample("error")``, the message naming the query, the error and the attempts made (a
+  failing backend is not data, for any metric);
+- a side's request query returned no series → ``NoSample("empty")`` (unknown cluster, nothing
+  scraped yet, or fewer than two samples in the window: ``increase()`` needs two). The 5xx
+  query returning no series reads 0: Envoy creates that counter on the first 5xx;
+- a side's latency query returned no series or no ``+Inf`` bucket → a :class:`Sample` whose
+  side has :data:`~controller.analysis.sli.EMPTY_HISTOGRAM` and
+  ``gaps[LATENCY_GAP] = NoSample("empty")`` naming the cluster (one entry for both sides).
+  A candidate that is down from the start has no ``upstream_rq_time`` series at all (Envoy
+  records it for upstream responses only), yet its local 503s are counted: its errors are
+  still judged;
+- a custom query returned no series (``empty``), NaN or an infinite value (``nan``, e.g. a
+  ratio over no requests) or not one value (``error``: several series, a range vector) → a
+  :class:`Sample` with ``gaps[custom_gap(name)]`` of that kind and no ``custom`` entry for that
+  SLO; the other SLOs are judged. The judge applies the policy's ``noData`` per SLO.
 
 Latency histograms: the per-``le`` increases are made monotonic (a running maximum, as
 Prometheus' own ``histogram_quantile`` does) because ``increase()`` extrapolates each bucket
@@ -32,8 +43,10 @@ import contextlib
 import json
 import math
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +57,7 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_before_delay,
+    stop_when_event_set,
     wait_exponential,
 )
 from urllib3.util.retry import Retry
@@ -51,16 +65,23 @@ from urllib3.util.retry import Retry
 from controller.analysis import queries
 from controller.analysis.providers.base import CustomQuery, MetricsProvider
 from controller.analysis.sli import (
+    EMPTY_HISTOGRAM,
+    LATENCY_GAP,
     FailureKind,
     Histogram,
     NoSample,
     Sample,
     SampleResult,
     SideCounts,
+    custom_gap,
 )
 
 _STATUS = re.compile(r"HTTP Status Code (\d{3})")
 _MIN_ATTEMPT_TIMEOUT_S = 0.2
+_DEADLINE_SLACK_S = 1.0
+MAX_WORKERS = 8
+"""Threads of a provider's pool: the six queries of a sample without custom queries run at
+once; kept under requests' connection pool (10 per host) so that no connection is discarded."""
 
 
 def http_status(exc: BaseException) -> int | None:
@@ -103,8 +124,12 @@ class PrometheusProvider:
             query's evaluation ``timeout``.
         retry_budget_s: retries of a transient failure start no later than this many seconds
             after the first attempt; with the attempt timeout capped to what remains of the
-            budget, :meth:`sample` returns within about ``max(timeout_s, retry_budget_s)``.
+            budget, a query ends within about ``max(timeout_s, retry_budget_s)``.
         headers: extra HTTP headers (e.g. ``Authorization``).
+        deadline_s: :meth:`sample` gives up after this many seconds (``NoSample("error")``);
+            default ``retry_budget_s + timeout_s + 1``. Queries still running are told to stop
+            (no new attempt; the one under way ends with its timeout).
+        max_workers: threads of the provider's own pool (see :data:`MAX_WORKERS`).
     """
 
     def __init__(
@@ -113,12 +138,28 @@ class PrometheusProvider:
         timeout_s: float = 5.0,
         retry_budget_s: float = 10.0,
         headers: Mapping[str, str] | None = None,
+        *,
+        deadline_s: float | None = None,
+        max_workers: int = MAX_WORKERS,
     ) -> None:
         if timeout_s <= 0 or retry_budget_s < 0:
             raise ValueError("timeout_s must be > 0 and retry_budget_s >= 0")
+        if deadline_s is not None and deadline_s <= 0:
+            raise ValueError("deadline_s must be > 0")
+        if max_workers < 1:
+            raise ValueError("max_workers must be >= 1")
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
         self.retry_budget_s = retry_budget_s
+        self.deadline_s = (
+            deadline_s if deadline_s is not None else retry_budget_s + timeout_s + _DEADLINE_SLACK_S
+        )
+        # Its own pool: queries blocked in retries must not starve the event loop's default
+        # executor (asyncio.to_thread: the state store, the admin API).
+        self._executor = ThreadPoolExecutor(
+            max_workers=max_workers, thread_name_prefix="sluice-prometheus"
+        )
+        self._running: set[threading.Event] = set()
         # No retries inside requests/urllib3: tenacity alone retries, within the budget.
         self._client = PrometheusConnect(
             url=self.url,
@@ -143,7 +184,11 @@ class PrometheusProvider:
         return cls(url, timeout_s=timeout, retry_budget_s=budget)
 
     async def close(self) -> None:
-        """Close the HTTP session."""
+        """Stop the queries under way (no new attempt), shut the thread pool down (without
+        waiting for an attempt in flight) and close the HTTP session."""
+        for stop in list(self._running):
+            stop.set()
+        self._executor.shutdown(wait=False, cancel_futures=True)
         self._client.close()
 
     async def sample(
@@ -159,56 +204,52 @@ class PrometheusProvider:
         Raises:
             ValueError: ``end`` is not after ``start``.
             QueryTemplateError: a custom query template is refused (a policy error).
+            RuntimeError: the provider was closed.
         """
         seconds = queries.window_seconds(start, end)
-        names = ("requests", "errors", "latency")
+        clusters = (baseline, candidate)
         plan: list[str] = []
-        for cluster in (baseline, candidate):
+        for cluster in clusters:
             plan += [
                 queries.requests_query(cluster, seconds),
                 queries.errors_query(cluster, seconds),
                 queries.latency_buckets_query(cluster, seconds),
             ]
             plan += [queries.render_custom(c.template, cluster, seconds) for c in custom]
-        answers = await asyncio.gather(*(asyncio.to_thread(self._query, q, end) for q in plan))
-
-        failed = [a for a in answers if a.error is not None]
-        if failed:
-            return NoSample("error", _describe_failures(failed, len(answers)))
-        per_side = len(names) + len(custom)
-        sides: list[SideCounts] = []
-        custom_values: list[list[float]] = [[] for _ in custom]
-        for index, cluster in enumerate((baseline, candidate)):
-            requests_a, errors_a, latency_a, *custom_a = answers[
-                index * per_side : (index + 1) * per_side
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+        self._running.add(stop)
+        try:
+            futures = [
+                loop.run_in_executor(self._executor, self._query, q, end, stop) for q in plan
             ]
-            try:
-                req = _single_value(requests_a, missing=None)
-                err = _single_value(errors_a, missing=0.0)
-                hist = _histogram(latency_a)
-                for slot, answer in zip(custom_values, custom_a, strict=True):
-                    slot.append(_single_value(answer, missing=None))
-            except _Outcome as outcome:
-                return NoSample(outcome.kind, f"{cluster}: {outcome}")
-            sides.append(SideCounts(requests=req, errors=err, latency=hist))
-        return Sample(
-            start=end - seconds,
-            end=end,
-            baseline=sides[0],
-            candidate=sides[1],
-            custom={c.name: (v[0], v[1]) for c, v in zip(custom, custom_values, strict=True)},
-        )
+            answers = await asyncio.wait_for(asyncio.gather(*futures), self.deadline_s)
+        except TimeoutError:
+            return NoSample(
+                "error",
+                f"Prometheus at {self.url}: {len(plan)} queries not answered, timed out after"
+                f" {self.deadline_s:g} s (timeout {self.timeout_s:g} s, retry budget"
+                f" {self.retry_budget_s:g} s)",
+            )
+        finally:
+            stop.set()  # a query still retrying (timed out, cancelled) makes no new attempt
+            self._running.discard(stop)
+        return _read(list(answers), clusters, end, seconds, custom)
 
     # --- one query, retried ------------------------------------------------------------------
 
-    def _query(self, query: str, at: float) -> _Answer:
+    def _query(self, query: str, at: float, stop: threading.Event) -> _Answer:
         """Run ``query`` at time ``at`` (blocking; in a worker thread), retrying transient
-        failures within the budget. Never raises."""
+        failures within the budget until ``stop`` is set. Never raises."""
+        if stop.is_set():  # queued behind other queries until the sample gave up
+            return _Answer(query, error="not run: the sample timed out", attempts=0)
         began = time.monotonic()
         attempts = 0
 
         def attempt() -> Any:
             nonlocal attempts
+            if attempts and stop.is_set():  # woken from the backoff: no new attempt
+                raise _Stopped("the sample gave up (timed out or cancelled)")
             attempts += 1
             timeout = self.timeout_s
             if attempts > 1:  # later attempts end with the budget
@@ -220,10 +261,14 @@ class PrometheusProvider:
                 timeout=timeout,  # type: ignore[arg-type]  # as in __init__
             )
 
+        def sleep(seconds: float) -> None:
+            stop.wait(seconds)  # the backoff ends early when the sample gives up
+
         retrying = Retrying(
-            stop=stop_before_delay(self.retry_budget_s),
+            stop=stop_before_delay(self.retry_budget_s) | stop_when_event_set(stop),
             wait=wait_exponential(multiplier=0.1, min=0.1, max=2.0),
             retry=retry_if_exception(is_transient),
+            sleep=sleep,
             reraise=True,
         )
         try:
@@ -233,6 +278,76 @@ class PrometheusProvider:
 
 
 # --- reading results -------------------------------------------------------------------------
+
+
+def _read(
+    answers: list[_Answer],
+    clusters: tuple[str, str],
+    end: float,
+    seconds: int,
+    custom: tuple[CustomQuery, ...],
+) -> SampleResult:
+    """The sample from the answers, in the plan's order: per side requests, 5xx, latency, then
+    the custom queries (see the module doc for the outcomes)."""
+    failed = [a for a in answers if a.error is not None]
+    if failed:
+        return NoSample("error", _describe_failures(failed, len(answers)))
+    per_side = 3 + len(custom)
+    sides: list[SideCounts] = []
+    latency_gaps: list[tuple[FailureKind, str]] = []
+    custom_values: list[list[float]] = [[] for _ in custom]
+    custom_gaps: list[list[tuple[FailureKind, str]]] = [[] for _ in custom]
+    for index, cluster in enumerate(clusters):
+        requests_a, errors_a, latency_a, *custom_a = answers[
+            index * per_side : (index + 1) * per_side
+        ]
+        try:
+            req = _single_value(requests_a, missing=None)
+            err = _single_value(errors_a, missing=0.0)
+        except _Outcome as outcome:
+            return NoSample(outcome.kind, f"{cluster}: {outcome}")
+        try:
+            hist = _histogram(latency_a)
+        except _Outcome as outcome:
+            hist = EMPTY_HISTOGRAM
+            latency_gaps.append((outcome.kind, f"{cluster}: {outcome}"))
+        for values, outcomes, answer in zip(custom_values, custom_gaps, custom_a, strict=True):
+            try:
+                values.append(_single_value(answer, missing=None))
+            except _Outcome as outcome:
+                outcomes.append((outcome.kind, f"{cluster}: {outcome}"))
+        sides.append(SideCounts(requests=req, errors=err, latency=hist))
+    gaps: dict[str, NoSample] = {}
+    if latency_gaps:
+        gaps[LATENCY_GAP] = _gap(latency_gaps)
+    values_by_name: dict[str, tuple[float, float]] = {}
+    for query, values, query_gaps in zip(custom, custom_values, custom_gaps, strict=True):
+        if query_gaps:
+            gaps[custom_gap(query.name)] = _gap(query_gaps)
+        else:
+            values_by_name[query.name] = (values[0], values[1])
+    return Sample(
+        start=end - seconds,
+        end=end,
+        baseline=sides[0],
+        candidate=sides[1],
+        custom=values_by_name,
+        gaps=gaps,
+    )
+
+
+_GAP_ORDER: tuple[FailureKind, ...] = ("error", "nan", "empty")
+
+
+def _gap(outcomes: list[tuple[FailureKind, str]]) -> NoSample:
+    """One gap for a metric unreadable on one side or both: the messages joined, the kind the
+    most serious of theirs (``error`` before ``nan`` before ``empty``)."""
+    kind = min((k for k, _ in outcomes), key=_GAP_ORDER.index)
+    return NoSample(kind, "; ".join(message for _, message in outcomes))
+
+
+class _Stopped(Exception):
+    """The sample stopped waiting for this query (not transient: ends the retries)."""
 
 
 class _Outcome(Exception):
