@@ -80,6 +80,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's controller
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _adsclients as ads
 
@@ -210,12 +211,11 @@ async def _controller(conn: multiprocessing.connection.Connection, gc_freeze: bo
 
     weights.build_snapshot = timed_build  # type: ignore[assignment]
 
-    def memo_misses() -> int:
-        # Every memoized builder of controller.xds.resources: a miss is a betterproto2 encoding.
-        memos = [f for f in vars(resources).values() if hasattr(f, "cache_info")]
-        if not memos:
-            raise RuntimeError("controller.xds.resources has no memoized builders to count")
-        return sum(f.cache_info().misses for f in memos)
+    def memo_misses(names: str) -> int:
+        # RESOURCE_MEMOS: a miss is a resource built (a route table assembled, a cluster or a
+        # listener encoded). ENCODING_MEMOS: a miss is a betterproto2 encoding of part of a
+        # route table (a ClusterWeight at a new weight, ...).
+        return sum(f.cache_info().misses for f in getattr(resources, names))
 
     def bodies_assembled() -> int | None:
         memos = [getattr(ts, "_views", None) for ts in cache.snapshot.types.values()]
@@ -241,7 +241,8 @@ async def _controller(conn: multiprocessing.connection.Connection, gc_freeze: bo
     gc_timer = ads.GcTimer()
 
     async def change(new_weights: dict[str, int]) -> dict[str, Any]:
-        misses = memo_misses()
+        misses = memo_misses("RESOURCE_MEMOS")
+        encodings = memo_misses("ENCODING_MEMOS")
         build_times.clear()
         gc_timer.take()
         if profiler:
@@ -263,7 +264,8 @@ async def _controller(conn: multiprocessing.connection.Connection, gc_freeze: bo
             "pending": len(result.ack.pending),
             "version": snapshot.version(typeurls.ROUTE),
             "cpu_s": cpu1 - cpu0,
-            "resources_serialized": memo_misses() - misses,
+            "resources_serialized": memo_misses("RESOURCE_MEMOS") - misses,
+            "part_encodings": memo_misses("ENCODING_MEMOS") - encodings,
             "bodies_assembled": bodies_assembled(),
             "build_snapshot_ms": 1000 * sum(build_times),
             "gc": gc_timer.take(),
@@ -640,6 +642,7 @@ def _summary(side: _Side) -> dict[str, Any]:
         complete = all(c["bodies_assembled"] is not None for c in changes)
         out["serializations_per_change"] = max(per_change) if complete else None
         out["resources_serialized_per_change"] = [c["resources_serialized"] for c in changes]
+        out["part_encodings_per_change"] = [c["part_encodings"] for c in changes]
         out["bodies_assembled_per_change"] = [c["bodies_assembled"] for c in changes]
         out["build_snapshot_ms"] = [_r(c["build_snapshot_ms"], 2) for c in changes]
         out["build_snapshot_ms_max"] = _r(max(c["build_snapshot_ms"] for c in changes), 2)
@@ -661,6 +664,7 @@ def _lines(n: int, kind: str, r: dict[str, Any]) -> str:
             f" | serializations/change {r['serializations_per_change']}"
             f" ({max(r['resources_serialized_per_change'])} resource,"
             f" {max(b or 0 for b in r['bodies_assembled_per_change'])} body;"
+            f" route table parts encoded <= {max(r['part_encodings_per_change'])};"
             f" build_snapshot max {r['build_snapshot_ms_max']:.1f} ms)"
         )
     return text

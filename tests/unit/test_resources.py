@@ -10,11 +10,13 @@ from envoy_data_plane.envoy.config.listener.v3 import Listener as EnvoyListener
 from envoy_data_plane.envoy.config.route.v3 import RouteConfiguration
 from envoy_data_plane.envoy.service.discovery.v3 import DiscoveryResponse
 from envoy_data_plane.google.protobuf import Any as ProtoAny
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from controller.policy.gateway import Gateway
-from controller.xds import resources, typeurls
+from controller.xds import resources, typeurls, wire
 from controller.xds.resources import build_snapshot
-from controller.xds.snapshot import Snapshot
+from controller.xds.snapshot import Snapshot, content_version
 
 GATEWAY = """
 apiVersion: sluice.dev/v1alpha1
@@ -262,3 +264,171 @@ def test_options_are_checked(gateway: Gateway) -> None:
     rust = resources.RouteOptions(force_header="x-t", force=(("candidate", "comments-rust"),))
     with pytest.raises(ValueError, match="unknown clusters"):
         build_snapshot(gateway, {}, options={"comments": rust})
+
+
+# --- route tables assembled from memoized encodings ------------------------------------------
+
+RICH_GATEWAY = """
+apiVersion: sluice.dev/v1alpha1
+kind: Gateway
+metadata: {name: rich}
+spec:
+  listeners:
+    - name: public
+      port: 10000
+      virtualHosts:
+        - name: api
+          domains: [api.example.com, "api.example.com:10000"]
+          routes:
+            - name: comments
+              match:
+                prefix: /api/comments
+                headers:
+                  - {name: x-canary, exact: "1"}
+                  - {name: x-debug, present: true, invert: true}
+                  - {name: x-tenant, prefix: acme-}
+                  - {name: x-trace, regex: "^[0-9a-f]{16}$"}
+              weightedClusters:
+                - {cluster: comments-python, weight: 100}
+                - {cluster: comments-go, weight: 0}
+              timeout: 2.5s
+              retryPolicy: {retryOn: [5xx, reset], numRetries: 3, perTryTimeout: 500ms}
+            - name: search
+              match: {path: /api/search}
+              weightedClusters:
+                - {cluster: monolith, weight: 7000}
+                - {cluster: comments-go, weight: 3000}
+              timeout: 0s
+              retryPolicy: {retryOn: [connect-failure]}
+            - name: health
+              match: {path: /healthz}
+              cluster: monolith
+        - name: www
+          routes:
+            - {name: www-default, match: {prefix: /}, cluster: monolith, timeout: 30s}
+    - name: internal
+      port: 10001
+      virtualHosts:
+        - name: all
+          routes:
+            - {name: internal-default, match: {prefix: /}, cluster: monolith}
+  clusters:
+    - {name: monolith, endpoints: [{address: 10.0.0.1, port: 8000}]}
+    - {name: comments-python, endpoints: [{address: 10.0.0.3, port: 8000}]}
+    - {name: comments-go, endpoints: [{address: 10.0.0.4, port: 9000}]}
+"""
+
+STICKY_FORCED = resources.RouteOptions(
+    force_header="x-sluice-target",
+    force=(("candidate", "comments-go"), ("baseline", "comments-python")),
+    hash_header="x-user-id",
+)
+OPTION_CASES: list[dict[str, resources.RouteOptions]] = [
+    {},
+    {"comments": STICKY_FORCED},
+    {"comments": resources.RouteOptions(hash_cookie="session")},
+    {"comments": resources.RouteOptions(force_header="x-t", force=(("c", "comments-go"),))},
+    {  # forcing routes before a single-cluster route; sticky options on a route without override
+        "health": resources.RouteOptions(force_header="x-t", force=(("c", "comments-go"),)),
+        "search": resources.RouteOptions(hash_header="x-user-id"),
+    },
+]
+WEIGHT_CASES: list[dict[str, dict[str, int]]] = [
+    {},
+    {"comments": {"comments-python": 90, "comments-go": 10}},
+    {"comments": {"comments-python": 0, "comments-go": 100}},
+    {"comments": {"comments-go": 10_000, "monolith": 1}},  # another cluster, in name order
+    {"health": {"monolith": 80, "comments-go": 20}, "search": {"monolith": 128, "comments-go": 0}},
+]
+
+
+@pytest.fixture
+def rich() -> Gateway:
+    return Gateway.model_validate(yaml.safe_load(RICH_GATEWAY))
+
+
+def _assert_tables_are_whole_encodings(
+    gateway: Gateway,
+    snap: Snapshot,
+    weights: dict[str, dict[str, int]],
+    options: dict[str, resources.RouteOptions],
+) -> None:
+    """Every route table's bytes are those of route_configuration() serialized by betterproto2."""
+    routes = snap.get(typeurls.ROUTE)
+    assert routes is not None
+    for spec in gateway.spec.listeners:
+        whole = bytes(resources.route_configuration(spec, weights, options))
+        served = routes.resources[spec.name]
+        assert _decode(snap, typeurls.ROUTE, spec.name) == whole
+        assert served.any_bytes == wire.encode_any(typeurls.ROUTE, whole)
+        assert served.version == content_version(whole)
+
+
+@pytest.mark.parametrize("options", OPTION_CASES)
+@pytest.mark.parametrize("weights", WEIGHT_CASES)
+def test_route_tables_assembled_from_parts_are_byte_identical(
+    rich: Gateway, weights: dict[str, dict[str, int]], options: dict[str, resources.RouteOptions]
+) -> None:
+    snap = build_snapshot(rich, weights, options=options)
+    _assert_tables_are_whole_encodings(rich, snap, weights, options)
+
+
+def test_route_tables_stay_byte_identical_across_weight_changes(rich: Gateway) -> None:
+    """A rollout's steps, each reusing the memoized parts of the previous ones, then back."""
+    steps = [0, 1, 5, 25, 50, 100, 50, 1, 0]
+    for i, step in enumerate(steps):
+        weights = {"comments": {"comments-python": 100 - step, "comments-go": step}}
+        options = {"comments": STICKY_FORCED} if 0 < i < len(steps) - 1 else {}
+        snap = build_snapshot(rich, weights, options=options)
+        _assert_tables_are_whole_encodings(rich, snap, weights, options)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    comments=st.one_of(
+        st.none(),
+        st.dictionaries(
+            st.sampled_from(["comments-python", "comments-go", "monolith"]),
+            st.integers(0, 10_000),
+            min_size=1,
+        ).filter(lambda w: sum(w.values()) > 0),
+    ),
+    force=st.lists(
+        st.tuples(st.sampled_from(["a", "b", "candidate"]), st.sampled_from(["comments-go"])),
+        max_size=2,
+    ),
+    sticky=st.sampled_from([(None, None), ("x-user-id", None), (None, "session")]),
+)
+def test_assembled_route_tables_match_whole_encodings_property(
+    rich: Gateway,
+    comments: dict[str, int] | None,
+    force: list[tuple[str, str]],
+    sticky: tuple[str | None, str | None],
+) -> None:
+    weights = {} if comments is None else {"comments": comments}
+    option = resources.RouteOptions(
+        force_header="x-t" if force else None,
+        force=tuple(force),
+        hash_header=sticky[0],
+        hash_cookie=sticky[1],
+    )
+    options = {} if option == resources.RouteOptions() else {"comments": option}
+    snap = build_snapshot(rich, weights, options=options)
+    _assert_tables_are_whole_encodings(rich, snap, weights, options)
+
+
+def _encodings() -> int:
+    return sum(f.cache_info().misses for f in resources.ENCODING_MEMOS)
+
+
+def test_a_weight_change_encodes_only_its_new_cluster_weights(rich: Gateway) -> None:
+    build_snapshot(rich, {"comments": {"comments-python": 97, "comments-go": 3}})
+    before = _encodings()
+    build_snapshot(rich, {"comments": {"comments-python": 96, "comments-go": 4}})
+    assert _encodings() - before == 2  # two ClusterWeight messages; nothing else re-encoded
+    before = _encodings()
+    build_snapshot(rich, {"comments": {"comments-python": 97, "comments-go": 3}})
+    build_snapshot(rich, {"comments": {"comments-python": 96, "comments-go": 3}})
+    assert _encodings() == before  # every part known already

@@ -8,6 +8,7 @@ request bytes must decode with our parser into the same fields; malformed bytes 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import pytest
 import yaml
@@ -378,3 +379,77 @@ def test_arbitrary_bytes_parse_or_raise_wire_error_only(raw: bytes) -> None:
     for parse in (wire.parse_sotw_request, wire.parse_delta_request):
         with contextlib.suppress(wire.WireError):
             parse(raw)
+
+
+def _sotw_fields_reference(raw: bytes) -> wire.SotwFields:
+    """DiscoveryRequest decoded through the generic ``_fields`` loop (what the inlined
+    ``sotw_request_fields`` must agree with)."""
+    version_info = type_url = nonce = ""
+    node = None
+    names: list[str] = []
+    error = None
+    for number, _, value in wire._fields(raw):
+        if number == 1:
+            version_info = wire._text(number, value)
+        elif number == 2:
+            node = wire.parse_node(wire._bytes(number, value))
+        elif number == 3:
+            names.append(wire._text(number, value))
+        elif number == 4:
+            type_url = wire._text(number, value)
+        elif number == 5:
+            nonce = wire._text(number, value)
+        elif number == 6:
+            error = wire.parse_status(wire._bytes(number, value))
+    return version_info, node, tuple(names), type_url, nonce, error
+
+
+def _outcome(decode: Callable[[bytes], object], raw: bytes) -> object:
+    try:
+        return decode(raw)
+    except wire.WireError:
+        return wire.WireError
+
+
+VALID_REQUEST = bytes(
+    DiscoveryRequest(
+        version_info="0123456789abcdef",
+        node=Node(id="envoy-1", cluster="c", user_agent_name="envoy"),
+        resource_names=["http"],
+        type_url=typeurls.ROUTE,
+        response_nonce="12-3",
+        error_detail=Status(code=3, message="bad"),
+    )
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    raw=st.one_of(
+        st.binary(max_size=64),
+        # A valid request with bytes flipped, cut or inserted: mostly near-valid messages.
+        st.tuples(st.integers(0, len(VALID_REQUEST) - 1), st.integers(0, 255), st.booleans()).map(
+            lambda t: (
+                VALID_REQUEST[: t[0]] + bytes([t[1]]) + VALID_REQUEST[t[0] + (1 if t[2] else 0) :]
+            )
+        ),
+        st.integers(0, len(VALID_REQUEST)).map(lambda n: VALID_REQUEST[:n]),
+    )
+)
+def test_inlined_sotw_decoder_accepts_and_rejects_like_the_generic_one(raw: bytes) -> None:
+    _assert_same_outcome(raw)
+
+
+# Every field number of DiscoveryRequest (and one past it) with every wire type, after a valid
+# request: the cases where the two loops could differ.
+@pytest.mark.parametrize("number", range(1, 8))
+@pytest.mark.parametrize("tail", [b"\x01", b"\x81\x01", bytes(8), bytes(4), b"", b"\x02ab"])
+@pytest.mark.parametrize("wire_type", range(6))
+def test_inlined_sotw_decoder_per_field_and_wire_type(
+    number: int, wire_type: int, tail: bytes
+) -> None:
+    _assert_same_outcome(VALID_REQUEST + bytes([number << 3 | wire_type]) + tail)
+
+
+def _assert_same_outcome(raw: bytes) -> None:
+    assert _outcome(wire.sotw_request_fields, raw) == _outcome(_sotw_fields_reference, raw)
