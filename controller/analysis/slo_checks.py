@@ -16,12 +16,13 @@ Between the two limits lies the *indifference zone* of a sequential probability 
 candidate below both tests' evidence holds too: no data is never a pass.
 
 **Error rate**, drift ``d``, pass drift ``D``, tolerance ``tau`` (absolute): fail limit
-``max((1 + d) p_b, p_b + tau)``, pass limit ``max((1 + D) p_b, p_b + 2 tau)``. ``p_b`` is not
-known: the fail test uses its time-uniform *upper* confidence bound and the pass test its
-*lower* one, at :data:`BASELINE_SHARE` of the test's level, the candidate's test getting the
-rest, so each pair stays valid (``P(wrong) <= share * level + (1 - share) * level``: Bonferroni
-over the two statements): a larger fail null or a smaller pass
-null only lowers the e-value.
+``max((1 + d) p_b, p_b + tau)``, pass limit ``max((1 + D) p_b, p_b + 2 tau)``. The ratio part
+is tested on the errors of both sides (the conditional test of two Poisson rates,
+:func:`_error_drift_check`), which needs no bound on ``p_b``; the absolute part uses the
+baseline's time-uniform *upper* (fail) or *lower* (pass) confidence bound at
+:data:`BASELINE_SHARE` of the test's level, the candidate's test getting the rest, so each pair
+stays valid (Bonferroni over the two statements): a larger fail null or a smaller pass null
+only lowers the e-value.
 
 **Latency quantile** ``q`` (p99: 0.99), judged by counts, never by comparing interpolated
 quantiles: the baseline's quantile is bounded from above (fail) or below (pass) by a confidence
@@ -75,26 +76,30 @@ class Levels:
 
 @dataclass(frozen=True)
 class Check:
-    """One limit of an SLO, as two proportions of ``m`` candidate requests.
+    """One limit of an SLO, tested both ways; evidence is ``log E - log(1/level)`` (at least 0:
+    the test rejects).
 
     Attributes:
         what: the limit for people (``more than 5% above the baseline``).
-        fail_x, fail_null: the candidate's count (errors, or requests slower than
-            ``threshold``) and the proportion it is at most when the candidate is within the
-            limit (``H0`` of the fail test; 1 or more disables the test).
+        fail_evidence: against "the candidate is within the limit" (a fail when >= 0).
+        fail_log_e: the fail test's log e-value (for the confidence).
         threshold: the fail limit in the SLO's unit (ratio or ms).
-        pass_x, pass_null: the count and the proportion it is at least when the candidate is
-            as bad as the pass limit (``H0'`` of the pass test; 0 or less: no pass possible).
+        pass_evidence: against "the candidate is as bad as the pass limit" (a pass when >= 0).
         pass_threshold: the pass limit in the SLO's unit.
+        tested: what was tested, for people (``error rate 2.00% vs limit 1.14%``).
     """
 
     what: str
-    fail_x: float
-    fail_null: float
+    fail_evidence: float
+    fail_log_e: float
     threshold: float
-    pass_x: float
-    pass_null: float
+    pass_evidence: float
     pass_threshold: float
+    tested: str
+
+
+def _evidence(log_e: float, level: float) -> float:
+    return log_e - math.log(1 / level)
 
 
 def error_rate_verdict(
@@ -108,26 +113,85 @@ def error_rate_verdict(
     x = candidate.errors
     p_c, p_b = x / m, baseline.error_rate
     relative = slo.max_drift is not None and p_b is not None
-    base, cand = _split(levels, relative)
+    # A false fail happens when any limit's test errs: with two limits each gets half.
+    both = relative and slo.max_value is not None
+    check_levels = Levels(levels.fail / 2, levels.passing) if both else levels
     checks: list[Check] = []
     if slo.max_drift is not None and p_b is not None:
-        tau = slo.tolerance / 100
-        ucb = upper_bound(baseline.errors, baseline.attempts, base.fail)
-        lcb = lower_bound(baseline.errors, baseline.attempts, base.passing)
-        fail_null = min(1.0, max((1 + slo.max_drift / 100) * ucb, ucb + tau))
-        pass_null = min(1.0, max((1 + slo.pass_drift / 100) * lcb, lcb + 2 * tau))
-        what = f"more than {slo.max_drift:g}% and {slo.tolerance:g} points above the baseline"
-        checks.append(Check(what, x, fail_null, fail_null, x, pass_null, pass_null))
+        checks.append(_error_drift_check(slo, baseline, candidate, check_levels))
     if slo.max_value is not None:
         ceiling = slo.max_value / 100
-        what = f"above the ceiling {slo.max_value:g}%"
-        checks.append(Check(what, x, ceiling, ceiling, x, ceiling, ceiling))
+        fail_log_e = log_e_value(x, m, ceiling)
+        checks.append(
+            Check(
+                f"above the ceiling {slo.max_value:g}%",
+                _evidence(fail_log_e, check_levels.fail),
+                fail_log_e,
+                ceiling,
+                _evidence(log_e_value_below(x, m, ceiling, COARSE_GRID), check_levels.passing),
+                ceiling,
+                f"error rate {p_c:.2%} vs ceiling {ceiling:.2%}",
+            )
+        )
     drift = (p_c / p_b - 1) if p_b else None
     if not checks:
         return SloVerdict(
             name, "inconclusive", f"{name}: no baseline traffic to compare with", None, p_c
         )
-    return decide(name, "error rate", checks, m, cand, p_b, p_c, drift, True)
+    return decide(name, checks, m, check_levels, p_b, p_c, drift, True)
+
+
+def _error_drift_check(
+    slo: ErrorRateSlo, baseline: SideCounts, candidate: SideCounts, levels: Levels
+) -> Check:
+    """The drift limit: a ratio of error rates, and an absolute difference (``tolerance``).
+
+    The ratio is tested on the errors of both sides: with Poisson errors at rates
+    ``p_c = r p_b`` over exposures ``m_c``, ``m_b`` (requests), each error is the candidate's
+    with probability ``r m_c / (r m_c + m_b)`` whatever ``p_b`` is, so ``H0: r <= 1 + d`` is a
+    one-sample Bernoulli null over the stream of errors (the conditional test of two Poisson
+    rates; sequentially, Lindon & Malek, "Anytime-valid inference for multinomial count data",
+    NeurIPS 2022). No bound on the baseline is spent, and a small baseline costs only its
+    share of the errors. The absolute part (``p_c > p_b + tau``) uses the baseline's
+    confidence bound. A fail needs both (an intersection-union test: each at the full level);
+    a pass needs either (each at half the pass level).
+    """
+    assert slo.max_drift is not None
+    p_b = baseline.error_rate or 0.0
+    x_c, m_c = candidate.errors, candidate.attempts
+    x_b, m_b = baseline.errors, baseline.attempts
+    errors = x_c + x_b
+    tau = slo.tolerance / 100
+    k_fail, k_pass = 1 + slo.max_drift / 100, 1 + slo.pass_drift / 100
+    ratio_fail = log_e_value(x_c, errors, k_fail * m_c / (k_fail * m_c + m_b))
+    fail_evidence = _evidence(ratio_fail, levels.fail)
+    fail_log_e = ratio_fail
+    pass_level = levels.passing / 2 if tau > 0 else levels.passing
+    ratio_pass = log_e_value_below(x_c, errors, k_pass * m_c / (k_pass * m_c + m_b), COARSE_GRID)
+    pass_evidence = _evidence(ratio_pass, pass_level)
+    if tau > 0:
+        base, cand = _split(levels, True)
+        ucb = upper_bound(x_b, m_b, base.fail)
+        absolute_fail = log_e_value(x_c, m_c, min(1.0, ucb + tau))
+        if _evidence(absolute_fail, cand.fail) < fail_evidence:
+            fail_evidence, fail_log_e = _evidence(absolute_fail, cand.fail), absolute_fail
+        half = Levels(levels.fail, pass_level)
+        base_p, cand_p = _split(half, True)
+        lcb = lower_bound(x_b, m_b, base_p.passing)
+        absolute_pass = log_e_value_below(x_c, m_c, min(1.0, lcb + 2 * tau), COARSE_GRID)
+        pass_evidence = max(pass_evidence, _evidence(absolute_pass, cand_p.passing))
+    threshold = min(1.0, max(k_fail * p_b, p_b + tau))
+    pass_threshold = min(1.0, max(k_pass * p_b, p_b + 2 * tau))
+    return Check(
+        f"more than {slo.max_drift:g}% and {slo.tolerance:g} points above the baseline",
+        fail_evidence,
+        fail_log_e,
+        threshold,
+        pass_evidence,
+        pass_threshold,
+        f"error rate {x_c / m_c:.2%} vs limit {threshold:.2%} ({x_c:.0f} of {errors:.0f} "
+        "errors on the candidate)",
+    )
 
 
 def latency_verdict(
@@ -150,7 +214,7 @@ def latency_verdict(
         threshold = hist_c.bound_at_or_above((1 + slo.max_drift / 100) * upper)
         pass_threshold = hist_c.bound_at_or_below((1 + slo.pass_drift / 100) * lower)
         what = f"more than {slo.max_drift:g}% slower than the baseline"
-        checks.append(_latency_check(what, hist_c, q, threshold, pass_threshold))
+        checks.append(_latency_check(what, hist_c, q, threshold, pass_threshold, cand))
     if slo.max_value is not None:
         ceiling_ms = slo.max_value.total_seconds() * 1000
         what = f"above the ceiling {ceiling_ms:g} ms"
@@ -161,6 +225,7 @@ def latency_verdict(
                 q,
                 hist_c.bound_at_or_above(ceiling_ms),
                 hist_c.bound_at_or_below(ceiling_ms),
+                cand,
             )
         )
     candidate_q = hist_c.quantile(q)
@@ -177,17 +242,7 @@ def latency_verdict(
             baseline_q,
             candidate_q,
         )
-    return decide(
-        name,
-        "share of requests slower than the threshold",
-        checks,
-        m,
-        cand,
-        baseline_q,
-        candidate_q,
-        drift,
-        False,
-    )
+    return decide(name, checks, m, cand, baseline_q, candidate_q, drift, False)
 
 
 def _split(levels: Levels, relative: bool) -> tuple[Levels, Levels]:
@@ -202,15 +257,28 @@ def _split(levels: Levels, relative: bool) -> tuple[Levels, Levels]:
 
 
 def _latency_check(
-    what: str, hist: Histogram, q: float, threshold: float, pass_threshold: float
+    what: str, hist: Histogram, q: float, threshold: float, pass_threshold: float, levels: Levels
 ) -> Check:
     # An infinite threshold (baseline too thin for a bound) disables the fail test; no finite
-    # pass threshold disables the pass test (every request counts as beyond it).
+    # pass threshold disables the pass test.
+    m = hist.total
     fail_x = hist.above(threshold) if math.isfinite(threshold) else 0.0
-    fail_null = 1 - q if math.isfinite(threshold) else 1.0
+    fail_log_e = log_e_value(fail_x, m, 1 - q) if math.isfinite(threshold) else -math.inf
     usable = math.isfinite(pass_threshold) and pass_threshold > 0
-    pass_x = hist.above(pass_threshold) if usable else hist.total
-    return Check(what, fail_x, fail_null, threshold, pass_x, 1 - q, pass_threshold)
+    pass_log_e = (
+        log_e_value_below(hist.above(pass_threshold), m, 1 - q, COARSE_GRID)
+        if usable
+        else -math.inf
+    )
+    return Check(
+        what,
+        _evidence(fail_log_e, levels.fail),
+        fail_log_e,
+        threshold,
+        _evidence(pass_log_e, levels.passing),
+        pass_threshold,
+        f"share of requests slower than {threshold:g} ms {fail_x / m:.2%} vs {1 - q:.0%}",
+    )
 
 
 def quantile_upper_bound(hist: Histogram, q: float, alpha: float) -> float:
@@ -256,7 +324,6 @@ def quantile_lower_bound(hist: Histogram, q: float, alpha: float) -> float:
 
 def decide(
     name: str,
-    what_share: str,
     checks: list[Check],
     m: float,
     levels: Levels,
@@ -266,18 +333,10 @@ def decide(
     percent: bool,
 ) -> SloVerdict:
     """Fail on the strongest evidence of a breach of any check; pass when every check's pass
-    test rejected; inconclusive otherwise. ``m``: the candidate's requests (trials)."""
-    reject_fail = math.log(1 / levels.fail)
-    reject_pass = math.log(1 / levels.passing)
-    best_log_e, best = -math.inf, checks[0]
-    for check in checks:
-        log_e = log_e_value(check.fail_x, m, check.fail_null)
-        if log_e > best_log_e:
-            best_log_e, best = log_e, check
-    cleared = all(
-        log_e_value_below(c.pass_x, m, c.pass_null, COARSE_GRID) >= reject_pass for c in checks
-    )
-    confidence = max(0.0, 1 - math.exp(-best_log_e)) if best_log_e > 0 else 0.0
+    test rejected; inconclusive otherwise. ``m``: the candidate's requests."""
+    best = max(checks, key=lambda c: c.fail_evidence)
+    cleared = all(c.pass_evidence >= 0 for c in checks)
+    confidence = max(0.0, 1 - math.exp(-best.fail_log_e)) if best.fail_log_e > 0 else 0.0
     values = (
         f"candidate {show(candidate_value, percent)} vs baseline {show(baseline_value, percent)}"
     )
@@ -288,12 +347,10 @@ def decide(
         for c in checks
     )
     outcome: Outcome
-    if best_log_e >= reject_fail:
-        share = best.fail_x / m
+    if best.fail_evidence >= 0:
         reason = (
-            f"{name} failed: {values}: {what_share} {share:.2%} > {best.fail_null:.2%} "
-            f"({best.what}), confidence {confidence:.4f} (alpha {levels.fail:.2g}); "
-            f"{m:.0f} candidate requests"
+            f"{name} failed: {values}: {best.tested} ({best.what}), confidence "
+            f"{confidence:.4f} (alpha {levels.fail:.2g}); {m:.0f} candidate requests"
         )
         outcome = "fail"
     elif cleared:
