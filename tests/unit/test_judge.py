@@ -16,7 +16,6 @@ from controller.analysis.judge import (
     quantile_lower_bound,
     quantile_upper_bound,
 )
-from controller.analysis.sequential import log_e_value
 from controller.analysis.sli import (
     EMPTY_HISTOGRAM,
     LATENCY_GAP,
