@@ -77,9 +77,11 @@ async def test_envoy_admin_counts_equal_what_clients_saw(
         loads = [
             LoadGenerator(f"http://127.0.0.1:{e.listener_port()}", concurrency=4) for e in envoys
         ]
-        summaries: list[Summary] = await asyncio.gather(
-            asyncio.to_thread(loads[0].run, 600, 60.0),
-            asyncio.to_thread(loads[1].run, 400, 60.0),
+        summaries: list[Summary] = list(
+            await asyncio.gather(
+                asyncio.to_thread(loads[0].run, 600, 60.0),
+                asyncio.to_thread(loads[1].run, 400, 60.0),
+            )
         )
         load_done = time.time()
         # Histograms reach /stats/prometheus at Envoy's next flush; counters are live.
@@ -122,6 +124,7 @@ async def test_envoy_admin_counts_equal_what_clients_saw(
             assert counts.latency.bounds == (*latency_buckets_ms(), math.inf), figures
         assert envoy_counts == clients, figures
         assert result.warnings == (), result.warnings
+        assert result.gaps == {}, result.gaps
 
         # One Envoy gone: its scrapes go stale, the sample keeps the other and warns.
         envoys[1].kill()

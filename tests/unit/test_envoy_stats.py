@@ -11,12 +11,14 @@ import math
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from controller.analysis.providers.envoy_stats import (
     ClusterStats,
     StatsFormatError,
     add,
     increase,
+    is_reset,
     parse_envoy_stats,
     window,
 )
@@ -71,6 +73,9 @@ def test_errors_only_count_class_5() -> None:
         "envoy_cluster_upstream_rq_total{envoy_cluster_name=baseline} 1\n",  # unquoted label
         'envoy_cluster_upstream_rq_total{envoy_cluster_name="baseline"} many\n',
         "<html>Envoy admin</html>\n",
+        "# TYPE x counter\nx 1\n<html>\n",  # any line that is not a sample or a comment
+        'envoy_cluster_upstream_rq_total{envoy_cluster_name="a",x=1} 1\n',
+        'envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="b"} 1\n',  # no le
         "# TYPE envoy_cluster_upstream_rq_time histogram\n"
         'envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="b",le="5"} 1\n',  # no +Inf
         "# TYPE envoy_cluster_upstream_rq_time histogram\n"
@@ -94,6 +99,67 @@ def test_nan_is_kept_and_reported() -> None:
         "envoy_cluster_upstream_rq_time_bucket"
     )
     assert ClusterStats(1, 0, (1, math.inf), (0, 1)).nan_stat() is None
+
+
+def reference_parse(text: str) -> dict[str, ClusterStats]:
+    """The same reduction with ``prometheus_client``'s general parser (the former one)."""
+    requests: dict[str, float] = {}
+    errors: dict[str, float] = {}
+    buckets: dict[str, dict[float, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            cluster = sample.labels.get("envoy_cluster_name")
+            if cluster is None:
+                continue
+            if sample.name == "envoy_cluster_upstream_rq_total":
+                requests[cluster] = sample.value
+            elif sample.name.startswith("envoy_cluster_upstream_rq_xx"):
+                if sample.labels.get("envoy_response_code_class") == "5":
+                    errors[cluster] = sample.value
+            elif sample.name == "envoy_cluster_upstream_rq_time_bucket":
+                buckets.setdefault(cluster, {})[float(sample.labels["le"])] = sample.value
+    out = {}
+    for cluster in requests.keys() | errors.keys() | buckets.keys():
+        per_le = buckets.get(cluster, {})
+        bounds = tuple(sorted(per_le))
+        out[cluster] = ClusterStats(
+            requests.get(cluster, 0),
+            errors.get(cluster, 0),
+            bounds,
+            tuple(per_le[b] for b in bounds),
+        )
+    return out
+
+
+ODD_BUT_VALID = (
+    "# HELP envoy_cluster_upstream_rq_total Total requests\n"
+    "# TYPE envoy_cluster_upstream_rq_total counter\n"
+    'envoy_cluster_upstream_rq_total{envoy_cluster_name="a\\"b\\\\c",zone="x"} 7 1700000000000\n'
+    'envoy_cluster_upstream_rq_total{ zone="y" , envoy_cluster_name="plain" } 3\n'
+    "\n"
+    "# TYPE envoy_cluster_upstream_rq_xx counter\n"
+    'envoy_cluster_upstream_rq_xx{envoy_cluster_name="plain",envoy_response_code_class="5"} 2\n'
+    'envoy_cluster_upstream_rq_xx{envoy_response_code_class="5",'
+    'envoy_cluster_name="a\\"b\\\\c"} 1\n'
+    "# TYPE envoy_cluster_upstream_rq_time histogram\n"
+    'envoy_cluster_upstream_rq_time_bucket{le="10",envoy_cluster_name="plain"} 1\n'
+    'envoy_cluster_upstream_rq_time_bucket{le="+Inf",envoy_cluster_name="plain"} 3\n'
+    'envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="plain",le="1e1"} 1\n'
+    'envoy_cluster_upstream_rq_time_count{envoy_cluster_name="plain"} 3\n'
+    'envoy_cluster_upstream_rq_time_sum{envoy_cluster_name="plain"} 12.5\n'
+)
+
+
+@pytest.mark.parametrize("name", ["fixture", "odd_but_valid"])
+def test_agrees_with_prometheus_client(name: str) -> None:
+    text = FIXTURE.read_text() if name == "fixture" else ODD_BUT_VALID
+    assert parse_envoy_stats(text) == reference_parse(text)
+
+
+def test_reads_escaped_names_and_any_label_order() -> None:
+    stats = parse_envoy_stats(ODD_BUT_VALID)
+    assert stats['a"b\\c'] == ClusterStats(7, 1)
+    assert stats["plain"] == ClusterStats(3, 2, (10, math.inf), (1, 3))
 
 
 # --- increases ------------------------------------------------------------------------------
@@ -131,6 +197,13 @@ def test_reset_is_seen_even_when_the_counter_climbed_back_above_its_old_value() 
         stats(130, 2, (100, 125, 130)),  # requests 130 > 120, but errors and buckets went down
     ]
     assert increase(series) == stats(20 + 130, 0 + 2, (10 + 100, 20 + 125, 20 + 130))
+
+
+def test_a_nan_is_not_a_reset() -> None:
+    """A NaN bucket spoils the latency only: the counters still grow by their difference."""
+    before, after = stats(10, 0, (5, 9, 10)), stats(20, 1, (5, math.nan, 20))
+    assert not is_reset(before, after)
+    assert (increase([before, after]).requests, increase([before, after]).errors) == (10, 1)
 
 
 def test_a_cluster_appearing_counts_from_zero() -> None:

@@ -1,43 +1,43 @@
-"""Envoy's ``/stats/prometheus`` reduced to what the judge reads, and increases over a window.
+"""Envoy's ``/stats/prometheus`` reduced to what the judge reads, and increases over scrapes.
 
 Pure (no I/O, no clock): :func:`parse_envoy_stats` turns one scrape's text into per-cluster
-cumulative values; :func:`increase` turns the scrapes of one Envoy over a window into the
-growth of those values, handling counter resets the way PromQL's ``increase()`` does (a value
-that goes down means Envoy restarted, or the cluster was removed and added again: the new value
-counted from 0). No extrapolation: the increase is exactly the difference between two scrapes.
+cumulative values; :func:`step` is the growth of those values between two consecutive scrapes,
+handling counter resets the way PromQL's ``increase()`` does (a value that goes down means
+Envoy restarted, or the cluster was removed and added again: the new value counted from 0);
+:func:`increase` sums the steps over a run of scrapes. No extrapolation: an increase is exactly
+the difference between scrapes.
 
 Envoy's quirks, seen on Envoy 1.40 (``tests/unit/fixtures/envoy_stats_prometheus.txt``):
 
 - ``upstream_rq_5xx`` (exported as ``envoy_cluster_upstream_rq_xx{envoy_response_code_class="5"}``)
   exists only after the cluster's first 5xx: no series means 0 errors;
 - ``upstream_rq_time`` exists only after the first flush (``stats_flush_interval``) that saw a
-  request; histograms are updated at each flush while counters are live, so a scrape's
+  timed response; histograms are updated at each flush while counters are live, so a scrape's
   histogram lags its counters by up to one flush interval;
 - a 503 that Envoy sends itself because no connection to the upstream could be made is counted
-  in ``upstream_rq_5xx`` but neither in ``upstream_rq_total`` nor in ``upstream_rq_time``.
+  in ``upstream_rq_5xx`` but neither in ``upstream_rq_total`` nor in ``upstream_rq_time``: a
+  cluster whose upstream is down has 5xx, no requests and no histogram.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
+import operator
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-
-from prometheus_client.parser import text_string_to_metric_families
 
 REQUESTS = "envoy_cluster_upstream_rq_total"
 RESPONSE_CLASSES = "envoy_cluster_upstream_rq_xx"
 LATENCY_BUCKET = "envoy_cluster_upstream_rq_time_bucket"
-_RESPONSE_CLASS_SAMPLES = frozenset({RESPONSE_CLASSES, f"{RESPONSE_CLASSES}_total"})
-"""``prometheus_client``'s parser renames the samples of a ``counter`` family whose name lacks
-``_total`` (OpenMetrics' rule): ``envoy_cluster_upstream_rq_xx`` comes out as ``..._xx_total``."""
 CLUSTER_LABEL = "envoy_cluster_name"
 CLASS_LABEL = "envoy_response_code_class"
 
 STATS_FILTER = r"^cluster\..+\.(upstream_rq_total|upstream_rq_5xx|upstream_rq_time)$"
 """Envoy's admin ``filter`` (RE2 over Envoy's own stat names) that keeps the scrape to the
 three stats read here (and a few same-suffix ones, e.g. ``external.upstream_rq_time``, that
-the parser ignores): ~250 lines per cluster instead of ~1,700 lines per Envoy."""
+the parser ignores): ~260 lines per cluster instead of ~1,700 lines per Envoy."""
 
 
 class StatsFormatError(ValueError):
@@ -63,47 +63,105 @@ class ClusterStats:
 
     def nan_stat(self) -> str | None:
         """The name of a stat whose value is NaN, or None."""
+        return self.counter_nan() or (LATENCY_BUCKET if has_nan(self.buckets) else None)
+
+    def counter_nan(self) -> str | None:
+        """The name of a counter (requests, 5xx) whose value is NaN, or None."""
         if math.isnan(self.requests):
             return REQUESTS
         if math.isnan(self.errors):
             return f'{RESPONSE_CLASSES}{{{CLASS_LABEL}="5"}}'
-        if any(math.isnan(v) for v in self.buckets):
-            return LATENCY_BUCKET
         return None
+
+
+def has_nan(values: Iterable[float]) -> bool:
+    """Whether any of ``values`` (counts: never infinite) is NaN (one C-level sum)."""
+    total = sum(values)
+    return total != total
 
 
 EnvoyStats = dict[str, ClusterStats]
 """One scrape of one Envoy: cluster name → its values."""
 
+# --- parsing ---------------------------------------------------------------------------------
+
+_SAMPLE = re.compile(
+    rf"^({REQUESTS}|{RESPONSE_CLASSES}(?:_total)?|{LATENCY_BUCKET})"
+    rf'\{{(?:{CLUSTER_LABEL}="([^"\\]*)"(?:,le="([^"\\]*)")?'
+    rf'|{CLASS_LABEL}="([^"\\]*)",{CLUSTER_LABEL}="([^"\\]*)"|(.*))'
+    r"\}[ \t]+(\S+)(?:[ \t]+\S+)?[ \t\r]*$",
+    re.MULTILINE,
+)
+"""A sample line of one of the three stats: name, labels, value (and an optional timestamp).
+The labels as Envoy writes them are captured by the regex (cluster and ``le``, or response
+class and cluster); any other form is captured whole and parsed by :func:`_labels`.
+``..._xx_total``: how OpenMetrics names a counter (Envoy does not; accepted all the same)."""
+_NOT_A_LINE = re.compile(
+    r"^(?![ \t]*(?:#|\r?$))"
+    r"(?![a-zA-Z_:][a-zA-Z0-9_:]*(?:\{.*\})?[ \t]+\S+(?:[ \t]+\S+)?[ \t\r]*$).+",
+    re.MULTILINE,
+)
+"""A line that is neither blank, a comment, nor ``name{labels} value [timestamp]``."""
+_LABEL = re.compile(r'[ \t]*([a-zA-Z_][a-zA-Z0-9_]*)[ \t]*=[ \t]*"((?:[^"\\]|\\.)*)"[ \t]*(?:,|$)')
+_ESCAPE = re.compile(r"\\(.)")
+
+
+def _labels(text: str) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    at = 0
+    while at < len(text):
+        match = _LABEL.match(text, at)
+        if match is None or match.end() == at:
+            raise StatsFormatError(f"not the Prometheus text format: labels {{{text}}}")
+        value = match[2]
+        if "\\" in value:  # the text format escapes \, " and newlines in label values
+            value = _ESCAPE.sub(lambda m: "\n" if m[1] == "n" else m[1], value)
+        labels[match[1]] = value
+        at = match.end()
+    return labels
+
 
 def parse_envoy_stats(text: str) -> EnvoyStats:
     """The per-cluster values in one ``/stats/prometheus`` text (other stats are ignored).
 
+    A reader of the Prometheus text format made for these three stats (regexes find their
+    lines; ~5x faster than ``prometheus_client``'s general parser, which took ~6 ms per cluster
+    of Sluice's 257 buckets).
+
     Raises:
-        StatsFormatError: the text does not parse, or a cluster's histogram has no ``+Inf``
-            bucket or a non-numeric ``le``.
+        StatsFormatError: the text is not the Prometheus text format (a line that is not a
+            sample, comment or blank; labels or a value that do not parse), or a cluster's
+            histogram has no ``+Inf`` bucket or a non-numeric ``le``.
     """
+    bad = _NOT_A_LINE.search(text)
+    if bad is not None:
+        raise StatsFormatError(f"not the Prometheus text format: {bad[0][:200]!r}")
     requests: dict[str, float] = {}
     errors: dict[str, float] = {}
     buckets: dict[str, dict[float, float]] = {}
-    shared: dict[float, float] = {}  # one object per distinct value: cumulative buckets repeat
-    try:
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                cluster = sample.labels.get(CLUSTER_LABEL)
-                if cluster is None:
-                    continue
-                if sample.name == REQUESTS:
-                    requests[cluster] = float(sample.value)
-                elif sample.name in _RESPONSE_CLASS_SAMPLES:
-                    if sample.labels.get(CLASS_LABEL) == "5":
-                        errors[cluster] = float(sample.value)
-                elif sample.name == LATENCY_BUCKET:
-                    le = float(sample.labels["le"])
-                    value = float(sample.value)
-                    buckets.setdefault(cluster, {})[le] = shared.setdefault(value, value)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise StatsFormatError(f"not the Prometheus text format: {exc}") from exc
+    for name, cluster, le, code_class, class_cluster, label_text, value_text in _SAMPLE.findall(
+        text
+    ):
+        if label_text:  # not Envoy's own label order
+            labels = _labels(label_text)
+            cluster, le = labels.get(CLUSTER_LABEL, ""), labels.get("le", "")
+            code_class = labels.get(CLASS_LABEL, "")
+        elif class_cluster:
+            cluster = class_cluster
+        if not cluster:
+            continue
+        try:
+            value = float(value_text)
+            if name == LATENCY_BUCKET:
+                buckets.setdefault(cluster, {})[float(le)] = value
+            elif name == REQUESTS:
+                requests[cluster] = value
+            elif code_class == "5":
+                errors[cluster] = value
+        except ValueError as exc:
+            raise StatsFormatError(
+                f"not the Prometheus text format: {name} {cluster!r} {value_text}: {exc}"
+            ) from None
     stats: EnvoyStats = {}
     for cluster in sorted(requests.keys() | errors.keys() | buckets.keys()):
         per_le = buckets.get(cluster, {})
@@ -117,6 +175,9 @@ def parse_envoy_stats(text: str) -> EnvoyStats:
             tuple(per_le[b] for b in bounds),
         )
     return stats
+
+
+# --- arithmetic ------------------------------------------------------------------------------
 
 
 def coarsen(
@@ -147,21 +208,23 @@ def add(a: ClusterStats, b: ClusterStats) -> ClusterStats:
 ZERO = ClusterStats(0.0, 0.0)
 
 
-def _is_reset(before: ClusterStats, after: ClusterStats) -> bool:
+def is_reset(before: ClusterStats, after: ClusterStats) -> bool:
+    """Whether a value went down from ``before`` to ``after`` (consecutive scrapes), or the
+    histogram's bounds changed: Envoy restarted, or the cluster was removed and added again."""
     if after.requests < before.requests or after.errors < before.errors:
         return True
     if not before.bounds:
         return False
     if after.bounds != before.bounds:
         return bool(after.bounds)  # a histogram that vanished is ignored, not a reset
-    return any(y < x for x, y in zip(before.buckets, after.buckets, strict=True))
+    return any(map(operator.lt, after.buckets, before.buckets))  # same bounds: same length
 
 
-def _step(before: ClusterStats, after: ClusterStats) -> ClusterStats:
+def step(before: ClusterStats, after: ClusterStats) -> ClusterStats:
     """The growth from ``before`` to ``after`` (consecutive scrapes of one cluster)."""
     if before is after:
         return ZERO
-    if _is_reset(before, after):
+    if is_reset(before, after):
         return after
     if not after.bounds:
         bounds: tuple[float, ...] = ()
@@ -178,7 +241,11 @@ def _step(before: ClusterStats, after: ClusterStats) -> ClusterStats:
 
 def increase(series: Sequence[ClusterStats | None]) -> ClusterStats:
     """The growth of one cluster's values over consecutive scrapes of one Envoy (``None``: the
-    cluster was absent from that scrape, i.e. all zero), resets handled per step."""
+    cluster was absent from that scrape, i.e. all zero), resets handled per step.
+
+    The reference definition; :class:`~controller.analysis.providers.envoy_admin_series.
+    ClusterTrack` computes the same from the scrapes at the window's edges and at its breaks.
+    """
     total = ZERO
     previous: ClusterStats | None = None
     for index, current in enumerate(series):
@@ -186,11 +253,14 @@ def increase(series: Sequence[ClusterStats | None]) -> ClusterStats:
             previous = None
             continue
         if previous is not None:
-            total = add(total, _step(previous, current))
+            total = add(total, step(previous, current))
         elif index > 0:
             total = add(total, current)  # the cluster (re)appeared: its values are new
         previous = current
     return total
+
+
+# --- windows ---------------------------------------------------------------------------------
 
 
 def window(times: Sequence[float], start: float, end: float) -> tuple[int, int] | None:
@@ -210,11 +280,6 @@ def window(times: Sequence[float], start: float, end: float) -> tuple[int, int] 
 
 
 def last_at_or_before(times: Sequence[float], t: float) -> int | None:
-    lo, hi = 0, len(times)
-    while lo < hi:  # first index with times[index] > t
-        mid = (lo + hi) // 2
-        if times[mid] <= t:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo - 1 if lo > 0 else None
+    """The index of the last of ``times`` (ascending) at or before ``t`` (None: none is)."""
+    index = bisect.bisect_right(times, t)
+    return index - 1 if index > 0 else None
