@@ -59,7 +59,7 @@ Usage::
 
     python3 benchmarks/xds_fanout.py                 # N = 100, 1000, 2000; about a minute
     python3 benchmarks/xds_fanout.py --quick         # N = 100 only, a smoke run (< 60 s)
-    python3 benchmarks/xds_fanout.py --profile /tmp/prof   # cProfile the controller's changes
+    python3 benchmarks/xds_fanout.py --profile /tmp/prof   # cProfile both servers' changes
     python3 benchmarks/xds_fanout.py --gc-freeze     # the floor gets the same GC settings
 """
 
@@ -319,6 +319,8 @@ def floor_main(
 async def _floor(
     conn: multiprocessing.connection.Connection, steps: list[dict[str, int]], gc_freeze: bool
 ) -> None:
+    import cProfile
+
     import grpc
 
     from controller.xds import resources, typeurls, wire
@@ -412,12 +414,16 @@ async def _floor(
     async def ready() -> int:
         return counter["ready"]
 
+    profiler: list[cProfile.Profile] = []
+
     async def change(index: int) -> dict[str, Any]:
         version, body = pushes[index]
         counter["acks"] = 0
         counter["target"] = len(streams)
         all_acked.clear()
         gc_timer.take()
+        if profiler:
+            profiler[0].enable()
         cpu0 = ads.cpu_s()
         t0 = time.monotonic()
         for stream in streams:
@@ -431,6 +437,8 @@ async def _floor(
             outcome = "timeout"
         t1 = time.monotonic()
         cpu1 = ads.cpu_s()
+        if profiler:
+            profiler[0].disable()
         return {
             "t0": t0,
             "all_acked_s": t1 - t0,
@@ -441,12 +449,19 @@ async def _floor(
             "gc": gc_timer.take(),
         }
 
+    async def profile(path: str | None) -> None:
+        if path is None:
+            profiler.append(cProfile.Profile())
+        else:
+            profiler.pop().dump_stats(path)
+
     async def stats() -> dict[str, Any]:
         return ads.process_stats()
 
     try:
         await ads.command_loop(
-            conn, {"start": start, "ready": ready, "change": change, "stats": stats}
+            conn,
+            {"start": start, "ready": ready, "change": change, "profile": profile, "stats": stats},
         )
     finally:
         await server.stop(grace=None)
@@ -585,14 +600,15 @@ def run_size(
             _connect(side, workers, args)
         time.sleep(0.3)  # let the warm-up traffic drain
         if args.profile:
-            sides["controller"].server.call("profile", None)
+            for side in sides.values():
+                side.server.call("profile", None)
         for index, step in enumerate(steps):
             for kind in KINDS if index % 2 == 0 else reversed(KINDS):
                 _change(sides[kind], workers, index, step)
                 time.sleep(0.1)
         if args.profile:
-            path = str(Path(args.profile) / f"controller-{n}.pstats")
-            sides["controller"].server.call("profile", path)
+            for kind, side in sides.items():
+                side.server.call("profile", str(Path(args.profile) / f"{kind}-{n}.pstats"))
         for side in sides.values():
             retries = sum(w.call("status", side.kind)["retries"] for w in workers)
             if retries != side.retries:
@@ -690,7 +706,9 @@ def main(argv: list[str] | None = None) -> int:
         help="gc.freeze() after startup in the floor too (sluice serve always does it)",
     )
     parser.add_argument("--quick", action="store_true", help="N = 100 and 3 changes: a smoke run")
-    parser.add_argument("--profile", metavar="DIR", help="cProfile the controller's changes")
+    parser.add_argument(
+        "--profile", metavar="DIR", help="cProfile the changes (DIR/controller-N.pstats, floor-N)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes = "100"
@@ -718,7 +736,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{' (server pinned to CPU ' + str(cpus[0]) + ')' if server_cpus else ''},"
         f" {args.clients_procs} client processes, {args.streams_per_channel} streams per"
         f" channel, subscribe {args.subscribe}, {args.changes} changes per N"
-        f"{', PROFILED (cProfile slows the controller)' if args.profile else ''}"
+        f"{', PROFILED (cProfile slows both servers)' if args.profile else ''}"
         f"{', EXPERIMENT gc.freeze() in the servers' if args.gc_freeze else ''}",
         flush=True,
     )
