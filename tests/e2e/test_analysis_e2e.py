@@ -61,10 +61,17 @@ spec:
     interval: 2s
     minRequests: 200
     slos:
-      - {{metric: latency_p99, maxDrift: 5%}}
-      - {{metric: error_rate, maxDrift: 5%}}
+      - {{metric: latency_p99, maxDrift: 5%, passDrift: 40%}}
+      - {{metric: error_rate, maxDrift: 5%, passDrift: 200%}}
   ackTimeout: 5s
 """
+# passDrift 40% for latency: on a busy 2-core test bed, two identical upstream processes'
+# p99s differ by up to ~20% from CPU scheduling alone (measured 120 vs 100 ms in one run);
+# the default 20% then rightly refuses to promote. The slow candidate (p99 x1.5) stays beyond
+# 40%: it can never pass, and its fail test rolls it back. passDrift 200% for errors: a stage
+# of this short test sees ~100 errors in all (0.5% of ~20,000 requests), too few to rule out
+# twice the baseline's rate at 99% (that takes ~150); the 2% candidate (x4) stays beyond x3.
+# benchmarks/judge_power.py measures the defaults at production traffic.
 
 
 @dataclass
