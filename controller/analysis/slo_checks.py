@@ -134,10 +134,9 @@ def error_rate_verdict(
             )
         )
     drift = (p_c / p_b - 1) if p_b else None
-    if not checks:
-        return SloVerdict(
-            name, "inconclusive", f"{name}: no baseline traffic to compare with", None, p_c
-        )
+    if not checks or (slo.max_drift is not None and p_b is None):
+        # A drift limit with nothing to compare with: a ceiling may still fail, never pass.
+        return _without_baseline(name, checks, m, check_levels, p_c, True)
     return decide(name, checks, m, check_levels, p_b, p_c, drift, True)
 
 
@@ -155,6 +154,11 @@ def _error_drift_check(
     share of the errors. The absolute part (``p_c > p_b + tau``) uses the baseline's
     confidence bound. A fail needs both (an intersection-union test: each at the full level);
     a pass needs either (each at half the pass level).
+
+    Assumes the baseline's error rate is steady over the window: when the baseline is the
+    rollout so far (a reference for a thin stage baseline), a change of the baseline's rate
+    between stages shifts the null, and switching from the reference to the stage's own
+    baseline mid-stage watches two e-processes (at most twice the level; see Known limits).
     """
     assert slo.max_drift is not None
     p_b = baseline.error_rate or 0.0
@@ -183,7 +187,9 @@ def _error_drift_check(
     threshold = min(1.0, max(k_fail * p_b, p_b + tau))
     pass_threshold = min(1.0, max(k_pass * p_b, p_b + 2 * tau))
     return Check(
-        f"more than {slo.max_drift:g}% and {slo.tolerance:g} points above the baseline",
+        f"more than {slo.max_drift:g}%"
+        + (f" and {slo.tolerance:g} points" if tau > 0 else "")
+        + " above the baseline",
         fail_evidence,
         fail_log_e,
         threshold,
@@ -234,15 +240,31 @@ def latency_verdict(
         if candidate_q and baseline_q and math.isfinite(candidate_q) and math.isfinite(baseline_q)
         else None
     )
-    if not checks:
-        return SloVerdict(
-            name,
-            "inconclusive",
-            f"{name}: no baseline latencies to compare with",
-            baseline_q,
-            candidate_q,
-        )
+    if not checks or (slo.max_drift is not None and hist_b.total <= 0):
+        return _without_baseline(name, checks, m, cand, candidate_q, False)
     return decide(name, checks, m, cand, baseline_q, candidate_q, drift, False)
+
+
+def _without_baseline(
+    name: str,
+    checks: list[Check],
+    m: float,
+    levels: Levels,
+    candidate_value: float | None,
+    percent: bool,
+) -> SloVerdict:
+    """A drift limit without baseline traffic: inconclusive, unless a ceiling fails."""
+    if checks:
+        verdict = decide(name, checks, m, levels, None, candidate_value, None, percent)
+        if verdict.outcome == "fail":
+            return verdict
+    return SloVerdict(
+        name,
+        "inconclusive",
+        f"{name}: no baseline traffic to compare with (a drift limit cannot pass without one)",
+        None,
+        candidate_value,
+    )
 
 
 def _split(levels: Levels, relative: bool) -> tuple[Levels, Levels]:

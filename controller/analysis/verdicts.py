@@ -85,6 +85,8 @@ def show(value: float | None, percent: bool) -> str:
     """A value for people: a ratio as a percentage, or milliseconds."""
     if value is None:
         return "n/a"
+    if not math.isfinite(value):
+        return "none (beyond the histogram's buckets)" if not percent else "n/a"
     if percent:
         return f"{value:.2%}"
     return f"{value:g} ms"

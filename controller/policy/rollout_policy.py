@@ -130,6 +130,22 @@ def _check_pass_drift(value: float, info: ValidationInfo) -> float:
     return value
 
 
+def _check_default_pass_drift(slo: _DriftSlo) -> _DriftSlo:
+    # Field validators do not run on defaults: a large maxDrift with the default passDrift
+    # would leave the pass limit below the fail limit (a candidate within the SLO that can
+    # never pass).
+    if (
+        "pass_drift" not in slo.model_fields_set
+        and slo.max_drift is not None
+        and slo.max_drift >= slo.pass_drift
+    ):
+        raise ValueError(
+            f"maxDrift ({slo.max_drift:g}%) must be below passDrift (default "
+            f"{slo.pass_drift:g}%): set passDrift above it"
+        )
+    return slo
+
+
 class LatencySlo(_Model):
     """A latency quantile of the candidate, judged against the baseline's.
 
@@ -150,6 +166,7 @@ class LatencySlo(_Model):
     max_value: Duration | None = None
 
     _pass_drift = field_validator("pass_drift")(_check_pass_drift)
+    _default_pass_drift = model_validator(mode="after")(_check_default_pass_drift)
 
 
 class ErrorRateSlo(_Model):
@@ -173,6 +190,10 @@ class ErrorRateSlo(_Model):
     max_value: Share | None = None
 
     _pass_drift = field_validator("pass_drift")(_check_pass_drift)
+    _default_pass_drift = model_validator(mode="after")(_check_default_pass_drift)
+
+
+_DriftSlo = LatencySlo | ErrorRateSlo
 
 
 class ParitySlo(_Model):

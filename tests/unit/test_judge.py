@@ -617,3 +617,38 @@ def test_sample_warnings_reach_the_verdict() -> None:
     verdict = judge(POLICY, 0, warned)
     assert verdict.details["warnings"] == ["envoy 127.0.0.1:9901 left out"]
     assert "envoy 127.0.0.1:9901 left out" in verdict.reason
+
+
+@pytest.mark.parametrize(
+    "slo",
+    [
+        {"metric": "latency_p99", "maxDrift": "30%"},
+        {"metric": "error_rate", "maxDrift": "150%"},
+    ],
+)
+def test_a_max_drift_at_or_above_the_default_pass_drift_is_refused(slo: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=r"must be below passDrift \(default"):
+        make_policy([slo])
+
+
+@pytest.mark.parametrize(
+    "slo",
+    [
+        {"metric": "error_rate", "maxDrift": "5%", "maxValue": "1%"},
+        {"metric": "latency_p99", "maxDrift": "5%", "maxValue": "500ms"},
+    ],
+)
+def test_a_drift_limit_without_baseline_traffic_never_passes_on_its_ceiling_alone(
+    slo: dict[str, Any],
+) -> None:
+    empty = SideCounts(0.0, 0.0, Histogram(BOUNDS, (0.0,) * len(BOUNDS)))
+    verdict = judge(make_policy([slo]), 0, sample(empty, expected(20_000, 0.0)))
+    assert verdict.outcome == "inconclusive", verdict.reason
+    assert "no baseline traffic" in verdict.reason
+
+
+def test_without_baseline_traffic_a_ceiling_still_fails() -> None:
+    policy = make_policy([{"metric": "error_rate", "maxDrift": "5%", "maxValue": "1%"}])
+    verdict = judge(policy, 0, sample(SideCounts(0.0, 0.0), expected(20_000, 0.05)))
+    assert verdict.outcome == "fail", verdict.reason
+    assert "above the ceiling 1%" in verdict.reason
