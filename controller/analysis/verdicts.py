@@ -25,7 +25,9 @@ class SloVerdict:
         pass_threshold: the limit a pass must show the candidate below (same unit).
         confidence: ``1 - 1/E`` for the fail test's e-value E (0 without evidence); a fail
             needs at least ``1 - alpha``.
-        alpha: the fail test's level.
+        alpha: the level of the candidate's fail test: its share of the SLO's level (the
+            rest is spent on the baseline's bound; with a drift limit and a ceiling on an
+            error rate, each gets half).
         baseline_requests, candidate_requests: requests counted on each side.
         reference: the baseline came from the rollout so far (the stage had too little).
     """
