@@ -62,7 +62,7 @@ spec:
     minRequests: 200
     slos:
       - {{metric: latency_p99, maxDrift: 5%, passDrift: 40%}}
-      - {{metric: error_rate, maxDrift: 5%, passDrift: 200%}}
+      - {{metric: error_rate, maxDrift: 5%, passDrift: 200%, tolerance: 0.3%}}
   ackTimeout: 5s
 """
 # passDrift 40% for latency: on a busy 2-core test bed, two identical upstream processes'
@@ -71,6 +71,9 @@ spec:
 # 40%: it can never pass, and its fail test rolls it back. passDrift 200% for errors: a stage
 # of this short test sees ~100 errors in all (0.5% of ~20,000 requests), too few to rule out
 # twice the baseline's rate at 99% (that takes ~150); the 2% candidate (x4) stays beyond x3.
+# tolerance 0.3 points: the 100% stage is judged against the baseline over the rollout so far,
+# which after a quick first stage holds ~2,000 requests (~10 errors), too few for any ratio
+# (a CI run held to the deadline on it); the absolute part decides, and 2% is beyond it.
 # benchmarks/judge_power.py measures the defaults at production traffic.
 
 
