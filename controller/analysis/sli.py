@@ -15,6 +15,7 @@ edges and returns non-integers.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -147,6 +148,22 @@ class NoSample:
 
     kind: FailureKind
     message: str
+
+
+_SEVERITY: tuple[FailureKind, ...] = ("error", "nan", "empty")
+
+
+def merge_gaps(gaps: Sequence[NoSample]) -> NoSample:
+    """One gap for a metric unreadable on one side or both: the messages joined, the kind the
+    most serious of theirs (``error`` before ``nan`` before ``empty``).
+
+    Raises:
+        ValueError: ``gaps`` is empty.
+    """
+    if not gaps:
+        raise ValueError("no gaps to merge")
+    kind = min((g.kind for g in gaps), key=_SEVERITY.index)
+    return NoSample(kind, "; ".join(g.message for g in gaps))
 
 
 LATENCY_GAP = "latency"

@@ -29,12 +29,12 @@ from controller.analysis.providers.envoy_stats import ClusterStats
 from controller.analysis.sli import (
     EMPTY_HISTOGRAM,
     LATENCY_GAP,
-    FailureKind,
     Histogram,
     NoSample,
     Sample,
     SampleResult,
     SideCounts,
+    merge_gaps,
 )
 
 
@@ -173,8 +173,4 @@ def _counts(cluster: str, side: SideIncrease, urls: str, gaps: list[NoSample]) -
 
 def _latency_gap(gaps: Sequence[NoSample]) -> dict[str, NoSample]:
     """One :data:`LATENCY_GAP` for both sides: the worst kind, every message."""
-    if not gaps:
-        return {}
-    worst: tuple[FailureKind, ...] = ("error", "nan", "empty")
-    kind = next(k for k in worst if any(g.kind == k for g in gaps))
-    return {LATENCY_GAP: NoSample(kind, "; ".join(g.message for g in gaps))}
+    return {LATENCY_GAP: merge_gaps(gaps)} if gaps else {}

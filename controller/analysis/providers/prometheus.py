@@ -74,6 +74,7 @@ from controller.analysis.sli import (
     SampleResult,
     SideCounts,
     custom_gap,
+    merge_gaps,
 )
 
 _STATUS = re.compile(r"HTTP Status Code (\d{3})")
@@ -294,9 +295,9 @@ def _read(
         return NoSample("error", _describe_failures(failed, len(answers)))
     per_side = 3 + len(custom)
     sides: list[SideCounts] = []
-    latency_gaps: list[tuple[FailureKind, str]] = []
+    latency_gaps: list[NoSample] = []
     custom_values: list[list[float]] = [[] for _ in custom]
-    custom_gaps: list[list[tuple[FailureKind, str]]] = [[] for _ in custom]
+    custom_gaps: list[list[NoSample]] = [[] for _ in custom]
     for index, cluster in enumerate(clusters):
         requests_a, errors_a, latency_a, *custom_a = answers[
             index * per_side : (index + 1) * per_side
@@ -310,20 +311,20 @@ def _read(
             hist = _histogram(latency_a)
         except _Outcome as outcome:
             hist = EMPTY_HISTOGRAM
-            latency_gaps.append((outcome.kind, f"{cluster}: {outcome}"))
+            latency_gaps.append(NoSample(outcome.kind, f"{cluster}: {outcome}"))
         for values, outcomes, answer in zip(custom_values, custom_gaps, custom_a, strict=True):
             try:
                 values.append(_single_value(answer, missing=None))
             except _Outcome as outcome:
-                outcomes.append((outcome.kind, f"{cluster}: {outcome}"))
+                outcomes.append(NoSample(outcome.kind, f"{cluster}: {outcome}"))
         sides.append(SideCounts(requests=req, errors=err, latency=hist))
     gaps: dict[str, NoSample] = {}
     if latency_gaps:
-        gaps[LATENCY_GAP] = _gap(latency_gaps)
+        gaps[LATENCY_GAP] = merge_gaps(latency_gaps)
     values_by_name: dict[str, tuple[float, float]] = {}
     for query, values, query_gaps in zip(custom, custom_values, custom_gaps, strict=True):
         if query_gaps:
-            gaps[custom_gap(query.name)] = _gap(query_gaps)
+            gaps[custom_gap(query.name)] = merge_gaps(query_gaps)
         else:
             values_by_name[query.name] = (values[0], values[1])
     return Sample(
@@ -334,16 +335,6 @@ def _read(
         custom=values_by_name,
         gaps=gaps,
     )
-
-
-_GAP_ORDER: tuple[FailureKind, ...] = ("error", "nan", "empty")
-
-
-def _gap(outcomes: list[tuple[FailureKind, str]]) -> NoSample:
-    """One gap for a metric unreadable on one side or both: the messages joined, the kind the
-    most serious of theirs (``error`` before ``nan`` before ``empty``)."""
-    kind = min((k for k, _ in outcomes), key=_GAP_ORDER.index)
-    return NoSample(kind, "; ".join(message for _, message in outcomes))
 
 
 class _Stopped(Exception):
