@@ -39,10 +39,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from controller.policy.gateway import NAME_PATTERN, Metadata
+from controller.policy.model_base import PolicyModel, Side
 from controller.policy.units import Duration, Percent, PercentRange, format_duration
 
 WEIGHT_SCALE = 100
@@ -63,19 +63,7 @@ Share = Annotated[Percent, PercentRange(le=100)]
 """A share of requests: 0% to 100%."""
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
-    )
-
-
-class Side(_Model):
-    """One side of the rollout: a cluster of the gateway file."""
-
-    cluster: str = Field(pattern=NAME_PATTERN)
-
-
-class Stage(_Model):
+class Stage(PolicyModel):
     """One step of the rollout: the candidate's share of the route's requests, and how long it
     stays there at least.
 
@@ -146,7 +134,7 @@ def _check_default_pass_drift(slo: _DriftSlo) -> _DriftSlo:
     return slo
 
 
-class LatencySlo(_Model):
+class LatencySlo(PolicyModel):
     """A latency quantile of the candidate, judged against the baseline's.
 
     ``metric`` names the quantile (``latency_p50``, ``latency_p95``, ``latency_p99``), from
@@ -169,7 +157,7 @@ class LatencySlo(_Model):
     _default_pass_drift = model_validator(mode="after")(_check_default_pass_drift)
 
 
-class ErrorRateSlo(_Model):
+class ErrorRateSlo(PolicyModel):
     """The candidate's error rate (5xx / all requests, from ``upstream_rq_xx``), judged against
     the baseline's.
 
@@ -196,7 +184,7 @@ class ErrorRateSlo(_Model):
 _DriftSlo = LatencySlo | ErrorRateSlo
 
 
-class ParitySlo(_Model):
+class ParitySlo(PolicyModel):
     """Response parity from tap-compare: the share of compared requests whose candidate
     response matched the baseline's must stay at or above ``minValue`` (e.g. ``99.9%``)."""
 
@@ -204,7 +192,7 @@ class ParitySlo(_Model):
     min_value: Share
 
 
-class CustomSlo(_Model):
+class CustomSlo(PolicyModel):
     """A PromQL query of one side, templated with ``{cluster}`` and ``{window}`` (e.g. ``2m``),
     run for the baseline and for the candidate over the same window.
 
@@ -261,7 +249,7 @@ def default_slos() -> tuple[LatencySlo | ErrorRateSlo | ParitySlo | CustomSlo, .
     return (LatencySlo(metric="latency_p99"), ErrorRateSlo(metric="error_rate"))
 
 
-class Analysis(_Model):
+class Analysis(PolicyModel):
     """How stages are judged (the judging itself lives in ``controller.analysis``).
 
     Attributes:
@@ -291,7 +279,7 @@ class Analysis(_Model):
         return value
 
 
-class HeaderOverride(_Model):
+class HeaderOverride(PolicyModel):
     """Testers force a side with a request header: ``<header>: <candidate>`` always reaches the
     candidate, ``<header>: <baseline>`` the baseline, whatever the stage. Served as two extra
     Envoy routes in front of the route under rollout, with the same match plus this header."""
@@ -308,7 +296,7 @@ class HeaderOverride(_Model):
         return value
 
 
-class Sticky(_Model):
+class Sticky(PolicyModel):
     """Users stay on one side between requests: Envoy hashes this header or cookie
     (``RouteAction.hash_policy``) and picks the weighted cluster from the hash
     (``WeightedCluster.use_hash_policy``, Envoy 1.36+) instead of at random. Requests without the
@@ -328,7 +316,7 @@ class Sticky(_Model):
         return self
 
 
-class PolicySpec(_Model):
+class PolicySpec(PolicyModel):
     """What the rollout moves, through which stages, judged how."""
 
     route: str = Field(pattern=NAME_PATTERN)
@@ -342,7 +330,7 @@ class PolicySpec(_Model):
     ack_timeout: Duration = timedelta(seconds=10)
 
 
-class RolloutPolicy(_Model):
+class RolloutPolicy(PolicyModel):
     """A policy file: ``apiVersion: sluice.dev/v1alpha1``, ``kind: RolloutPolicy``."""
 
     api_version: Literal["sluice.dev/v1alpha1"]
