@@ -62,7 +62,7 @@ spec:
     minRequests: 200
     slos:
       - {{metric: latency_p99, maxDrift: 5%, passDrift: 40%}}
-      - {{metric: error_rate, maxDrift: 5%, passDrift: 200%, tolerance: 0.3%}}
+      - {{metric: error_rate, maxDrift: 5%, passDrift: 200%, tolerance: 0.5%}}
   ackTimeout: 5s
 """
 # passDrift 40% for latency: on a busy 2-core test bed, two identical upstream processes'
@@ -71,9 +71,12 @@ spec:
 # 40%: it can never pass, and its fail test rolls it back. passDrift 200% for errors: a stage
 # of this short test sees ~100 errors in all (0.5% of ~20,000 requests), too few to rule out
 # twice the baseline's rate at 99% (that takes ~150); the 2% candidate (x4) stays beyond x3.
-# tolerance 0.3 points: the 100% stage is judged against the baseline over the rollout so far,
-# which after a quick first stage holds ~2,000 requests (~10 errors), too few for any ratio
-# (a CI run held to the deadline on it); the absolute part decides, and 2% is beyond it.
+# tolerance 0.5 points: the 100% stage is judged against the baseline over the rollout so far,
+# which holds 2,000-8,000 requests (10-40 errors) after the first stage, too few for any ratio;
+# the absolute part decides. At 0.3 points a CI run held to the deadline on it (candidate
+# 0.59% of 25,571 vs reference 0.38% of 8,190: the pass limit 0.38% + 0.6 minus the
+# reference's slack was within the candidate's own). At 0.5 the 2% candidate is still twice
+# beyond the fail limit (~1%) and can never pass (limit ~1.4%).
 # benchmarks/judge_power.py measures the defaults at production traffic.
 
 
