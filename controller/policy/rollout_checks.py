@@ -2,13 +2,15 @@
 
 Field validation (types, units, ranges) is pydantic's; these see what one field alone cannot:
 stages that do not move forward, a rollout that never reaches its candidate, a route or
-cluster the gateway does not serve.
+cluster the gateway does not serve. The parity section's and the shadow stage's checks are in
+:mod:`controller.policy.parity_checks` and run from here.
 """
 
 from __future__ import annotations
 
 from controller.policy.gateway import Gateway
 from controller.policy.gateway_checks import Problem
+from controller.policy.parity_checks import check_parity, check_parity_against_gateway
 from controller.policy.rollout_policy import RolloutPolicy, slo_name
 
 _STAGES = ("spec", "stages")
@@ -18,13 +20,22 @@ def check_policy(policy: RolloutPolicy) -> list[Problem]:
     """Problems of a validated policy; empty when sound.
 
     Reported: stage weights that do not strictly increase (a rollout moves forward only); a
-    last stage below 100% (the rollout would never finish the migration); the same cluster as
-    baseline and candidate; two SLOs with the same name (verdicts are reported by name).
+    0% stage (shadow stage) anywhere but first; a last stage below 100% (the rollout would
+    never finish the migration); the same cluster as baseline and candidate; two SLOs with the
+    same name (verdicts are reported by name); and the problems of
+    :func:`~controller.policy.parity_checks.check_parity` (tap-compare, the shadow stage).
     """
     problems: list[Problem] = []
     stages = policy.spec.stages
     for i in range(1, len(stages)):
-        if stages[i].weight <= stages[i - 1].weight:
+        if stages[i].shadow:
+            problems.append(
+                (
+                    (*_STAGES, i, "weight"),
+                    f"a 0% stage (shadow stage) can only be the first stage (stage {i} is 0%)",
+                )
+            )
+        elif stages[i].weight <= stages[i - 1].weight:
             problems.append(
                 (
                     (*_STAGES, i, "weight"),
@@ -55,7 +66,7 @@ def check_policy(policy: RolloutPolicy) -> list[Problem]:
             )
         else:
             seen[name] = i
-    return problems
+    return problems + check_parity(policy)
 
 
 def check_against_gateway(policy: RolloutPolicy, gateway: Gateway) -> list[Problem]:
@@ -63,7 +74,8 @@ def check_against_gateway(policy: RolloutPolicy, gateway: Gateway) -> list[Probl
 
     Reported: the route is not in the gateway; the baseline or candidate cluster is not
     declared (Envoy would answer 503); the route does not send traffic to the baseline today
-    (the rollout would move traffic from somewhere else).
+    (the rollout would move traffic from somewhere else); a parity cluster (comparator,
+    secondary, sister) the gateway does not declare.
     """
     problems: list[Problem] = []
     routes = gateway.routes()
@@ -96,4 +108,4 @@ def check_against_gateway(policy: RolloutPolicy, gateway: Gateway) -> list[Probl
                 f" (it sends to {', '.join(route.referenced_clusters())})",
             )
         )
-    return problems
+    return problems + check_parity_against_gateway(policy, gateway)

@@ -28,8 +28,13 @@ Shape (YAML)::
       override: {header: x-sluice-target}   # "candidate" / "baseline" force a side
       sticky: {header: x-user-id}        # or {cookie: session}
       ackTimeout: 10s
+      parity: {mirror: 10%}              # tap-compare: see controller.policy.parity
 
-Cross-field checks (stages increasing, ending at 100%, distinct clusters) are in
+A first stage at ``weight: 0%`` is a *shadow stage*: users stay on the baseline while Envoy
+mirrors requests to the comparator, so parity is known before anyone reaches the candidate.
+
+Cross-field checks (stages increasing, ending at 100%, distinct clusters, the shadow stage and
+parity rules) are in
 :mod:`controller.policy.rollout_checks`; checks against a gateway (the route and clusters
 exist) in :func:`controller.policy.rollout_checks.check_against_gateway`.
 """
@@ -43,6 +48,7 @@ from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_v
 
 from controller.policy.gateway import NAME_PATTERN, Metadata
 from controller.policy.model_base import PolicyModel, Side
+from controller.policy.parity import ParityPolicy
 from controller.policy.units import Duration, Percent, PercentRange, format_duration
 
 WEIGHT_SCALE = 100
@@ -56,8 +62,10 @@ with 99% confidence both ways takes about ten minutes (``benchmarks/judge_power.
 
 _HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
 
-StageWeight = Annotated[Percent, PercentRange(gt=0, le=100, decimals=2)]
-"""A stage's candidate share: more than 0%, at most 100%, in steps of 0.01%."""
+StageWeight = Annotated[Percent, PercentRange(ge=0, le=100, decimals=2)]
+"""A stage's candidate share: 0% to 100%, in steps of 0.01%. 0% is a shadow stage (mirroring
+only), allowed as the first stage of a policy with ``parity`` and a parity SLO
+(:func:`controller.policy.rollout_checks.check_policy`)."""
 
 Share = Annotated[Percent, PercentRange(le=100)]
 """A share of requests: 0% to 100%."""
@@ -68,8 +76,9 @@ class Stage(PolicyModel):
     stays there at least.
 
     Attributes:
-        weight: the candidate's share in percent (0 < weight <= 100, at most two decimals:
-            Envoy gets weights in units of 0.01%, see :data:`WEIGHT_SCALE`).
+        weight: the candidate's share in percent (0 <= weight <= 100, at most two decimals:
+            Envoy gets weights in units of 0.01%, see :data:`WEIGHT_SCALE`). 0% is a shadow
+            stage: the candidate serves no user, the comparator sees mirrored requests.
         bake: the minimum time at this stage, counted from the moment every Envoy ACKed the
             stage's weights. The stage is left only after its bake time and a pass verdict.
         deadline: how long after its start the stage may stay without a pass verdict (too
@@ -93,6 +102,12 @@ class Stage(PolicyModel):
                 f" got {format_duration(value)}"
             )
         return value
+
+    @property
+    def shadow(self) -> bool:
+        """A shadow stage (0%): users stay on the baseline, only mirrored requests reach the
+        candidate (through the comparator), and only the parity SLO can judge it."""
+        return self.weight == 0
 
     @property
     def envoy_weight(self) -> int:
@@ -185,11 +200,19 @@ _DriftSlo = LatencySlo | ErrorRateSlo
 
 
 class ParitySlo(PolicyModel):
-    """Response parity from tap-compare: the share of compared requests whose candidate
-    response matched the baseline's must stay at or above ``minValue`` (e.g. ``99.9%``)."""
+    """Response parity from tap-compare (needs the policy's ``parity`` section): the share of
+    compared requests whose candidate response matched the baseline's must stay at or above
+    ``minValue`` (e.g. ``99.9%``).
+
+    Attributes:
+        min_value: the matched share in percent; the mismatch limit is ``1 - minValue/100``.
+        min_compared: compared requests (both sides answered) the stage needs before a pass
+            verdict; fewer give an inconclusive verdict, never a pass.
+    """
 
     metric: Literal["parity"]
     min_value: Share
+    min_compared: int = Field(default=500, ge=0)
 
 
 class CustomSlo(PolicyModel):
@@ -317,7 +340,8 @@ class Sticky(PolicyModel):
 
 
 class PolicySpec(PolicyModel):
-    """What the rollout moves, through which stages, judged how."""
+    """What the rollout moves, through which stages, judged how; ``parity``: tap-compare of
+    the route's requests (:class:`~controller.policy.parity.ParityPolicy`), None: none."""
 
     route: str = Field(pattern=NAME_PATTERN)
     baseline: Side
@@ -328,6 +352,7 @@ class PolicySpec(PolicyModel):
     override: HeaderOverride | None = None
     sticky: Sticky | None = None
     ack_timeout: Duration = timedelta(seconds=10)
+    parity: ParityPolicy | None = None
 
 
 class RolloutPolicy(PolicyModel):

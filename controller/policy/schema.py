@@ -5,9 +5,12 @@ durations and percentages as strings with a ``pattern``, defaults written the wa
 write them (``30s``, ``5%``; the default stages and SLOs included).
 
 What the schema cannot say, and only ``sluice policy validate`` checks: stage weights that
-increase and end at 100%; baseline and candidate being different clusters; SLO names used
-once; a deadline at least the bake time; an analysis interval above 0s; the override's
-candidate and baseline values differing; the route and clusters existing in the gateway.
+increase and end at 100%; a 0% (shadow) stage only first, with ``parity`` and a parity SLO;
+a parity SLO only with ``parity``; methods other than GET and HEAD mirrored only with a
+sister; baseline and candidate being different clusters (and the parity clusters neither);
+SLO names used once; a deadline at least the bake time; an analysis interval above 0s; the
+override's candidate and baseline values differing; the route and clusters (parity's
+included) existing in the gateway.
 """
 
 from __future__ import annotations
@@ -45,9 +48,11 @@ def policy_json_schema() -> dict[str, Any]:
 
 _LIMITS = (
     "Checked by `sluice policy validate` only: stage weights increase and end at 100%;"
-    " baseline and candidate differ; SLO names are unique; a deadline is at least its bake"
-    " time; the analysis interval is above 0s; the override's two values differ; with"
-    " --gateway, the route and clusters exist in the gateway."
+    " a 0% (shadow) stage comes first only, with parity and a parity SLO; a parity SLO needs"
+    " parity; methods other than GET and HEAD need parity.sister; baseline and candidate"
+    " differ, and the parity clusters are neither; SLO names are unique; a deadline is at"
+    " least its bake time; the analysis interval is above 0s; the override's two values"
+    " differ; with --gateway, the route and clusters exist in the gateway."
 )
 
 

@@ -115,7 +115,6 @@ def test_envoy_weights_sum_to_the_scale() -> None:
     [
         ("150%", "must be at most 100% (got 150%)"),
         ("100.5%", "must be at most 100% (got 100.5%)"),
-        ("0%", "must be more than 0% (got 0%)"),
         ("0.125%", "must be a multiple of 0.01% (got 0.125%)"),
         ("150", "percentage 150 has no unit; write e.g. '150%'"),
         ("-5%", "invalid percentage '-5%'; expected e.g. '5%', '0.5%', '99.9%'"),
@@ -189,6 +188,7 @@ def test_slo_kinds_and_names() -> None:
         "        name: cpu\n"
         '        query: sum(rate(cpu_seconds{cluster="{cluster}"}[{window}]))\n'
         "        maxDrift: 20%\n"
+        "  parity: {}\n"  # a parity SLO needs tap-compare
     )
     slos = _load(text).spec.analysis.slos
     latency, errors, parity, custom = slos
@@ -241,7 +241,7 @@ def test_slo_defined_twice() -> None:
         (
             "{metric: parity, minValue: 99%, maxDrift: 5%}",
             "spec.analysis.slos[0].maxDrift",
-            "unknown field; allowed: metric, minValue",
+            "unknown field; allowed: metric, minValue, minCompared",
         ),
         (
             "{metric: latency_p99, maxdrift: 5%}",

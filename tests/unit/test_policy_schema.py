@@ -112,7 +112,6 @@ def test_only_standard_keywords() -> None:
         {"weight": 150, "bake": "1m"},
         {"weight": "150%", "bake": "1m"},
         {"weight": "100.5%", "bake": "1m"},
-        {"weight": "0%", "bake": "1m"},
         {"weight": "0.125%", "bake": "1m"},
         {"weight": "5", "bake": "1m"},
         {"weight": "5%", "bake": 5},
@@ -193,6 +192,11 @@ def test_the_schema_rejects_what_the_model_rejects_in_the_spec(spec: dict[str, A
         {"stages": [{"weight": "100%", "bake": "5m", "deadline": "1m"}]},
         {"analysis": {"interval": "0s"}},
         {"override": {"header": "x-t", "candidate": "a", "baseline": "a"}},
+        # A 0% (shadow) stage needs spec.parity and a parity SLO, and comes first only.
+        {"stages": [{"weight": "0%", "bake": "1m"}, {"weight": "100%", "bake": "1m"}]},
+        {"analysis": {"slos": [{"metric": "parity", "minValue": "99.9%"}]}},
+        {"parity": {"methods": ["GET", "POST"]}},
+        {"parity": {"comparator": {"cluster": "comments-go"}}},
     ],
 )
 def test_what_only_validate_can_check(spec: dict[str, Any]) -> None:
