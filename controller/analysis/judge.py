@@ -19,15 +19,25 @@ baseline over the rollout so far as a reference. Per SLO the verdict is
   (always: an unreachable backend is not a breach).
 
 **custom** SLOs: point comparison of the query values (no test is possible on an arbitrary
-PromQL result); **parity** is judged once tap-compare exists (issue 5): inconclusive now.
+PromQL result). **parity**: the candidate's mismatch rate among the requests the comparator
+compared, tested against ``1 - minValue/100`` both ways like a ceiling
+(:mod:`controller.analysis.parity_check`); a pass also needs ``minCompared`` compared requests.
+
+A **shadow stage** (weight 0%: users stay on the baseline, Envoy only mirrors requests to the
+comparator) is judged on its parity SLOs alone: no user request reaches the candidate, so its
+latency and error rate say nothing. The other SLOs are listed in ``details`` as
+:data:`NOT_JUDGED` with the reason, never as passes, and do not hold the stage; ``minRequests``
+(the candidate's user requests) does not apply there, ``minCompared`` does.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+from controller.analysis.parity_check import parity_verdict
 from controller.analysis.sli import (
     LATENCY_GAP,
+    PARITY_GAP,
     NoSample,
     Sample,
     SampleResult,
@@ -60,8 +70,16 @@ PROMOTION_RISK = 0.01
 a stage. Not split over stages: a candidate must pass every stage, so the risk of a full
 promotion is at most this too."""
 
+NOT_JUDGED = "not judged"
+"""The ``outcome`` in ``details["slos"]`` of an SLO a shadow stage does not judge (no
+:class:`SloVerdict`: it is neither a pass nor a hold)."""
+
+SHADOW_NOT_JUDGED = "shadow stage: no user request reaches the candidate"
+"""Why a shadow stage does not judge its latency, error-rate and custom SLOs."""
+
 __all__ = [
     "FALSE_ALARM_BUDGET",
+    "NOT_JUDGED",
     "PROMOTION_RISK",
     "Judgement",
     "Outcome",
@@ -91,7 +109,7 @@ def judge(
 
     Args:
         policy: the rollout's policy (SLOs, minRequests, noData).
-        stage: the stage's index (for messages).
+        stage: the stage's index (for messages; a stage at weight 0% is a shadow stage).
         sample: both sides over the stage so far, or why there is none.
         reference: the baseline over the rollout so far, used when the stage's baseline has
             fewer than ``minRequests`` requests.
@@ -101,26 +119,44 @@ def judge(
 
     Returns:
         The :class:`Judgement`; ``details`` maps each SLO name to its figures
-        (:meth:`SloVerdict.to_json`) under ``"slos"``, and the sample's warnings (e.g. Envoys
-        left out) under ``"warnings"``, also appended to the reason.
+        (:meth:`SloVerdict.to_json`) under ``"slos"`` (at a shadow stage, the SLOs it does
+        not judge as ``{"outcome": NOT_JUDGED, "reason": ...}``), and the sample's warnings
+        (e.g. Envoys left out) under ``"warnings"``, also appended to the reason.
     """
     analysis = policy.spec.analysis
     where = f"stage {stage + 1}/{len(policy.spec.stages)}"
     if not analysis.slos:
         return Judgement("pass", f"{where}: no SLOs, bake time only")
+    shadow = 0 <= stage < len(policy.spec.stages) and policy.spec.stages[stage].weight == 0
+    judged = [slo for slo in analysis.slos if not shadow or isinstance(slo, ParitySlo)]
+    if not judged:
+        return Judgement(
+            "inconclusive", f"{where}: a shadow stage without a parity SLO: nothing judges it"
+        )
     no_data_fails = analysis.no_data == "fail" and (
         window_s is None or window_s >= 2 * analysis.interval.total_seconds()
     )
     if isinstance(sample, NoSample):
         return _no_sample(where, sample, no_data_fails)
     verdicts = tuple(
-        _judge_slo(slo, sample, reference, policy, no_data_fails) for slo in analysis.slos
+        _judge_slo(slo, sample, reference, policy, no_data_fails, shadow) for slo in judged
     )
-    details: dict[str, object] = {"slos": {v.name: v.to_json() for v in verdicts}}
+    by_name = {v.name: v.to_json() for v in verdicts}
+    details: dict[str, object] = {
+        "slos": {
+            slo_name(slo): by_name.get(
+                slo_name(slo), {"outcome": NOT_JUDGED, "reason": SHADOW_NOT_JUDGED}
+            )
+            for slo in analysis.slos
+        }
+    }
     warned = ""
+    if shadow:
+        details["shadow"] = True
+        warned = f" ({where} is a shadow stage: only parity is judged)"
     if sample.warnings:
         details["warnings"] = list(sample.warnings)
-        warned = " (warning: " + "; ".join(sample.warnings) + ")"
+        warned += " (warning: " + "; ".join(sample.warnings) + ")"
     failed = [v for v in verdicts if v.outcome == "fail"]
     if failed:
         return Judgement("fail", "; ".join(v.reason for v in failed) + warned, verdicts, details)
@@ -166,6 +202,7 @@ def _judge_slo(
     reference: SideCounts | None,
     policy: RolloutPolicy,
     no_data_fails: bool,
+    shadow: bool,
 ) -> SloVerdict:
     name = slo_name(slo)
     levels = Levels(alpha_per_test(policy), PROMOTION_RISK)
@@ -178,7 +215,7 @@ def _judge_slo(
     ):
         baseline, used_reference = reference, True
     if isinstance(slo, ParitySlo):
-        return SloVerdict(name, "inconclusive", "parity: needs tap-compare (not available yet)")
+        return _parity(slo, sample, levels, no_data_fails, None if shadow else min_requests)
     if isinstance(slo, CustomSlo):
         gap = sample.gaps.get(custom_gap(slo.name))
         return _no_data(name, gap, no_data_fails) if gap else _custom(slo, sample, min_requests)
@@ -198,6 +235,33 @@ def _judge_slo(
             outcome="inconclusive",
             reason=f"{name}: {candidate.requests:.0f}/{min_requests} candidate requests "
             f"in this stage (minRequests); {verdict.reason}",
+        )
+    return verdict
+
+
+def _parity(
+    slo: ParitySlo,
+    sample: Sample,
+    levels: Levels,
+    no_data_fails: bool,
+    min_requests: int | None,
+) -> SloVerdict:
+    """The parity SLO; ``min_requests``: the candidate's user requests a pass needs besides
+    ``minCompared`` (None at a shadow stage, where users never reach the candidate)."""
+    name = slo_name(slo)
+    if sample.parity is None:
+        gap = sample.gaps.get(PARITY_GAP) or NoSample(
+            "empty", "the metrics provider returned no parity figures"
+        )
+        return _no_data(name, gap, no_data_fails)
+    verdict = parity_verdict(slo, sample.parity, levels)
+    requests = sample.candidate.requests
+    if verdict.outcome == "pass" and min_requests is not None and requests < min_requests:
+        return replace(
+            verdict,
+            outcome="inconclusive",
+            reason=f"{name}: {requests:.0f}/{min_requests} candidate requests in this stage "
+            f"(minRequests); {verdict.reason}",
         )
     return verdict
 

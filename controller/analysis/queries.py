@@ -28,6 +28,11 @@ PromQL semantics the caller must know (https://prometheus.io/docs/prometheus/lat
   +1% or +18%. The quantile and ratio queries here are for display (status, reports) only; the
   judge decides on counts.
 
+The parity comparator (tap-compare) exports ``sluice_parity_requests_total{route, outcome}``
+(a counter per route and outcome: ``matched``, ``noisy``, ``mismatched``, ``error``,
+``skipped``, ``dropped``; prometheus-client creates a labelled series on its first increment,
+so a missing outcome means none yet, like Envoy's 5xx counter): :func:`parity_query`.
+
 Custom SLO queries come from the policy: a template in which ``{cluster}`` (escaped as a PromQL
 string literal's contents) and ``{window}`` (``37s``) are replaced; :func:`validate_template`
 refuses what can be refused without a PromQL parser.
@@ -128,6 +133,28 @@ def latency_buckets_query(cluster: str, seconds: int) -> str:
     ``seconds``: one series per ``le``, summed over every Envoy."""
     window = range_selector(seconds)
     return f"sum by (le) (increase({LATENCY_BUCKET_METRIC}{_matcher(cluster)}[{window}]))"
+
+
+# --- the parity comparator's counts ----------------------------------------------------------
+
+PARITY_METRIC = "sluice_parity_requests_total"
+PARITY_OUTCOMES = ("matched", "noisy", "mismatched", "error")
+"""The outcomes the parity SLI reads (compared = matched + noisy + mismatched; error: not
+compared). ``skipped`` and ``dropped`` requests were never compared and do not count."""
+
+
+def parity_query(route: str, outcome: str, seconds: int) -> str:
+    """Mirrored requests of ``route`` with ``outcome`` (one of :data:`PARITY_OUTCOMES`) over
+    the last ``seconds``, summed over every comparator scraped. No series: none with that
+    outcome yet (or the comparator is not scraped: when every outcome has none).
+
+    Raises:
+        ValueError: ``outcome`` is not one of :data:`PARITY_OUTCOMES`.
+    """
+    if outcome not in PARITY_OUTCOMES:
+        raise ValueError(f"unknown parity outcome {outcome!r}")
+    matcher = f'{{route="{escape_string(route)}",outcome="{outcome}"}}'
+    return f"sum(increase({PARITY_METRIC}{matcher}[{range_selector(seconds)}]))"
 
 
 # --- display only ----------------------------------------------------------------------------

@@ -107,22 +107,24 @@ def log_e_value_below(x: float, m: float, p0: float, grid: tuple[float, ...] = G
     return _log_mean_exp([_log_ratio(x, m, p0, p0 / k) for k in grid])
 
 
-def upper_bound(x: float, m: float, alpha: float) -> float:
+def upper_bound(x: float, m: float, alpha: float, grid: tuple[float, ...] = GRID) -> float:
     """A time-uniform upper confidence bound for ``p``: with probability at least
     ``1 - alpha`` it lies above the true ``p`` at every look. 1.0 with no data.
 
     The largest ``p0`` not rejected by the test of ``H0: p >= p0`` at level ``alpha``
-    (bisection; :func:`log_e_value_below` increases with ``p0``).
+    (bisection; :func:`log_e_value_below` with ``grid`` increases with ``p0``): that test
+    rejects exactly the nulls at or above the bound, so a pass test run with the same grid
+    and level passes a limit exactly when the limit is at or above this bound.
     """
     if m <= 0:
         return 1.0
     threshold = math.log(1 / alpha)
     lo, hi = x / m, 1.0
-    if log_e_value_below(x, m, hi) < threshold:
+    if log_e_value_below(x, m, hi, grid) < threshold:
         return 1.0
     for _ in range(60):
         mid = (lo + hi) / 2
-        if log_e_value_below(x, m, mid) >= threshold:
+        if log_e_value_below(x, m, mid, grid) >= threshold:
             hi = mid
         else:
             lo = mid

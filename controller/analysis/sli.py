@@ -1,4 +1,5 @@
-"""What the judge reads: per-side request counts, 5xx counts and latency histograms over a window.
+"""What the judge reads: per-side request counts, 5xx counts and latency histograms over a window,
+and the parity comparator's counts of the route under rollout.
 
 Both metrics providers (Prometheus, Envoy's admin ``/stats/prometheus``) reduce Envoy's
 per-cluster stats to these values, summed over every Envoy:
@@ -7,6 +8,9 @@ per-cluster stats to these values, summed over every Envoy:
 - ``errors``: ``envoy_cluster_upstream_rq_xx{envoy_response_code_class="5"}`` increase;
 - ``latency``: ``envoy_cluster_upstream_rq_time_bucket`` increase per ``le`` (milliseconds,
   cumulative counts, ascending bounds, the last one ``+Inf``).
+
+The parity comparator (tap-compare, issue 5) counts, per route, the mirrored requests it
+compared (``sluice_parity_requests_total{route, outcome}``): :class:`ParitySli`.
 
 Pure data, no I/O. Counts are floats: Prometheus' ``increase()`` extrapolates to the window's
 edges and returns non-integers.
@@ -170,9 +174,54 @@ LATENCY_GAP = "latency"
 """The :attr:`Sample.gaps` key of a side's latency histogram that could not be read."""
 
 
+PARITY_GAP = "parity"
+"""The :attr:`Sample.gaps` key of the parity comparator's counts that could not be read (no
+series for the route, NaN, a provider that cannot see the comparator)."""
+
+
 def custom_gap(name: str) -> str:
     """The :attr:`Sample.gaps` key of custom SLO ``name``'s query."""
     return f"custom:{name}"
+
+
+@dataclass(frozen=True)
+class ParitySli:
+    """The parity comparator's counts of one route over a window (floats: Prometheus'
+    ``increase()`` extrapolates).
+
+    Attributes:
+        compared: mirrored requests both the baseline (primary) and the candidate answered
+            (any status: a 5xx is a reply); ``matched + noisy + mismatched``.
+        mismatched: compared requests with at least one difference that is not noise.
+        noisy: compared requests whose differences were all noise (the baseline's replicas
+            differ there too); not mismatches.
+        errors: mirrored requests not compared: a target could not be reached or timed out.
+
+    Raises:
+        ValueError: a negative count, or more mismatched or noisy requests than compared.
+    """
+
+    compared: float
+    mismatched: float
+    noisy: float
+    errors: float
+
+    def __post_init__(self) -> None:
+        if min(self.compared, self.mismatched, self.noisy, self.errors) < 0:
+            raise ValueError(f"negative parity counts: {self}")
+        # A hair of slack: increase() extrapolates each outcome's series separately.
+        if self.mismatched + self.noisy > self.compared * (1 + 1e-9) + 1e-9:
+            raise ValueError(f"more mismatched and noisy requests than compared: {self}")
+
+    @property
+    def matched(self) -> float:
+        """Compared requests without any difference."""
+        return max(0.0, self.compared - self.mismatched - self.noisy)
+
+    @property
+    def mismatch_rate(self) -> float | None:
+        """``mismatched / compared`` (a ratio, 0-1); None before any request was compared."""
+        return self.mismatched / self.compared if self.compared > 0 else None
 
 
 @dataclass(frozen=True)
@@ -182,12 +231,16 @@ class Sample:
     Attributes:
         custom: the values of custom SLO queries by SLO name, ``(baseline, candidate)``.
         gaps: metrics that could not be read while the rest could, keyed by
-            :data:`LATENCY_GAP` or :func:`custom_gap`, with why (no data is decided per SLO:
-            a candidate that is down from the start has no latency histogram at all, yet its
-            errors must still be judged). A missing latency histogram reads as
-            :data:`EMPTY_HISTOGRAM`; a custom SLO with a gap has no entry in ``custom``.
+            :data:`LATENCY_GAP`, :data:`PARITY_GAP` or :func:`custom_gap`, with why (no data
+            is decided per SLO: a candidate that is down from the start has no latency
+            histogram at all, yet its errors must still be judged). A missing latency
+            histogram reads as :data:`EMPTY_HISTOGRAM`; a custom SLO with a gap has no entry
+            in ``custom``; parity with a gap is None.
         warnings: for people, about a partial sample (e.g. some Envoys could not be scraped
             and were left out); shown with the verdict.
+        parity: the parity comparator's counts of the route under rollout, when the policy
+            has a parity SLO and they could be read; else None, and ``gaps[PARITY_GAP]`` says
+            why when they were asked for.
     """
 
     start: float
@@ -197,6 +250,7 @@ class Sample:
     custom: dict[str, tuple[float, float]] = field(default_factory=dict)
     gaps: dict[str, NoSample] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    parity: ParitySli | None = None
 
 
 SampleResult = Sample | NoSample

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -30,6 +31,9 @@ class SloVerdict:
             error rate, each gets half).
         baseline_requests, candidate_requests: requests counted on each side.
         reference: the baseline came from the rollout so far (the stage had too little).
+        extra: figures particular to the SLO's kind, added to :meth:`to_json` as they are
+            (parity: ``compared``, ``mismatched``, ``noisy``, ``errors`` as request counts and
+            ``upper_bound``, the mismatch rate's confidence bound as a ratio).
     """
 
     name: str
@@ -45,10 +49,11 @@ class SloVerdict:
     candidate_requests: float = 0.0
     reference: bool = False
     pass_threshold: float | None = None
+    extra: Mapping[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
         """The verdict as JSON values (``details`` of a rollout's verdict)."""
-        return {
+        out: dict[str, object] = {
             "outcome": self.outcome,
             "reason": self.reason,
             "baseline": finite(self.baseline),
@@ -62,6 +67,9 @@ class SloVerdict:
             "candidate_requests": self.candidate_requests,
             "reference": self.reference,
         }
+        for key, value in self.extra.items():
+            out.setdefault(key, finite(value))
+        return out
 
 
 @dataclass(frozen=True)

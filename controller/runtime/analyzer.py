@@ -14,9 +14,10 @@ import logging
 from typing import Protocol
 
 from controller.analysis.judge import Judgement, judge
-from controller.analysis.providers.base import CustomQuery, MetricsProvider
+from controller.analysis.providers.base import CustomQuery, MetricsProvider, ParitySource
+from controller.analysis.providers.parity import read_parity, with_parity
 from controller.analysis.sli import NoSample, SampleResult, SideCounts
-from controller.policy.rollout_policy import CustomSlo
+from controller.policy.rollout_policy import CustomSlo, ParitySlo
 from controller.rollout.inputs import Verdict
 from controller.rollout.machine import describe_stage
 from controller.store.rollouts import StoredRollout
@@ -63,10 +64,15 @@ class MetricsAnalyzer:
     the stage's weights, so the window holds only requests served at this stage's weights).
     When the baseline served fewer than ``minRequests`` in the stage (at high weights it serves
     almost nothing), the baseline over the rollout so far is the reference.
+
+    A policy with a parity SLO also gets the parity comparator's counts of its route over the
+    stage: from ``parity`` when given (the comparator in this process), else from the provider
+    (``parity_route``: Prometheus scraping the comparator).
     """
 
-    def __init__(self, provider: MetricsProvider) -> None:
+    def __init__(self, provider: MetricsProvider, parity: ParitySource | None = None) -> None:
         self._provider = provider
+        self._parity = parity
 
     async def judge(self, rollout: StoredRollout, now: float) -> Verdict:
         """See :class:`StageAnalyzer`."""
@@ -79,11 +85,20 @@ class MetricsAnalyzer:
             if isinstance(slo, CustomSlo)
         )
         baseline, candidate = spec.baseline.cluster, spec.candidate.cluster
+        wants_parity = any(isinstance(slo, ParitySlo) for slo in spec.analysis.slos)
+        from_provider = spec.route if wants_parity and self._parity is None else None
         reference: SideCounts | None = None
         try:
-            sample: SampleResult = await self._provider.sample(
-                baseline, candidate, start, now, custom
-            )
+            sample: SampleResult
+            if from_provider is None:  # a provider without parity support still works
+                sample = await self._provider.sample(baseline, candidate, start, now, custom)
+            else:
+                sample = await self._provider.sample(
+                    baseline, candidate, start, now, custom, parity_route=from_provider
+                )
+            if wants_parity and self._parity is not None:
+                parity = await read_parity(self._parity, spec.route, start, now)
+                sample = with_parity(sample, parity)
             if not isinstance(sample, NoSample) and sample.baseline.requests < (
                 spec.analysis.min_requests
             ):

@@ -7,6 +7,10 @@ them a pass). A metric that alone cannot be read (a side's latency histogram, a 
 is a gap of the sample (:attr:`~controller.analysis.sli.Sample.gaps`), not a missing sample:
 the other SLOs are still judged. Backends: ``prometheus`` (PromQL over Prometheus' HTTP API) and
 ``envoy_admin`` (the embedded default: Envoy's own ``/stats/prometheus``).
+
+The parity SLI (the comparator's counts of the route under rollout) comes from the provider
+when asked for (``parity_route``: Prometheus scraping the comparator), or from a
+:class:`ParitySource` (the comparator running in the controller's process).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from controller.analysis.sli import SampleResult
+from controller.analysis.sli import ParitySli, SampleResult
 
 
 @dataclass(frozen=True)
@@ -37,15 +41,32 @@ class MetricsProvider(Protocol):
         start: float,
         end: float,
         custom: tuple[CustomQuery, ...] = (),
+        *,
+        parity_route: str | None = None,
     ) -> SampleResult:
         """Counts of both clusters over ``[start, end]`` (epoch seconds), summed over every
         Envoy, and the custom queries' values; a metric that cannot be read while the others
         can is in :attr:`~controller.analysis.sli.Sample.gaps`. Never raises for a failing
-        backend: that is a :class:`~controller.analysis.sli.NoSample` of kind ``error``."""
+        backend: that is a :class:`~controller.analysis.sli.NoSample` of kind ``error``.
+
+        With ``parity_route`` (a gateway route's name), also the parity comparator's counts
+        of that route (:attr:`~controller.analysis.sli.Sample.parity`), or why not
+        (``gaps[PARITY_GAP]``)."""
         ...
 
     async def close(self) -> None:
         """Release connections and background tasks."""
+        ...
+
+
+class ParitySource(Protocol):
+    """The parity comparator's counts, read without a metrics backend (the comparator in the
+    controller's own process implements it)."""
+
+    async def window(self, route: str, start: float, end: float) -> ParitySli | str:
+        """The counts of mirrored requests of ``route`` over ``[start, end]`` (epoch
+        seconds), or, as a string, why none exist (e.g. no request of that route was
+        mirrored yet). Raising is a failure of the source (a query error, never no data)."""
         ...
 
 

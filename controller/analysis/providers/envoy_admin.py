@@ -18,7 +18,10 @@ summed on the bounds they share. A one-hour window costs about as little as a sh
 Outcomes (:mod:`~controller.analysis.providers.envoy_admin_sample`), none of them a pass: no
 Envoy with scrapes covering the window → ``NoSample("error")``; a cluster absent from all of
 them → ``NoSample("empty")``; a NaN counter → ``NoSample("nan")``; custom SLO queries (PromQL)
-→ ``NoSample("error")``: they need the ``prometheus`` provider. A latency histogram that is
+→ ``NoSample("error")``: they need the ``prometheus`` provider. Envoy's stats hold nothing of
+the parity comparator: asked for a route's parity, the sample has ``gaps[PARITY_GAP]`` of kind
+``error`` saying so, unless the provider was given a
+:class:`~controller.analysis.providers.base.ParitySource`. A latency histogram that is
 missing while a side served requests (a candidate down from the start: Envoy answers 503
 itself and times nothing), NaN or inconsistent → the sample, with ``gaps[LATENCY_GAP]``.
 Envoys failing while others have data → the sample of those, with :attr:`Sample.warnings`.
@@ -34,10 +37,11 @@ from collections.abc import Callable, Mapping, Sequence
 import httpx
 
 from controller.analysis.providers import envoy_stats
-from controller.analysis.providers.base import CustomQuery, MetricsProvider
+from controller.analysis.providers.base import CustomQuery, MetricsProvider, ParitySource
 from controller.analysis.providers.envoy_admin_options import OPTIONS, parse_options
 from controller.analysis.providers.envoy_admin_sample import window_sample
 from controller.analysis.providers.envoy_admin_series import EnvoyScrapeStatus, EnvoySeries
+from controller.analysis.providers.parity import read_parity, unseen, with_parity
 from controller.analysis.sli import NoSample, SampleResult
 
 __all__ = ["FACTORY", "OPTIONS", "EnvoyAdminProvider", "EnvoyScrapeStatus", "from_options"]
@@ -59,6 +63,8 @@ class EnvoyAdminProvider(MetricsProvider):
             end (or now) is left out as failing (default: 2 scrape intervals + the timeout).
         stats_filter: Envoy's ``filter`` query parameter (None: scrape every stat).
         clock: epoch seconds (tests pass a fake).
+        parity: where the parity comparator's counts come from (None: nowhere; a sample asked
+            for parity then has a parity gap).
 
     Cost, per Envoy (Sluice's 257 buckets; ``benchmarks/envoy_admin_provider.py``): parsing a
     scrape takes ~1.2 ms per cluster (texts over 64 KiB, about ten clusters, are parsed in a
@@ -77,6 +83,7 @@ class EnvoyAdminProvider(MetricsProvider):
         stale_after_s: float | None = None,
         stats_filter: str | None = envoy_stats.STATS_FILTER,
         clock: Callable[[], float] = time.time,
+        parity: ParitySource | None = None,
     ) -> None:
         if not admin_urls:
             raise ValueError("envoy_admin needs at least one Envoy admin URL")
@@ -91,6 +98,7 @@ class EnvoyAdminProvider(MetricsProvider):
         )
         self._params = {"filter": stats_filter} if stats_filter else {}
         self._clock = clock
+        self._parity = parity
         self._series = [EnvoySeries(url) for url in self.admin_urls]
         self._locks = [asyncio.Lock() for _ in self.admin_urls]
         self._client: httpx.AsyncClient | None = None
@@ -180,8 +188,12 @@ class EnvoyAdminProvider(MetricsProvider):
         start: float,
         end: float,
         custom: tuple[CustomQuery, ...] = (),
+        *,
+        parity_route: str | None = None,
     ) -> SampleResult:
-        """Both clusters' increases over ``[start, end]``, summed over the Envoys with data."""
+        """Both clusters' increases over ``[start, end]``, summed over the Envoys with data;
+        with ``parity_route``, that route's parity from the provider's
+        :class:`~controller.analysis.providers.base.ParitySource`, or a gap."""
         if custom:
             names = ", ".join(q.name for q in custom)
             return NoSample(
@@ -193,7 +205,7 @@ class EnvoyAdminProvider(MetricsProvider):
             return NoSample("error", f"the window ends ({end}) before it starts ({start})")
         if not self._tasks:
             await self.start()
-        return window_sample(
+        sample = window_sample(
             self._series,
             baseline,
             candidate,
@@ -202,6 +214,11 @@ class EnvoyAdminProvider(MetricsProvider):
             now=self._clock(),
             stale_after_s=self.stale_after_s,
         )
+        if parity_route is None or isinstance(sample, NoSample):
+            return sample
+        if self._parity is None:
+            return with_parity(sample, unseen("envoy_admin"))
+        return with_parity(sample, await read_parity(self._parity, parity_route, start, end))
 
 
 class _ScrapeError(Exception):

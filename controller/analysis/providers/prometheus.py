@@ -28,7 +28,13 @@ Outcomes, none of them a pass:
 - a custom query returned no series (``empty``), NaN or an infinite value (``nan``, e.g. a
   ratio over no requests) or not one value (``error``: several series, a range vector) → a
   :class:`Sample` with ``gaps[custom_gap(name)]`` of that kind and no ``custom`` entry for that
-  SLO; the other SLOs are judged. The judge applies the policy's ``noData`` per SLO.
+  SLO; the other SLOs are judged. The judge applies the policy's ``noData`` per SLO;
+- with ``parity_route``, the comparator's four counts of the route
+  (:func:`~controller.analysis.queries.parity_query`: matched, noisy, mismatched, error): an
+  outcome without a series reads 0 (the comparator's counter is born on its first increment),
+  none of the four with a series → ``gaps[PARITY_GAP] = NoSample("empty")`` (the comparator is
+  not scraped, or nothing was mirrored yet, or under two scrapes in the window), NaN or
+  infinite → ``nan``, not one value → ``error``; a failing query fails the sample, as above.
 
 Latency histograms: the per-``le`` increases are made monotonic (a running maximum, as
 Prometheus' own ``histogram_quantile`` does) because ``increase()`` extrapolates each bucket
@@ -67,9 +73,11 @@ from controller.analysis.providers.base import CustomQuery, MetricsProvider
 from controller.analysis.sli import (
     EMPTY_HISTOGRAM,
     LATENCY_GAP,
+    PARITY_GAP,
     FailureKind,
     Histogram,
     NoSample,
+    ParitySli,
     Sample,
     SampleResult,
     SideCounts,
@@ -82,7 +90,8 @@ _MIN_ATTEMPT_TIMEOUT_S = 0.2
 _DEADLINE_SLACK_S = 1.0
 MAX_WORKERS = 8
 """Threads of a provider's pool: the six queries of a sample without custom queries run at
-once; kept under requests' connection pool (10 per host) so that no connection is discarded."""
+once (with parity, four more wait their turn); kept under requests' connection pool (10 per
+host) so that no connection is discarded."""
 
 
 def http_status(exc: BaseException) -> int | None:
@@ -199,6 +208,8 @@ class PrometheusProvider:
         start: float,
         end: float,
         custom: tuple[CustomQuery, ...] = (),
+        *,
+        parity_route: str | None = None,
     ) -> SampleResult:
         """See :meth:`MetricsProvider.sample`; the outcomes are listed in the module doc.
 
@@ -217,6 +228,11 @@ class PrometheusProvider:
                 queries.latency_buckets_query(cluster, seconds),
             ]
             plan += [queries.render_custom(c.template, cluster, seconds) for c in custom]
+        if parity_route is not None:
+            plan += [
+                queries.parity_query(parity_route, outcome, seconds)
+                for outcome in queries.PARITY_OUTCOMES
+            ]
         loop = asyncio.get_running_loop()
         stop = threading.Event()
         self._running.add(stop)
@@ -235,7 +251,7 @@ class PrometheusProvider:
         finally:
             stop.set()  # a query still retrying (timed out, cancelled) makes no new attempt
             self._running.discard(stop)
-        return _read(list(answers), clusters, end, seconds, custom)
+        return _read(list(answers), clusters, end, seconds, custom, parity_route)
 
     # --- one query, retried ------------------------------------------------------------------
 
@@ -287,13 +303,17 @@ def _read(
     end: float,
     seconds: int,
     custom: tuple[CustomQuery, ...],
+    parity_route: str | None = None,
 ) -> SampleResult:
     """The sample from the answers, in the plan's order: per side requests, 5xx, latency, then
-    the custom queries (see the module doc for the outcomes)."""
+    the custom queries; last the parity queries (see the module doc for the outcomes)."""
     failed = [a for a in answers if a.error is not None]
     if failed:
         return NoSample("error", _describe_failures(failed, len(answers)))
     per_side = 3 + len(custom)
+    parity: ParitySli | NoSample | None = None
+    if parity_route is not None:
+        parity = _parity(answers[2 * per_side :], parity_route)
     sides: list[SideCounts] = []
     latency_gaps: list[NoSample] = []
     custom_values: list[list[float]] = [[] for _ in custom]
@@ -327,6 +347,8 @@ def _read(
             gaps[custom_gap(query.name)] = merge_gaps(query_gaps)
         else:
             values_by_name[query.name] = (values[0], values[1])
+    if isinstance(parity, NoSample):
+        gaps[PARITY_GAP] = parity
     return Sample(
         start=end - seconds,
         end=end,
@@ -334,6 +356,33 @@ def _read(
         candidate=sides[1],
         custom=values_by_name,
         gaps=gaps,
+        parity=parity if isinstance(parity, ParitySli) else None,
+    )
+
+
+def _parity(answers: list[_Answer], route: str) -> ParitySli | NoSample:
+    """The comparator's counts from the answers of the :data:`~queries.PARITY_OUTCOMES`
+    queries, in that order; an outcome without a series is 0, all four without: ``empty``."""
+    values: dict[str, float] = {}
+    for outcome, answer in zip(queries.PARITY_OUTCOMES, answers, strict=True):
+        try:
+            values[outcome] = _single_value(answer, missing=None)
+        except _Outcome as problem:
+            if problem.kind != "empty":
+                return NoSample(problem.kind, f"parity of route {route!r}: {problem}")
+    if not values:
+        return NoSample(
+            "empty",
+            f"parity of route {route!r}: no {queries.PARITY_METRIC} series (the comparator"
+            " is not scraped, no request of the route was mirrored yet, or the window holds"
+            " under two scrapes)",
+        )
+    matched, noisy, mismatched = (values.get(o, 0.0) for o in ("matched", "noisy", "mismatched"))
+    return ParitySli(
+        compared=matched + noisy + mismatched,
+        mismatched=mismatched,
+        noisy=noisy,
+        errors=values.get("error", 0.0),
     )
 
 
