@@ -21,7 +21,8 @@ baseline over the rollout so far as a reference. Per SLO the verdict is
 **custom** SLOs: point comparison of the query values (no test is possible on an arbitrary
 PromQL result). **parity**: the candidate's mismatch rate among the requests the comparator
 compared, tested against ``1 - minValue/100`` both ways like a ceiling
-(:mod:`controller.analysis.parity_check`); a pass also needs ``minCompared`` compared requests.
+(:mod:`controller.analysis.parity_check`); a pass needs ``minCompared`` compared requests
+(mirrored requests reach the candidate at any weight: ``minRequests`` is not parity's floor).
 
 A **shadow stage** (weight 0%: users stay on the baseline, Envoy only mirrors requests to the
 comparator) is judged on its parity SLOs alone: no user request reaches the candidate, so its
@@ -138,9 +139,7 @@ def judge(
     )
     if isinstance(sample, NoSample):
         return _no_sample(where, sample, no_data_fails)
-    verdicts = tuple(
-        _judge_slo(slo, sample, reference, policy, no_data_fails, shadow) for slo in judged
-    )
+    verdicts = tuple(_judge_slo(slo, sample, reference, policy, no_data_fails) for slo in judged)
     by_name = {v.name: v.to_json() for v in verdicts}
     details: dict[str, object] = {
         "slos": {
@@ -202,7 +201,6 @@ def _judge_slo(
     reference: SideCounts | None,
     policy: RolloutPolicy,
     no_data_fails: bool,
-    shadow: bool,
 ) -> SloVerdict:
     name = slo_name(slo)
     levels = Levels(alpha_per_test(policy), PROMOTION_RISK)
@@ -215,7 +213,7 @@ def _judge_slo(
     ):
         baseline, used_reference = reference, True
     if isinstance(slo, ParitySlo):
-        return _parity(slo, sample, levels, no_data_fails, None if shadow else min_requests)
+        return _parity(slo, sample, levels, no_data_fails)
     if isinstance(slo, CustomSlo):
         gap = sample.gaps.get(custom_gap(slo.name))
         return _no_data(name, gap, no_data_fails) if gap else _custom(slo, sample, min_requests)
@@ -239,31 +237,15 @@ def _judge_slo(
     return verdict
 
 
-def _parity(
-    slo: ParitySlo,
-    sample: Sample,
-    levels: Levels,
-    no_data_fails: bool,
-    min_requests: int | None,
-) -> SloVerdict:
-    """The parity SLO; ``min_requests``: the candidate's user requests a pass needs besides
-    ``minCompared`` (None at a shadow stage, where users never reach the candidate)."""
-    name = slo_name(slo)
+def _parity(slo: ParitySlo, sample: Sample, levels: Levels, no_data_fails: bool) -> SloVerdict:
+    """The parity SLO. Its evidence is the comparator's compared requests, which mirroring
+    gives at any weight: ``minCompared`` applies, ``minRequests`` (user requests) does not."""
     if sample.parity is None:
         gap = sample.gaps.get(PARITY_GAP) or NoSample(
             "empty", "the metrics provider returned no parity figures"
         )
-        return _no_data(name, gap, no_data_fails)
-    verdict = parity_verdict(slo, sample.parity, levels)
-    requests = sample.candidate.requests
-    if verdict.outcome == "pass" and min_requests is not None and requests < min_requests:
-        return replace(
-            verdict,
-            outcome="inconclusive",
-            reason=f"{name}: {requests:.0f}/{min_requests} candidate requests in this stage "
-            f"(minRequests); {verdict.reason}",
-        )
-    return verdict
+        return _no_data(slo_name(slo), gap, no_data_fails)
+    return parity_verdict(slo, sample.parity, levels)
 
 
 def _custom(slo: CustomSlo, sample: Sample, min_requests: int) -> SloVerdict:

@@ -199,9 +199,23 @@ def _limit(name: str, value: object) -> str:
     return f"{value:g} ms" if name.startswith("latency") else f"{value:.3%}"
 
 
+def _requests(figures: dict[str, Any]) -> str:
+    """``baseline/candidate`` requests; for parity, the requests the comparator compared."""
+    if "compared" in figures:  # parity: the candidate's value is a share of compared requests
+        noisy = figures.get("noisy") or 0
+        return f"{figures['compared'] or 0:.0f} compared" + (
+            f", {noisy:.0f} noisy" if noisy else ""
+        )
+    return (
+        f"{figures.get('baseline_requests', 0):.0f}/{figures.get('candidate_requests', 0):.0f}"
+        + (" (ref)" if figures.get("reference") else "")
+    )
+
+
 def slo_table(slos: dict[str, Any]) -> Table:
     """Every SLO of the last verdict: values, drift, the fail and pass limits tested,
-    confidence, requests."""
+    confidence, requests (parity: the mismatch rate, its limit both ways, the requests
+    compared). An SLO a shadow stage does not judge shows ``not judged`` and no figures."""
     table = Table(title="SLOs (last analysis)", title_justify="left", show_edge=False)
     for column in (
         "SLO",
@@ -217,6 +231,9 @@ def slo_table(slos: dict[str, Any]) -> Table:
         table.add_column(column)
     for name, figures in slos.items():
         outcome = str(figures.get("outcome", "-"))
+        if outcome == "not judged":
+            table.add_row(name, Text(outcome, style="dim"), *["-"] * 7)
+            continue
         style = {"pass": "green", "fail": "red"}.get(outcome, "yellow")
         drift = figures.get("drift")
         table.add_row(
@@ -228,7 +245,6 @@ def slo_table(slos: dict[str, Any]) -> Table:
             _limit(name, figures.get("threshold")),
             _limit(name, figures.get("pass_threshold")),
             f"{figures.get('confidence', 0):.4f}",
-            f"{figures.get('baseline_requests', 0):.0f}/{figures.get('candidate_requests', 0):.0f}"
-            + (" (ref)" if figures.get("reference") else ""),
+            _requests(figures),
         )
     return table
