@@ -1,0 +1,452 @@
+"""The comparator: receives the requests Envoy mirrors, sends each to the baseline (primary),
+an optional second baseline replica (secondary) and the candidate, and tallies how their
+replies compare (tap-compare; design section 8).
+
+Per mirrored request (Envoy's ``RequestMirrorPolicy`` adds ``x-sluice-parity-route: <route>``):
+
+1. No route header, or a route not under comparison: answered 404 at once, counted only in
+   ``sluice_parity_unrouted_total``.
+2. Answered 202 at once (Envoy ignores the mirror's reply; answering early frees its
+   connection), then compared in the background.
+3. The method decides what is sent where (never a write to a production datastore):
+
+   * a safe method (GET, HEAD: RFC 9110 section 9.2.1) listed in the policy's ``methods``:
+     primary, secondary (when set) and candidate, concurrently; compared;
+   * any other listed method with a ``sister``: the candidate's sister and, when set, the
+     baseline's sister, whose replies are compared (the secondary is not used: it may write
+     to production). Without a baseline sister the outcome is ``exercised``: the write reached
+     the candidate's sister and it answered; nothing was compared;
+   * otherwise ``skipped``: forwarded to no one.
+
+4. Beyond ``max_in_flight`` comparisons under way the request is ``dropped`` (not forwarded).
+5. A target that gives no reply within the policy's ``timeout`` makes the request an ``error``
+   (not compared), unless it is the secondary: then the request is compared without it.
+6. Classified by :func:`controller.parity.classify.classify` and recorded in the route's
+   :class:`~controller.parity.tally.RouteTally`, with a redacted
+   :class:`~controller.parity.samples.MismatchSample` for a mismatch.
+
+Metrics: :mod:`controller.parity.metrics`; admin API: :mod:`controller.parity.api`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from controller.parity import api
+from controller.parity.classify import classify
+from controller.parity.diff import Reply
+from controller.parity.forward import ROUTE_HEADER, Failure, forwarded_headers, send
+from controller.parity.metrics import RouteFigures, TallyCollector
+from controller.parity.noise import NoiseModel
+from controller.parity.rules import CompareRules
+from controller.parity.samples import MismatchSample
+from controller.parity.tally import RouteTally
+from controller.parity.targets import Targets
+from controller.policy.gateway import Gateway
+from controller.policy.parity import SAFE_METHODS, ParityPolicy
+
+log = logging.getLogger(__name__)
+
+_NONE: frozenset[str] = frozenset()
+_SAFE = frozenset(SAFE_METHODS)
+
+
+@dataclass(frozen=True)
+class RouteParity:
+    """One route under comparison.
+
+    Attributes:
+        route: the route's name (the value of the mirrored request's route header).
+        policy: its policy's ``parity`` section.
+        baseline: the baseline's cluster (the primary).
+        candidate: the candidate's cluster.
+    """
+
+    route: str
+    policy: ParityPolicy
+    baseline: str
+    candidate: str
+
+
+@dataclass
+class _Route:
+    """A route's configuration as used per request, and its state kept across configures."""
+
+    parity: RouteParity
+    rules: CompareRules
+    timeout: aiohttp.ClientTimeout
+    redact: frozenset[str]
+    compared_methods: frozenset[str]
+    sister_methods: frozenset[str]
+    tally: RouteTally
+    noise: NoiseModel
+    exercised: int = 0
+    last_error: tuple[float, Failure] | None = None
+
+    def configured(self, parity: RouteParity) -> None:
+        """Take ``parity``'s rules, keeping the tally, the learnt noise and the counts."""
+        policy = parity.policy
+        self.parity = parity
+        self.rules = CompareRules.from_policy(policy.compare)
+        self.timeout = aiohttp.ClientTimeout(total=policy.timeout.total_seconds())
+        self.redact = frozenset(policy.redact)
+        methods = frozenset(policy.methods)
+        self.compared_methods = methods & _SAFE
+        self.sister_methods = methods - _SAFE if policy.sister is not None else _NONE
+
+    @classmethod
+    def new(cls, parity: RouteParity) -> _Route:
+        route = cls(
+            parity,
+            CompareRules.from_policy(parity.policy.compare),
+            aiohttp.ClientTimeout(),
+            _NONE,
+            _NONE,
+            _NONE,
+            RouteTally(samples=parity.policy.samples),
+            NoiseModel(),
+        )
+        route.configured(parity)
+        return route
+
+
+class Comparator:
+    """The tap-compare comparator (module doc): a mirror listener, a client pool, the tallies.
+
+    Args:
+        gateway: where the clusters' endpoints are (``spec.clusters[*].endpoints``).
+        clock: seconds since the epoch, for the tallies' history and samples' times.
+        max_in_flight: comparisons under way at most; beyond, requests are ``dropped``. The
+            client pool holds up to three connections per comparison.
+    """
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_in_flight: int = 256,
+    ) -> None:
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1 (got {max_in_flight})")
+        self._targets = Targets(gateway)
+        self._clock = clock
+        self._max_in_flight = max_in_flight
+        self._routes: dict[str, _Route] = {}
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._unrouted = 0
+        self._session: aiohttp.ClientSession | None = None
+        self._mirror: web.AppRunner | None = None
+        self._admin: web.AppRunner | None = None
+        self._port = 0
+        self._admin_port = 0
+        self.registry = CollectorRegistry(auto_describe=False)
+        """The comparator's metrics (:mod:`controller.parity.metrics`), apart from the
+        process's default registry so that several comparators can live in one process."""
+        self.registry.register(TallyCollector(self._figures, lambda: self._unrouted))
+
+    # --- configuration -----------------------------------------------------------------
+
+    def configure(self, routes: Iterable[RouteParity]) -> None:
+        """Compare exactly ``routes`` from now on (live; comparisons under way finish).
+
+        A route that stays keeps its tally and learnt noise and takes the new rules; a route
+        that leaves loses them (its metrics disappear: a counter reset to Prometheus).
+
+        Raises:
+            ValueError: two entries name the same route, or a cluster (baseline, candidate,
+                secondary, sisters) is not in the gateway (``UnknownCluster``); nothing changes.
+        """
+        wanted: dict[str, RouteParity] = {}
+        for parity in routes:
+            if parity.route in wanted:
+                raise ValueError(f"route {parity.route!r} is listed twice")
+            for cluster in _clusters(parity):
+                self._targets.check(cluster)
+            wanted[parity.route] = parity
+        updated: dict[str, _Route] = {}
+        for name, parity in wanted.items():
+            current = self._routes.get(name)
+            if current is None:
+                updated[name] = _Route.new(parity)
+            else:
+                current.configured(parity)
+                updated[name] = current
+        self._routes = updated
+
+    def tally(self, route: str) -> RouteTally | None:
+        """The route's tally, or None when it is not under comparison."""
+        state = self._routes.get(route)
+        return state.tally if state is not None else None
+
+    def routes(self) -> list[str]:
+        """Names of the routes under comparison, sorted."""
+        return sorted(self._routes)
+
+    # --- listeners -----------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The mirror listener's port (0 before :meth:`start`)."""
+        return self._port
+
+    @property
+    def admin_port(self) -> int:
+        """The standalone admin listener's port (0 before :meth:`start_admin`)."""
+        return self._admin_port
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        """Open the client pool and listen for mirrored requests on ``host:port`` (0: any).
+
+        Raises:
+            OSError: the address cannot be bound.
+        """
+        if self._mirror is not None:
+            raise RuntimeError("the comparator is already started")
+        connector = aiohttp.TCPConnector(
+            limit=3 * self._max_in_flight, limit_per_host=0, keepalive_timeout=30
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=True
+        )
+        app = web.Application(client_max_size=64 * 1024**2)
+        app.router.add_route("*", "/{tail:.*}", self._receive)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port, backlog=1024).start()
+        except OSError:
+            await runner.cleanup()
+            await self._session.close()
+            self._session = None
+            raise
+        self._mirror = runner
+        self._port = _bound_port(runner, port)
+
+    def admin_routes(self) -> list[web.RouteDef]:
+        """``/metrics`` and ``/v1/parity/routes[/{route}]`` (:mod:`controller.parity.api`), to
+        mount on any aiohttp application."""
+        return api.admin_routes(self.registry, self.routes, self.route_json)
+
+    async def start_admin(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        """Serve :meth:`admin_routes` on their own listener (standalone comparator).
+
+        Raises:
+            OSError: the address cannot be bound.
+        """
+        app = web.Application()
+        app.router.add_routes(self.admin_routes())
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._admin = runner
+        self._admin_port = _bound_port(runner, port)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop listening, wait up to ``grace_s`` seconds for the comparisons under way (the
+        rest are cancelled, unrecorded), close the client pool and the admin listener."""
+        if self._mirror is not None:
+            await self._mirror.cleanup()
+            self._mirror = None
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._admin is not None:
+            await self._admin.cleanup()
+            self._admin = None
+
+    # --- per request ---------------------------------------------------------------------
+
+    async def _receive(self, request: web.Request) -> web.Response:
+        name = request.headers.get(ROUTE_HEADER)
+        route = self._routes.get(name) if name is not None else None
+        if route is None:
+            self._unrouted += 1
+            return web.Response(status=404, text=f"no route under comparison: {name!r}\n")
+        at = self._clock()
+        method = request.method
+        if method in route.compared_methods:
+            sister = False
+        elif method in route.sister_methods:
+            sister = True
+        else:
+            route.tally.record("skipped", _NONE, _NONE, at)
+            return web.Response(status=202)
+        if self._in_flight >= self._max_in_flight:
+            route.tally.record("dropped", _NONE, _NONE, at)
+            return web.Response(status=202)
+        self._in_flight += 1  # before the read: the bound holds while bodies arrive
+        try:
+            body = await request.read()
+        except BaseException:
+            self._in_flight -= 1
+            raise
+        headers = forwarded_headers(request.raw_headers)
+        task = asyncio.get_running_loop().create_task(
+            self._compare(route, sister, method, request.raw_path, headers, body, at)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return web.Response(status=202)
+
+    async def _compare(
+        self,
+        route: _Route,
+        sister: bool,
+        method: str,
+        path_qs: str,
+        headers: tuple[tuple[str, str], ...],
+        body: bytes,
+        at: float,
+    ) -> None:
+        try:
+            await self._compare_one(route, sister, method, path_qs, headers, body, at)
+        except Exception:  # a bug must not silence the route: count it, say why
+            log.exception("comparing %s %s on route %s failed", method, path_qs, route.parity.route)
+            route.tally.record("error", _NONE, _NONE, at)
+        finally:
+            self._in_flight -= 1
+
+    async def _compare_one(
+        self,
+        route: _Route,
+        sister: bool,
+        method: str,
+        path_qs: str,
+        headers: tuple[tuple[str, str], ...],
+        body: bytes,
+        at: float,
+    ) -> None:
+        parity = route.parity
+        policy = parity.policy
+        if sister:
+            assert policy.sister is not None
+            primary_cluster = policy.sister.baseline.cluster if policy.sister.baseline else None
+            candidate_cluster = policy.sister.candidate.cluster
+            secondary_cluster = None
+        else:
+            primary_cluster = parity.baseline
+            candidate_cluster = parity.candidate
+            secondary_cluster = policy.secondary.cluster if policy.secondary else None
+        assert self._session is not None, "start() opens the client pool"
+        session, timeout = self._session, route.timeout
+
+        def call(cluster: str) -> asyncio.Task[Reply | Failure]:
+            url = self._targets.next(cluster)
+            return asyncio.ensure_future(
+                send(session, url, method, path_qs, headers, body, timeout)
+            )
+
+        # The candidate is sent first: with the primary awaited inline below, one task less.
+        candidate_call = call(candidate_cluster)
+        secondary_call = call(secondary_cluster) if secondary_cluster else None
+        if primary_cluster is None:
+            candidate = await candidate_call
+            if isinstance(candidate, Failure):
+                self._failed(route, at, candidate)
+            else:
+                route.exercised += 1
+            return
+        url = self._targets.next(primary_cluster)
+        primary = await send(session, url, method, path_qs, headers, body, timeout)
+        candidate = await candidate_call
+        secondary = await secondary_call if secondary_call is not None else None
+        if isinstance(primary, Failure) or isinstance(candidate, Failure):
+            failure = primary if isinstance(primary, Failure) else candidate
+            assert isinstance(failure, Failure)
+            self._failed(route, at, failure)
+            return
+        if isinstance(secondary, Failure):
+            route.last_error = (at, secondary)
+            secondary = None
+        result = classify(primary, candidate, secondary, route.rules, route.noise)
+        sample = None
+        if result.outcome == "mismatched" and policy.samples > 0:
+            sample = MismatchSample(
+                at=at,
+                method=method,
+                url=path_qs,
+                request_headers=headers,
+                request_body=body,
+                primary=primary,
+                candidate=candidate,
+                secondary=secondary,
+                paths=tuple(sorted(result.mismatched)),
+                redact=route.redact,
+            )
+        route.tally.record(result.outcome, result.mismatched, result.noisy, at, sample)
+
+    def _failed(self, route: _Route, at: float, failure: Failure) -> None:
+        route.last_error = (at, failure)
+        route.tally.record("error", _NONE, _NONE, at)
+
+    # --- reading -------------------------------------------------------------------------
+
+    def _figures(self) -> list[RouteFigures]:
+        return [
+            RouteFigures(name, r.tally.counts(), r.tally.paths(), r.exercised)
+            for name, r in sorted(self._routes.items())
+        ]
+
+    def route_json(self, name: str) -> dict[str, Any] | None:
+        """Route ``name``'s counts, paths and samples (the shape in :mod:`controller.parity.api`),
+        or None when it is not under comparison."""
+        route = self._routes.get(name)
+        if route is None:
+            return None
+        parity = route.parity
+        counts = route.tally.counts()
+        secondary = parity.policy.secondary
+        last_error = None
+        if route.last_error is not None:
+            at, failure = route.last_error
+            last_error = {"at": at, "target": failure.target, "reason": failure.reason}
+        return {
+            "route": name,
+            "baseline": parity.baseline,
+            "candidate": parity.candidate,
+            "secondary": secondary.cluster if secondary is not None else None,
+            "counts": {**counts.to_json(), "exercised": route.exercised},
+            "paths": {path: c.to_json() for path, c in sorted(route.tally.paths().items())},
+            "samples": [sample.to_json() for sample in route.tally.samples()],
+            "last_error": last_error,
+        }
+
+
+def _clusters(parity: RouteParity) -> list[str]:
+    policy = parity.policy
+    out = [parity.baseline, parity.candidate]
+    if policy.secondary is not None:
+        out.append(policy.secondary.cluster)
+    if policy.sister is not None:
+        out.append(policy.sister.candidate.cluster)
+        if policy.sister.baseline is not None:
+            out.append(policy.sister.baseline.cluster)
+    return out
+
+
+def _bound_port(runner: web.AppRunner, asked: int) -> int:
+    with contextlib.suppress(IndexError, TypeError):
+        return int(runner.addresses[0][1])
+    return asked

@@ -1,0 +1,444 @@
+"""The comparator over real HTTP: aiohttp upstreams on 127.0.0.1 (baseline, secondary,
+candidates, sisters), mirrored requests sent as Envoy sends them (with the route header), and
+what the comparator counted, sampled, exported on /metrics and serves on its admin API.
+
+The upstreams record every request they receive, so the tests can assert what was forwarded
+(and that a write without a sister never was).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+from controller.parity.comparator import Comparator, RouteParity
+from controller.parity.forward import ROUTE_HEADER
+from controller.parity.targets import UnknownCluster
+from controller.policy.gateway import Gateway
+from controller.policy.loading import load_gateway
+from controller.policy.parity import ParityPolicy
+
+WAIT_S = 10.0
+
+
+@dataclass
+class Seen:
+    """One request an upstream received."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Upstream:
+    """A real HTTP upstream: JSON replies naming an item, with optional differences."""
+
+    name: str
+    bump_every: int = 0  # price + 1 when id % bump_every == 0 (a candidate's nested bug)
+    noisy_meta: bool = False  # a fresh timestamp and request id in every reply
+    delay_s: float = 0.0
+    gate: asyncio.Event | None = None  # replies wait for it (a saturated comparator)
+    seen: list[Seen] = field(default_factory=list)
+    runner: web.AppRunner | None = None
+    port: int = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        self.seen.append(Seen(request.method, request.path_qs, headers, body))
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        item_id = int(request.match_info.get("id", "0"))
+        price = 10.5 + item_id
+        if self.bump_every and item_id % self.bump_every == 0:
+            price += 1
+        meta: dict[str, Any] = {"version": 1}
+        if self.noisy_meta:
+            meta |= {"generated_at": time.time_ns(), "request_id": random.getrandbits(64)}
+        doc = {"item": {"id": item_id, "details": {"price": price, "tags": ["a", "b"]}}}
+        response = web.json_response(doc | {"meta": meta})
+        response.set_cookie("session", f"secret-{self.name}")
+        return response
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/items/{id}", self.handle)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self.runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self.gate is not None:
+            self.gate.set()
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+def gateway_for(upstreams: dict[str, Upstream]) -> Gateway:
+    clusters = "\n".join(
+        f"    - name: {u.name}\n      endpoints: [{{address: 127.0.0.1, port: {u.port}}}]"
+        for u in upstreams.values()
+    )
+    first = next(iter(upstreams))
+    text = f"""
+apiVersion: sluice.dev/v1alpha1
+kind: Gateway
+metadata: {{name: parity-test}}
+spec:
+  listeners:
+    - name: http
+      port: 0
+      virtualHosts:
+        - name: shop
+          routes:
+            - {{name: items, match: {{prefix: /items}}, cluster: {first}}}
+  clusters:
+{clusters}
+"""
+    return load_gateway(text, "<test gateway>")
+
+
+def parity(**fields: Any) -> ParityPolicy:
+    return ParityPolicy.model_validate(fields)
+
+
+@pytest.fixture
+async def upstreams() -> AsyncIterator[dict[str, Upstream]]:
+    ups = {
+        u.name: u
+        for u in (
+            Upstream("base"),
+            Upstream("nested", bump_every=4),
+            Upstream("noisy-base", noisy_meta=True),
+            Upstream("noisy-base-2", noisy_meta=True),
+            Upstream("noisy-cand", noisy_meta=True),
+            Upstream("slow", delay_s=3.0),
+            Upstream("sister"),
+            Upstream("gated", gate=asyncio.Event()),
+        )
+    }
+    try:
+        for u in ups.values():
+            await u.start()
+        yield ups
+    finally:
+        for u in ups.values():
+            await u.stop()
+
+
+ROUTES = [
+    RouteParity("items", parity(), "base", "nested"),
+    RouteParity("noise", parity(secondary={"cluster": "noisy-base-2"}), "noisy-base", "noisy-cand"),
+    RouteParity(
+        "ignored",
+        parity(compare={"ignore": ["/meta/generated_at", "/meta/request_id"]}),
+        "noisy-base",
+        "noisy-cand",
+    ),
+    RouteParity("slow", parity(timeout="300ms"), "base", "slow"),
+    RouteParity(
+        "writes",
+        parity(methods=["GET", "POST"], sister={"candidate": {"cluster": "sister"}}),
+        "base",
+        "nested",
+    ),
+]
+
+
+@pytest.fixture
+async def comparator(upstreams: dict[str, Upstream]) -> AsyncIterator[Comparator]:
+    comp = Comparator(gateway_for(upstreams))
+    comp.configure(ROUTES)
+    await comp.start()
+    await comp.start_admin()
+    try:
+        yield comp
+    finally:
+        await comp.stop()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def mirror(
+    client: aiohttp.ClientSession,
+    comp: Comparator,
+    route: str | None,
+    path: str,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+) -> int:
+    """One request as Envoy mirrors it: the shadow Host, Envoy's headers, the route header."""
+    sent = {
+        "host": "shop-shadow",
+        "user-agent": "a-browser/1.0",
+        "x-request-id": "r-1",
+        "x-envoy-expected-rq-timeout-ms": "15000",
+    }
+    if route is not None:
+        sent[ROUTE_HEADER] = route
+    sent |= headers or {}
+    url = f"http://127.0.0.1:{comp.port}{path}"
+    async with client.request(method, url, headers=sent, data=body) as response:
+        await response.read()
+        return response.status
+
+
+async def until(probe: Callable[[], Awaitable[bool] | bool], what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + WAIT_S
+    while True:
+        result = probe()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def recorded(comp: Comparator, route: str) -> int:
+    tally = comp.tally(route)
+    assert tally is not None
+    c = tally.counts()
+    return c.compared + c.errors + c.skipped + c.dropped
+
+
+async def admin_json(client: aiohttp.ClientSession, comp: Comparator, path: str) -> Any:
+    async with client.get(f"http://127.0.0.1:{comp.admin_port}{path}") as response:
+        return response.status, await response.json()
+
+
+async def metrics(client: aiohttp.ClientSession, comp: Comparator) -> dict[tuple[str, ...], float]:
+    async with client.get(f"http://127.0.0.1:{comp.admin_port}/metrics") as response:
+        text = await response.text()
+    out: dict[tuple[str, ...], float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, *(f"{k}={v}" for k, v in sorted(s.labels.items())))] = s.value
+    return out
+
+
+async def test_nested_field_mismatch_is_counted_sampled_redacted_and_exported(
+    comparator: Comparator, client: aiohttp.ClientSession, upstreams: dict[str, Upstream]
+) -> None:
+    secrets = {
+        "authorization": "Bearer s3cret",
+        "cookie": "sid=s3cret",
+        "connection": "keep-alive, x-hop",  # x-hop is hop-by-hop too (RFC 9110 7.6.1)
+        "x-hop": "1",
+        "proxy-authorization": "Basic cHJveHk=",
+    }
+    for item in range(1, 21):
+        assert await mirror(client, comparator, "items", f"/items/{item}", headers=secrets) == 202
+    await until(lambda: recorded(comparator, "items") == 20, "20 items recorded")
+
+    tally = comparator.tally("items")
+    assert tally is not None
+    counts = tally.counts()
+    # ids 4, 8, 12, 16, 20 get a price one higher from the candidate.
+    assert (counts.matched, counts.mismatched, counts.noisy, counts.errors) == (15, 5, 0, 0)
+    assert {p: (c.mismatched, c.noisy) for p, c in tally.paths().items()} == {
+        "/item/details/price": (5, 0)
+    }
+    samples = tally.samples()
+    assert [s.url for s in samples] == [
+        "/items/4",
+        "/items/8",
+        "/items/12",
+        "/items/16",
+        "/items/20",
+    ]
+    sample = samples[-1].to_json()
+    assert sample["paths"] == ["/item/details/price"]
+    request_headers = dict(sample["request"]["headers"])  # type: ignore[index]
+    assert request_headers["authorization"] == "[redacted]"
+    assert request_headers["cookie"] == "[redacted]"
+    assert request_headers["host"] == "shop-shadow"
+    assert ROUTE_HEADER not in request_headers
+    primary = sample["primary"]
+    assert json.loads(primary["body"])["item"]["details"]["price"] == 30.5  # type: ignore[index]
+    assert json.loads(sample["candidate"]["body"])["item"]["details"]["price"] == 31.5  # type: ignore[index]
+    assert dict(primary["headers"])["set-cookie"] == "[redacted]"  # type: ignore[index]
+
+    # What the upstreams got: the user's request, not Envoy's plumbing nor the hop's headers.
+    for name in ("base", "nested"):
+        assert len(upstreams[name].seen) == 20
+        got = upstreams[name].seen[0]
+        assert got.headers["host"] == "shop-shadow"
+        assert got.headers["x-request-id"] == "r-1"
+        assert got.headers["authorization"] == "Bearer s3cret"  # redacted only in samples
+        assert ROUTE_HEADER not in got.headers
+        assert not any(k.startswith("x-envoy-") for k in got.headers)
+        assert "x-hop" not in got.headers
+        assert "proxy-authorization" not in got.headers
+        assert got.headers.get("connection") != "keep-alive, x-hop"
+        assert got.headers["user-agent"] == "a-browser/1.0"  # the user's, not aiohttp's
+
+    status, data = await admin_json(client, comparator, "/v1/parity/routes/items")
+    assert status == 200
+    assert data["route"] == "items"
+    assert data["counts"] == {
+        "compared": 20, "matched": 15, "noisy": 0, "mismatched": 5, "errors": 0,
+        "skipped": 0, "dropped": 0, "exercised": 0,
+    }  # fmt: skip
+    assert data["paths"] == {"/item/details/price": {"mismatched": 5, "noisy": 0}}
+    assert len(data["samples"]) == 5
+    assert dict(data["samples"][0]["request"]["headers"])["authorization"] == "[redacted]"
+
+    m = await metrics(client, comparator)
+    assert m[("sluice_parity_requests_total", "outcome=mismatched", "route=items")] == 5
+    assert m[("sluice_parity_requests_total", "outcome=matched", "route=items")] == 15
+    assert m[("sluice_parity_requests_total", "outcome=error", "route=items")] == 0
+    key = ("sluice_parity_field_differences_total", "kind=mismatch", "path=/item/details/price")
+    assert m[(*key, "route=items")] == 5
+
+
+async def test_noise_from_secondary_and_ignore_paths_are_not_mismatches(
+    comparator: Comparator, client: aiohttp.ClientSession
+) -> None:
+    for item in range(10):
+        await mirror(client, comparator, "noise", f"/items/{item}")
+        await mirror(client, comparator, "ignored", f"/items/{item}")
+    await until(
+        lambda: recorded(comparator, "noise") == 10 and recorded(comparator, "ignored") == 10,
+        "both routes recorded",
+    )
+    noise, ignored = comparator.tally("noise"), comparator.tally("ignored")
+    assert noise is not None
+    assert ignored is not None
+    assert (noise.counts().noisy, noise.counts().mismatched, noise.counts().matched) == (10, 0, 0)
+    assert {p: (c.mismatched, c.noisy) for p, c in noise.paths().items()} == {
+        "/meta/generated_at": (0, 10),
+        "/meta/request_id": (0, 10),
+    }
+    assert noise.samples() == ()
+    assert (ignored.counts().matched, ignored.counts().mismatched) == (10, 0)
+    assert ignored.paths() == {}
+
+    m = await metrics(client, comparator)
+    assert m[("sluice_parity_requests_total", "outcome=noisy", "route=noise")] == 10
+    key = ("sluice_parity_field_differences_total", "kind=noise", "path=/meta/request_id")
+    assert m[(*key, "route=noise")] == 10
+
+
+async def test_timeout_is_an_error_not_a_comparison(
+    comparator: Comparator, client: aiohttp.ClientSession
+) -> None:
+    for item in range(3):
+        await mirror(client, comparator, "slow", f"/items/{item}")
+    await until(lambda: recorded(comparator, "slow") == 3, "slow route recorded")
+    tally = comparator.tally("slow")
+    assert tally is not None
+    assert (tally.counts().errors, tally.counts().compared) == (3, 0)
+    _, data = await admin_json(client, comparator, "/v1/parity/routes/slow")
+    assert data["last_error"]["reason"] == "timeout after 0.3 s"
+    assert data["last_error"]["target"].startswith("http://127.0.0.1:")
+
+
+async def test_writes_go_to_the_sister_only_or_nowhere(
+    comparator: Comparator, client: aiohttp.ClientSession, upstreams: dict[str, Upstream]
+) -> None:
+    # No sister on route items: a POST is skipped, never forwarded.
+    assert await mirror(client, comparator, "items", "/items/1", "POST", body=b'{"a": 1}') == 202
+    assert await mirror(client, comparator, "items", "/items/1", "DELETE") == 202
+    # A sister for the candidate only: exercised there, compared with nothing.
+    assert await mirror(client, comparator, "writes", "/items/2", "POST", body=b'{"b": 2}') == 202
+    assert await mirror(client, comparator, "writes", "/items/3") == 202  # GET: compared
+    await until(
+        lambda: (
+            recorded(comparator, "items") == 2
+            and comparator.route_json("writes")["counts"]["exercised"] == 1  # type: ignore[index]
+            and recorded(comparator, "writes") == 1
+        ),
+        "writes recorded",
+    )
+    items = comparator.tally("items")
+    assert items is not None
+    assert items.counts().skipped == 2
+    writes = comparator.tally("writes")
+    assert writes is not None
+    assert writes.counts().compared == 1
+    assert [s.method for s in upstreams["sister"].seen] == ["POST"]
+    assert upstreams["sister"].seen[0].body == b'{"b": 2}'
+    for name in ("base", "nested"):
+        assert [s.method for s in upstreams[name].seen] == ["GET"]
+    m = await metrics(client, comparator)
+    assert m[("sluice_parity_requests_total", "outcome=skipped", "route=items")] == 2
+    assert m[("sluice_parity_requests_total", "outcome=exercised", "route=writes")] == 1
+
+
+async def test_unrouted_requests_are_refused_and_counted_apart(
+    comparator: Comparator, client: aiohttp.ClientSession, upstreams: dict[str, Upstream]
+) -> None:
+    assert await mirror(client, comparator, None, "/items/1") == 404
+    assert await mirror(client, comparator, "nope", "/items/1") == 404
+    m = await metrics(client, comparator)
+    assert m[("sluice_parity_unrouted_total",)] == 2
+    assert all(not u.seen for u in upstreams.values())
+    status, data = await admin_json(client, comparator, "/v1/parity/routes/nope")
+    assert status == 404
+    assert "items" in data["error"]
+    status, data = await admin_json(client, comparator, "/v1/parity/routes")
+    assert [r["route"] for r in data["routes"]] == ["ignored", "items", "noise", "slow", "writes"]
+
+
+async def test_saturation_drops_beyond_max_in_flight(
+    upstreams: dict[str, Upstream], client: aiohttp.ClientSession
+) -> None:
+    comp = Comparator(gateway_for(upstreams), max_in_flight=1)
+    comp.configure([RouteParity("gated", parity(), "base", "gated")])
+    await comp.start()
+    try:
+        gate = upstreams["gated"].gate
+        assert gate is not None
+        await mirror(client, comp, "gated", "/items/1")
+        await until(lambda: len(upstreams["gated"].seen) == 1, "the first request held")
+        for item in range(2, 6):
+            await mirror(client, comp, "gated", f"/items/{item}")
+        gate.set()
+        await until(lambda: recorded(comp, "gated") == 5, "all recorded")
+        tally = comp.tally("gated")
+        assert tally is not None
+        assert (tally.counts().dropped, tally.counts().compared) == (4, 1)
+        assert len(upstreams["gated"].seen) == 1
+    finally:
+        await comp.stop()
+
+
+async def test_configure_keeps_tallies_of_routes_that_stay(
+    comparator: Comparator, client: aiohttp.ClientSession
+) -> None:
+    await mirror(client, comparator, "items", "/items/4")
+    await until(lambda: recorded(comparator, "items") == 1, "recorded")
+    before = comparator.tally("items")
+    comparator.configure([RouteParity("items", parity(timeout="1s"), "base", "nested")])
+    assert comparator.tally("items") is before
+    assert comparator.tally("slow") is None
+    assert comparator.routes() == ["items"]
+    with pytest.raises(UnknownCluster):
+        comparator.configure([RouteParity("x", parity(), "base", "no-such-cluster")])
+    assert comparator.routes() == ["items"]  # a refused configuration changes nothing
+    m = await metrics(client, comparator)
+    assert ("sluice_parity_requests_total", "outcome=matched", "route=slow") not in m
