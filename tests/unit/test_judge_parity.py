@@ -15,6 +15,7 @@ from rich.console import Console
 
 from controller.analysis.judge import NOT_JUDGED, alpha_per_test, judge
 from controller.analysis.parity_check import parity_limit, parity_verdict
+from controller.analysis.queries import PARITY_OUTCOMES, parity_query
 from controller.analysis.sequential import upper_bound
 from controller.analysis.sli import PARITY_GAP, NoSample, ParitySli, Sample, SideCounts
 from controller.analysis.slo_checks import Levels
@@ -330,3 +331,16 @@ def test_the_status_table_shows_the_parity_row_and_the_slos_not_judged() -> None
     parity = rows["parity"]
     for text in ("0.025%", "0.100%", "12000 compared, 31 noisy"):
         assert text in parity, parity
+
+
+# --- the PromQL -----------------------------------------------------------------------------------
+
+
+def test_the_parity_query_per_outcome_escapes_the_route() -> None:
+    assert parity_query("items", "mismatched", 120) == (
+        'sum(increase(sluice_parity_requests_total{route="items",outcome="mismatched"}[120s]))'
+    )
+    assert 'route="a\\"b",' in parity_query('a"b', "matched", 5)
+    assert PARITY_OUTCOMES == ("matched", "noisy", "mismatched", "error")
+    with pytest.raises(ValueError, match="unknown parity outcome"):
+        parity_query("items", "skipped", 5)
