@@ -38,7 +38,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
@@ -46,6 +45,7 @@ from controller.parity import api
 from controller.parity.classify import classify
 from controller.parity.diff import Reply
 from controller.parity.forward import ROUTE_HEADER, Failure, forwarded_headers, send
+from controller.parity.http1 import Pool, encode_request
 from controller.parity.metrics import RouteFigures, TallyCollector
 from controller.parity.noise import NoiseModel
 from controller.parity.rules import CompareRules
@@ -84,7 +84,7 @@ class _Route:
 
     parity: RouteParity
     rules: CompareRules
-    timeout: aiohttp.ClientTimeout
+    timeout_s: float
     redact: frozenset[str]
     compared_methods: frozenset[str]
     sister_methods: frozenset[str]
@@ -98,7 +98,7 @@ class _Route:
         policy = parity.policy
         self.parity = parity
         self.rules = CompareRules.from_policy(policy.compare)
-        self.timeout = aiohttp.ClientTimeout(total=policy.timeout.total_seconds())
+        self.timeout_s = policy.timeout.total_seconds()
         self.redact = frozenset(policy.redact)
         methods = frozenset(policy.methods)
         self.compared_methods = methods & _SAFE
@@ -109,7 +109,7 @@ class _Route:
         route = cls(
             parity,
             CompareRules.from_policy(parity.policy.compare),
-            aiohttp.ClientTimeout(),
+            0.0,
             _NONE,
             _NONE,
             _NONE,
@@ -126,8 +126,8 @@ class Comparator:
     Args:
         gateway: where the clusters' endpoints are (``spec.clusters[*].endpoints``).
         clock: seconds since the epoch, for the tallies' history and samples' times.
-        max_in_flight: comparisons under way at most; beyond, requests are ``dropped``. The
-            client pool holds up to three connections per comparison.
+        max_in_flight: comparisons under way at most; beyond, requests are ``dropped``. Each
+            holds up to three upstream connections at once (one per target).
     """
 
     def __init__(
@@ -146,7 +146,7 @@ class Comparator:
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._unrouted = 0
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: Pool | None = None
         self._mirror: web.AppRunner | None = None
         self._admin: web.AppRunner | None = None
         self._port = 0
@@ -214,12 +214,7 @@ class Comparator:
         """
         if self._mirror is not None:
             raise RuntimeError("the comparator is already started")
-        connector = aiohttp.TCPConnector(
-            limit=3 * self._max_in_flight, limit_per_host=0, keepalive_timeout=30
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=True
-        )
+        self._pool = Pool(max_idle=self._max_in_flight)
         app = web.Application(client_max_size=64 * 1024**2)
         app.router.add_route("*", "/{tail:.*}", self._receive)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -228,8 +223,8 @@ class Comparator:
             await web.TCPSite(runner, host, port, backlog=1024).start()
         except OSError:
             await runner.cleanup()
-            await self._session.close()
-            self._session = None
+            self._pool.close()
+            self._pool = None
             raise
         self._mirror = runner
         self._port = _bound_port(runner, port)
@@ -269,9 +264,9 @@ class Comparator:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         if self._admin is not None:
             await self._admin.cleanup()
             self._admin = None
@@ -349,14 +344,14 @@ class Comparator:
             primary_cluster = parity.baseline
             candidate_cluster = parity.candidate
             secondary_cluster = policy.secondary.cluster if policy.secondary else None
-        assert self._session is not None, "start() opens the client pool"
-        session, timeout = self._session, route.timeout
+        assert self._pool is not None, "start() opens the client pool"
+        pool, deadline_s = self._pool, route.timeout_s
+        # One encoding for every target: the Host is the one received (Envoy's -shadow one).
+        data = encode_request(method, path_qs, headers, body)
 
         def call(cluster: str) -> asyncio.Task[Reply | Failure]:
-            url = self._targets.next(cluster)
-            return asyncio.ensure_future(
-                send(session, url, method, path_qs, headers, body, timeout)
-            )
+            target = self._targets.next(cluster)
+            return asyncio.ensure_future(send(pool, target, method, data, deadline_s))
 
         # The candidate is sent first: with the primary awaited inline below, one task less.
         candidate_call = call(candidate_cluster)
@@ -368,8 +363,8 @@ class Comparator:
             else:
                 route.exercised += 1
             return
-        url = self._targets.next(primary_cluster)
-        primary = await send(session, url, method, path_qs, headers, body, timeout)
+        target = self._targets.next(primary_cluster)
+        primary = await send(pool, target, method, data, deadline_s)
         candidate = await candidate_call
         secondary = await secondary_call if secondary_call is not None else None
         if isinstance(primary, Failure) or isinstance(candidate, Failure):

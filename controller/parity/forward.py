@@ -16,12 +16,11 @@ Which request headers travel on: the ones Envoy received from the user, minus
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
-import aiohttp
-from yarl import URL
-
 from controller.parity.diff import Reply
+from controller.parity.http1 import Pool, ProtocolError
 
 ROUTE_HEADER = "x-sluice-parity-route"
 """Added by Envoy's mirror policy (``request_headers_mutations``): the route under comparison."""
@@ -32,9 +31,6 @@ HOP_BY_HOP = frozenset(
 """RFC 9110 section 7.6.1 (plus every ``proxy-*`` header, see :func:`forwarded_headers`)."""
 
 _DROPPED = HOP_BY_HOP | {"content-length", ROUTE_HEADER}
-
-SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept-Encoding", "Content-Type"})
-"""Headers aiohttp would add on its own: the targets get the user's request, nothing more."""
 
 
 def forwarded_headers(raw: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[str, str], ...]:
@@ -66,7 +62,7 @@ class Failure:
     """A target that gave no reply: unreachable, reset, or slower than the policy's timeout.
 
     Attributes:
-        target: the cluster's base URL tried.
+        target: the endpoint tried, ``host:port``.
         reason: why, e.g. ``timeout after 5.0 s`` or the client error's text.
     """
 
@@ -75,51 +71,32 @@ class Failure:
 
 
 async def send(
-    session: aiohttp.ClientSession,
-    base_url: str,
-    method: str,
-    path_qs: str,
-    headers: tuple[tuple[str, str], ...],
-    body: bytes,
-    limit: aiohttp.ClientTimeout,
+    pool: Pool, target: tuple[str, int], method: str, data: bytes, deadline_s: float
 ) -> Reply | Failure:
-    """Send one request to ``base_url`` + ``path_qs`` and read the whole reply.
+    """Send one encoded request (:func:`controller.parity.http1.encode_request`) to
+    ``target`` and read the whole reply.
 
     Args:
-        session: the comparator's client session (keep-alive pool).
-        base_url: ``http://host:port`` of one endpoint.
-        method: the HTTP method as received.
-        path_qs: the request target as received (already percent-encoded; sent as is).
-        headers: from :func:`forwarded_headers`.
-        body: the request body (empty: none sent).
-        limit: the whole exchange's bound (the policy's ``timeout``, seconds).
+        pool: the comparator's keep-alive connections.
+        target: ``(host, port)`` of one endpoint.
+        method: the request's method (a HEAD reply has no body; only safe methods are retried
+            on a stale keep-alive connection).
+        data: the request's bytes.
+        deadline_s: the whole exchange's bound (the policy's ``timeout``), seconds.
 
     Returns:
-        The reply (any status: a 5xx is a reply; the body decompressed when the target used a
-        ``Content-Encoding`` aiohttp knows, so that JSON is compared, not gzip bytes; header
-        names lowercased, in order received), or a :class:`Failure`.
+        The reply (any status: a 5xx is a reply; the body decoded from gzip or deflate, so that
+        JSON is compared, not compressed bytes; header names lowercased, in order received), or
+        a :class:`Failure`.
     """
+    host, port = target
     try:
-        async with session.request(
-            method,
-            URL(base_url + path_qs, encoded=True),
-            headers=headers,
-            data=body or None,
-            timeout=limit,
-            allow_redirects=False,
-            skip_auto_headers=SKIP_AUTO_HEADERS,
-        ) as response:
-            data = await response.read()
-            return Reply(
-                response.status,
-                tuple(
-                    (name.decode("latin-1").lower(), value.decode("latin-1"))
-                    for name, value in response.raw_headers
-                ),
-                data,
-            )
+        status, headers, body = await pool.request(
+            host, port, data, method=method, deadline_s=deadline_s
+        )
     except TimeoutError:
-        return Failure(base_url, f"timeout after {limit.total} s")
-    except (aiohttp.ClientError, OSError, ValueError) as exc:
-        # ValueError: a reply aiohttp cannot parse (e.g. a bad Content-Encoding).
-        return Failure(base_url, f"{type(exc).__name__}: {exc}")
+        return Failure(f"{host}:{port}", f"timeout after {deadline_s:g} s")
+    except (OSError, ProtocolError, ValueError, zlib.error) as exc:
+        # ValueError: a malformed number in the reply's framing.
+        return Failure(f"{host}:{port}", f"{type(exc).__name__}: {exc}")
+    return Reply(status, headers, body)

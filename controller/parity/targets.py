@@ -19,18 +19,18 @@ class UnknownCluster(ValueError):
 
 
 class Targets:
-    """Base URLs (``http://host:port``) of each cluster's endpoints, handed out round robin.
+    """``(host, port)`` of each cluster's endpoints, handed out round robin.
 
     Weights of endpoints are ignored: the comparator sends a few requests per mirrored one and
     spreading them evenly is enough (Envoy's ``ROUND_ROBIN`` without weights).
     """
 
     def __init__(self, gateway: Gateway) -> None:
-        self._urls: dict[str, tuple[str, ...]] = {
-            cluster.name: tuple(_base_url(e.address, e.port) for e in cluster.endpoints)
+        self._urls: dict[str, tuple[tuple[str, int], ...]] = {
+            cluster.name: tuple((e.address, e.port) for e in cluster.endpoints)
             for cluster in gateway.spec.clusters
         }
-        self._turns: dict[str, Iterator[str]] = {
+        self._turns: dict[str, Iterator[tuple[str, int]]] = {
             name: itertools.cycle(urls) for name, urls in self._urls.items()
         }
 
@@ -40,8 +40,8 @@ class Targets:
             known = ", ".join(sorted(self._urls)) or "none"
             raise UnknownCluster(f"cluster {cluster!r} is not in the gateway (known: {known})")
 
-    def urls(self, cluster: str) -> tuple[str, ...]:
-        """All base URLs of ``cluster``, in file order.
+    def endpoints(self, cluster: str) -> tuple[tuple[str, int], ...]:
+        """All ``(host, port)`` of ``cluster``, in file order.
 
         Raises:
             UnknownCluster: the gateway does not declare it.
@@ -49,8 +49,8 @@ class Targets:
         self.check(cluster)
         return self._urls[cluster]
 
-    def next(self, cluster: str) -> str:
-        """The next base URL of ``cluster`` (round robin over its endpoints).
+    def next(self, cluster: str) -> tuple[str, int]:
+        """The next ``(host, port)`` of ``cluster`` (round robin over its endpoints).
 
         Raises:
             UnknownCluster: the gateway does not declare it.
@@ -60,9 +60,3 @@ class Targets:
         except KeyError:
             self.check(cluster)
             raise
-
-
-def _base_url(address: str, port: int) -> str:
-    # An IPv6 literal needs brackets in a URL (RFC 3986 section 3.2.2).
-    host = f"[{address}]" if ":" in address and not address.startswith("[") else address
-    return f"http://{host}:{port}"

@@ -354,7 +354,7 @@ async def test_timeout_is_an_error_not_a_comparison(
     assert (tally.counts().errors, tally.counts().compared) == (3, 0)
     _, data = await admin_json(client, comparator, "/v1/parity/routes/slow")
     assert data["last_error"]["reason"] == "timeout after 0.3 s"
-    assert data["last_error"]["target"].startswith("http://127.0.0.1:")
+    assert data["last_error"]["target"].startswith("127.0.0.1:")
 
 
 async def test_writes_go_to_the_sister_only_or_nowhere(
