@@ -19,6 +19,12 @@ verdict; a paused rollout does not move. A push that is never confirmed (ACK tim
 connected, a NACKed rollback) holds the rollout where it is, pushed again with backoff and
 reported in ``hold``: it never promotes.
 
+A first stage at 0% (a shadow stage) is a stage like the others: its weights (100% baseline,
+0% candidate) are pushed and ACKed, it bakes and is left on a pass verdict; the route's mirror
+to the comparator (tap-compare) is a route option of the progressing and paused phases, served
+by the reconciler, so the machine needs nothing of its own for it. A rollback from it pushes
+0% again, which ends the mirroring.
+
 The machine never reads a clock and does no I/O: every input carries ``now``; actions say what
 to push, what to await and what to record.
 """
@@ -114,11 +120,13 @@ def next_due(state: RolloutState, policy: RolloutPolicy) -> float | None:
 
 
 def describe_stage(policy: RolloutPolicy, index: int) -> str:
-    """``"stage 2/4 (5%)"``; ``"before stage 1/4"`` for -1."""
+    """``"stage 2/4 (5%)"``; ``"stage 1/4 (0%, shadow)"`` for a shadow stage; ``"before stage
+    1/4"`` for -1."""
     n = len(policy.spec.stages)
     if index < 0:
         return f"before stage 1/{n}"
-    return f"stage {index + 1}/{n} ({policy.spec.stages[index].weight:g}%)"
+    stage = policy.spec.stages[index]
+    return f"stage {index + 1}/{n} ({stage.weight:g}%{', shadow' if stage.shadow else ''})"
 
 
 def _seconds(value: timedelta) -> float:
@@ -219,6 +227,8 @@ class _Step:
         reason = f"{why}: {describe_stage(self.policy, index)}, pushing {weight:g}% to " + (
             f"{self.policy.spec.candidate.cluster}"
         )
+        if self.policy.spec.stages[index].shadow:
+            reason += " (users stay on the baseline; requests are mirrored for parity)"
         return self._push(
             now,
             actor,

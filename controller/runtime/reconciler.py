@@ -36,20 +36,45 @@ from controller.rollout.state import Phase, RolloutState
 from controller.runtime.analyzer import BakeOnlyAnalyzer, StageAnalyzer
 from controller.store.rollouts import RolloutNotFoundError, RolloutStore, StoredRollout
 from controller.store.transitions import apply_input
-from controller.xds.resources import RouteOptions
+from controller.xds.resources import Mirror, RouteOptions
 from controller.xds.weights import PersistError, WeightController
 
 log = logging.getLogger(__name__)
 
 _OPTION_PHASES = frozenset({Phase.PROGRESSING, Phase.PAUSED})
-"""Phases whose route carries the policy's forcing header and sticky hashing. A rollback
-removes them: after it, no request should reach the candidate."""
+"""Phases whose route carries the policy's forcing header, sticky hashing and mirror to the
+comparator. A rollback removes them: after it, no request should reach the candidate, not even
+a mirrored one through the comparator."""
+
+MIRROR_SCALE = 10_000
+"""Mirrored requests per million per percent (``FractionalPercent.MILLION``)."""
+
+
+def route_mirror(policy: RolloutPolicy) -> Mirror | None:
+    """The policy's tap-compare as Envoy serves it (None without ``spec.parity``): the route's
+    requests mirrored to the comparator's cluster, ``parity.mirror`` percent of them
+    (``round(percent * 10_000)`` per million); only ``parity.methods`` unless a sister target
+    takes the writes (then every method: the comparator keeps writes away from production)."""
+    parity = policy.spec.parity
+    if parity is None:
+        return None
+    return Mirror(
+        cluster=parity.comparator.cluster,
+        fraction_per_million=round(parity.mirror * MIRROR_SCALE),
+        route=policy.spec.route,
+        methods=None if parity.sister is not None else parity.methods,
+        shadow_suffix=parity.shadow_suffix,
+    )
 
 
 def route_options(policy: RolloutPolicy, phase: Phase) -> RouteOptions | None:
-    """The route options a rollout serves in ``phase`` (None: none)."""
+    """The route options a rollout serves in ``phase`` (None: none): the forcing header, the
+    sticky hashing and the mirror to the comparator, while progressing or paused."""
     spec = policy.spec
-    if phase not in _OPTION_PHASES or (spec.override is None and spec.sticky is None):
+    mirrored = route_mirror(policy)
+    if phase not in _OPTION_PHASES or (
+        spec.override is None and spec.sticky is None and mirrored is None
+    ):
         return None
     force_header = spec.override.header if spec.override else None
     force: tuple[tuple[str, str], ...] = ()
@@ -63,6 +88,7 @@ def route_options(policy: RolloutPolicy, phase: Phase) -> RouteOptions | None:
         force=force,
         hash_header=spec.sticky.header if spec.sticky else None,
         hash_cookie=spec.sticky.cookie if spec.sticky else None,
+        mirror=mirrored,
     )
 
 

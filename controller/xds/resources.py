@@ -15,6 +15,9 @@ action's timeout, retries and hash policy, virtual host and table headers) and o
 per new (cluster, weight) pair, and the bytes are those of :func:`route_configuration` serialized
 whole (tests compare them), in betterproto2's field order.
 
+A route under rollout may also carry forcing routes (a header picks a side), sticky hashing and
+a mirror to the comparator (tap-compare, :mod:`controller.xds.mirror`): see :class:`RouteOptions`.
+
 Proto sources: envoy/config/{cluster,endpoint,listener,route}/v3,
 envoy/extensions/filters/network/http_connection_manager/v3, envoy/extensions/upstreams/http/v3.
 """
@@ -97,7 +100,10 @@ from controller.policy.gateway import (
 )
 from controller.policy.gateway import VirtualHost as VirtualHostSpec
 from controller.xds import typeurls, wire
+from controller.xds.mirror import MIRROR_ROUTE_SUFFIX, Mirror, method_matcher, mirror_policy
 from controller.xds.snapshot import Resource, Snapshot
+
+__all__ = ["Mirror", "RouteOptions", "build_snapshot", "route_configuration"]
 
 RouteWeights = Mapping[str, Mapping[str, int]]
 """Weight overrides: route name → cluster name → relative weight (Sluice writes percents)."""
@@ -117,16 +123,24 @@ class RouteOptions:
             ``WeightedCluster.use_hash_policy`` picks the weighted cluster from that hash, so
             one header value always lands on the same side (for given weights).
         hash_cookie: the same, hashing a cookie (no ``ttl``: Envoy never generates one).
+        mirror: tap-compare: a share of the route's requests is mirrored to the comparator
+            (``RouteAction.request_mirror_policies``). With ``mirror.methods``, a copy of the
+            route named ``<route>.mirror``, matching ``:method`` too and carrying the mirror,
+            is placed right before the route (after the forcing routes: a tester forcing a
+            side is not mirrored), and the route itself mirrors nothing, so other methods
+            never are. Without ``methods``, the route itself mirrors every method.
     """
 
     force_header: str | None = None
     force: tuple[tuple[str, str], ...] = ()
     hash_header: str | None = None
     hash_cookie: str | None = None
+    mirror: Mirror | None = None
 
     def clusters(self) -> tuple[str, ...]:
-        """The clusters the forcing routes send to."""
-        return tuple(cluster for _, cluster in self.force)
+        """The clusters the forcing routes send to, then the mirror's cluster (if any)."""
+        forced = tuple(cluster for _, cluster in self.force)
+        return forced if self.mirror is None else (*forced, self.mirror.cluster)
 
 
 RouteOptionsByRoute = Mapping[str, RouteOptions]
@@ -293,13 +307,12 @@ def _hash_policy(options: RouteOptions) -> list[RouteActionHashPolicy]:
     return []
 
 
-def route(
-    spec: Route, override: Mapping[str, int] | None = None, options: RouteOptions | None = None
-) -> EnvoyRoute:
-    """``Route`` with a ``RouteAction`` to one cluster or to ``weighted_clusters``; with
-    ``options.hash_*``, the weighted cluster is picked from the request's hash
-    (``WeightedCluster.use_hash_policy`` and ``RouteAction.hash_policy``)."""
-    weights = effective_weights(spec, override)
+def _action(
+    spec: Route,
+    weights: tuple[ClusterWeight, ...] | None,
+    options: RouteOptions | None,
+    mirror: Mirror | None,
+) -> RouteAction:
     if weights is not None:
         hashing = _hash_policy(options) if options is not None else []
         action = RouteAction(
@@ -313,7 +326,46 @@ def route(
         )
     else:
         action = RouteAction(cluster=spec.cluster)
-    return EnvoyRoute(name=spec.name, match=_match(spec), route=_finish(spec, action))
+    if mirror is not None:
+        action.request_mirror_policies = [mirror_policy(mirror)]
+    return _finish(spec, action)
+
+
+def _own_mirror(options: RouteOptions | None) -> Mirror | None:
+    """The mirror the route itself carries: one for every method (none when a copy of the
+    route mirrors some methods only)."""
+    if options is None or options.mirror is None or options.mirror.methods is not None:
+        return None
+    return options.mirror
+
+
+def route(
+    spec: Route, override: Mapping[str, int] | None = None, options: RouteOptions | None = None
+) -> EnvoyRoute:
+    """``Route`` with a ``RouteAction`` to one cluster or to ``weighted_clusters``; with
+    ``options.hash_*``, the weighted cluster is picked from the request's hash
+    (``WeightedCluster.use_hash_policy`` and ``RouteAction.hash_policy``); with an
+    ``options.mirror`` for every method (``methods`` None), ``request_mirror_policies``."""
+    weights = effective_weights(spec, override)
+    action = _action(spec, weights, options, _own_mirror(options))
+    return EnvoyRoute(name=spec.name, match=_match(spec), route=action)
+
+
+def mirror_route(
+    spec: Route, override: Mapping[str, int] | None, options: RouteOptions | None
+) -> EnvoyRoute | None:
+    """The copy of ``spec`` that mirrors some methods only, placed right before it: named
+    ``<route>.mirror``, the route's match plus ``:method`` against ``options.mirror.methods``,
+    the route's action (weights, timeout, retries, hashing) plus the mirror policy. None when
+    ``options`` has no mirror, or one for every method (the route itself carries it)."""
+    if options is None or options.mirror is None or options.mirror.methods is None:
+        return None
+    weights = effective_weights(spec, override)
+    return EnvoyRoute(
+        name=spec.name + MIRROR_ROUTE_SUFFIX,
+        match=_match(spec, method_matcher(options.mirror.methods)),
+        route=_action(spec, weights, options, options.mirror),
+    )
 
 
 def forced_routes(spec: Route, options: RouteOptions) -> list[EnvoyRoute]:
@@ -338,7 +390,9 @@ def route_configuration(
     spec: Listener, weights: RouteWeights, options: RouteOptionsByRoute | None = None
 ) -> RouteConfiguration:
     """``RouteConfiguration`` named after the listener, with its virtual hosts and routes (and,
-    for routes with options, their forcing routes right before them)."""
+    for routes with options, their forcing routes then their mirroring copy right before them:
+    Envoy takes the first route that matches, so a forced request is never mirrored, and a
+    mirrored method never reaches the route itself)."""
     opts = options or {}
     vhosts = []
     for vh in spec.virtual_hosts:
@@ -347,6 +401,9 @@ def route_configuration(
             own = opts.get(r.name)
             if own is not None:
                 routes += forced_routes(r, own)
+                copy = mirror_route(r, weights.get(r.name), own)
+                if copy is not None:
+                    routes.append(copy)
             routes.append(route(r, weights.get(r.name), own))
         vhosts.append(EnvoyVirtualHost(name=vh.name, domains=list(vh.domains), routes=routes))
     return RouteConfiguration(name=spec.name, virtual_hosts=vhosts)
@@ -375,7 +432,8 @@ def _listener_resource(spec: Listener) -> Resource:
 #   VirtualHost:        name(1), domains(2), routes(3), ...  we set these three
 #   Route:              name(14), match(1), route(2), ...    we set these three
 #   RouteAction:        cluster(1), cluster_header(2), weighted_clusters(3), ..., then the rest
-#                       (timeout(8), retry_policy(9), hash_policy(15), ...)
+#                       (timeout(8), retry_policy(9), request_mirror_policies(30),
+#                       hash_policy(15), ...)
 #   WeightedCluster:    clusters(1), ..., use_hash_policy(5)
 #
 # so the encoding of a message with the fields before X set, plus X's elements, plus the
@@ -402,9 +460,13 @@ def _encoded_vhost_head(vh: VirtualHostSpec) -> bytes:
 
 
 @functools.lru_cache(maxsize=4096)
-def _encoded_plain_route(spec: Route) -> bytes:
-    """A single-cluster route without override, whole."""
-    return bytes(route(spec))
+def _encoded_plain_routes(spec: Route, mirror: Mirror | None) -> bytes:
+    """A single-cluster route without override, whole, and its mirroring copy before it (if
+    any), as ``VirtualHost.routes`` elements."""
+    options = None if mirror is None else RouteOptions(mirror=mirror)
+    copy = mirror_route(spec, None, options)
+    first = b"" if copy is None else wire.len_field(_ROUTES, bytes(copy))
+    return first + wire.len_field(_ROUTES, bytes(route(spec, None, options)))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -421,15 +483,28 @@ def _encoded_route_head(spec: Route) -> bytes:
 
 
 @functools.lru_cache(maxsize=4096)
+def _encoded_mirror_head(spec: Route, methods: tuple[str, ...]) -> bytes:
+    """``Route`` fields before ``route`` (name, match) of the mirroring copy of ``spec``."""
+    return bytes(
+        EnvoyRoute(
+            name=spec.name + MIRROR_ROUTE_SUFFIX, match=_match(spec, method_matcher(methods))
+        )
+    )
+
+
+@functools.lru_cache(maxsize=4096)
 def _encoded_action_tails(
-    spec: Route, hash_header: str | None, hash_cookie: str | None
+    spec: Route, hash_header: str | None, hash_cookie: str | None, mirror: Mirror | None
 ) -> tuple[bytes, bytes]:
     """``WeightedCluster`` fields after ``clusters``, and ``RouteAction`` fields after
     ``weighted_clusters`` (a weighted route has no other cluster specifier)."""
     hashing = _hash_policy(RouteOptions(hash_header=hash_header, hash_cookie=hash_cookie))
+    action = RouteAction(hash_policy=hashing)
+    if mirror is not None:
+        action.request_mirror_policies = [mirror_policy(mirror)]
     return (
         bytes(WeightedCluster(use_hash_policy=True if hashing else None)),
-        bytes(_finish(spec, RouteAction(hash_policy=hashing))),
+        bytes(_finish(spec, action)),
     )
 
 
@@ -441,27 +516,52 @@ def _encoded_cluster_weight(cluster: str, weight: int) -> bytes:
     )
 
 
-def _encoded_route(
-    spec: Route, weights: tuple[ClusterWeight, ...] | None, options: RouteOptions | None
+def _encoded_weighted_route(
+    spec: Route,
+    head: bytes,
+    weights: tuple[ClusterWeight, ...],
+    options: RouteOptions | None,
+    mirror: Mirror | None,
 ) -> bytes:
-    """:func:`route` encoded, from the memoized parts."""
-    if weights is None:
-        return _encoded_plain_route(spec)
+    """A weighted route (``head``: its name and match) encoded, from the memoized parts."""
     if options is None:
-        wc_tail, action_tail = _encoded_action_tails(spec, None, None)
+        wc_tail, action_tail = _encoded_action_tails(spec, None, None, mirror)
     else:
-        wc_tail, action_tail = _encoded_action_tails(spec, options.hash_header, options.hash_cookie)
+        wc_tail, action_tail = _encoded_action_tails(
+            spec, options.hash_header, options.hash_cookie, mirror
+        )
     clusters = b"".join([_encoded_cluster_weight(w.cluster, w.weight) for w in weights])
     action = wire.len_field(_WEIGHTED_CLUSTERS, clusters + wc_tail) + action_tail
-    return _encoded_route_head(spec) + wire.len_field(_ROUTE_ACTION, action)
+    return head + wire.len_field(_ROUTE_ACTION, action)
+
+
+def _encoded_routes(
+    spec: Route, weights: tuple[ClusterWeight, ...] | None, options: RouteOptions | None
+) -> bytes:
+    """:func:`mirror_route` (if any) and :func:`route` encoded as ``VirtualHost.routes``
+    elements, from the memoized parts."""
+    mirror = None if options is None else options.mirror
+    if weights is None:
+        return _encoded_plain_routes(spec, mirror)
+    copy = b""
+    if mirror is not None and mirror.methods is not None:
+        head = _encoded_mirror_head(spec, mirror.methods)
+        copy = wire.len_field(
+            _ROUTES, _encoded_weighted_route(spec, head, weights, options, mirror)
+        )
+    own = _encoded_weighted_route(
+        spec, _encoded_route_head(spec), weights, options, _own_mirror(options)
+    )
+    return copy + wire.len_field(_ROUTES, own)
 
 
 ENCODING_MEMOS = (
     _encoded_table_head,
     _encoded_vhost_head,
-    _encoded_plain_route,
+    _encoded_plain_routes,
     _encoded_forced_routes,
     _encoded_route_head,
+    _encoded_mirror_head,
     _encoded_action_tails,
     _encoded_cluster_weight,
 )
@@ -472,7 +572,8 @@ def encoded_route_configuration(
     spec: Listener, weights: RouteWeights, options: RouteOptionsByRoute | None = None
 ) -> tuple[bytes, frozenset[str]]:
     """:func:`route_configuration` encoded, assembled from memoized encodings of its parts, and
-    the clusters its routes can send traffic to (forcing routes included)."""
+    the clusters its routes can send traffic to (forcing routes and mirrors included: the
+    server holds the table back until the stream has them, make-before-break)."""
     opts = options or {}
     clusters: set[str] = set()
     vhosts = []
@@ -489,7 +590,7 @@ def encoded_route_configuration(
                 clusters.update(w.cluster for w in eff)
             elif r.cluster is not None:
                 clusters.add(r.cluster)
-            entries.append(wire.len_field(_ROUTES, _encoded_route(r, eff, own)))
+            entries.append(_encoded_routes(r, eff, own))
         vhosts.append(wire.len_field(_VHOSTS, b"".join(entries)))
     return _encoded_table_head(spec.name) + b"".join(vhosts), frozenset(clusters)
 
@@ -521,11 +622,11 @@ def build_snapshot(
         gateway: a gateway that passed its checks (unique names, known clusters).
         weights: overrides by route name; each maps cluster → relative weight.
         label: a note for logs and status (what changed).
-        options: rollout options by route name (forcing header, sticky hashing).
+        options: rollout options by route name (forcing header, sticky hashing, mirror).
 
     Raises:
-        ValueError: an override or option names a route or cluster the gateway does not
-            declare, or weights sum to 0 (Envoy would NACK it).
+        ValueError: an override or option (forcing header, mirror) names a route or cluster
+            the gateway does not declare, or weights sum to 0 (Envoy would NACK it).
     """
     routes = gateway.routes()
     known = gateway.cluster_names()
@@ -541,9 +642,14 @@ def build_snapshot(
     for name, extra in opts.items():
         if name not in routes:
             raise ValueError(f"options for unknown route {name!r}")
-        unknown = sorted(set(extra.clusters()) - known)
+        unknown = sorted({cluster for _, cluster in extra.force} - known)
         if unknown:
             raise ValueError(f"route {name!r}: forcing header names unknown clusters {unknown}")
+        if extra.mirror is not None and extra.mirror.cluster not in known:
+            raise ValueError(
+                f"route {name!r}: the mirror names unknown clusters {[extra.mirror.cluster]}"
+                " (declare the comparator's cluster in the gateway)"
+            )
     clusters = [_cluster_resources(c) for c in gateway.spec.clusters]
     route_resources = []
     for spec in gateway.spec.listeners:
