@@ -1,7 +1,7 @@
 """A tiny HTTP/1.1 upstream for the end-to-end suite (run as a script, not imported by tests).
 
     python upstream_server.py NAME [--median-ms M --sigma S --error-rate E
-                                    --slow-share P --slow-factor F]
+                                    --slow-share P --slow-factor F] [--record]
 
 Binds 127.0.0.1 on a free port, prints ``{"event": "ready", "name": ..., "port": ...}`` on
 stdout, then answers every GET/POST/HEAD (but the fault switch below) with 200, the header
@@ -19,6 +19,12 @@ Runtime fault switch (for benchmarks such as ``benchmarks/rollback_latency.py``)
 from then on; ``GET /__sluice/fault`` shows the behaviour in force. Both answer 200 at once
 (no delay, never an injected error) with the behaviour and ``applied_at`` (``time.time()`` when
 it took effect); an unknown field or a bad value answers 400. Nothing else changes.
+
+Recording (``--record``, for mirroring tests: the upstream standing for the comparator): every
+request answered (but the ``/__sluice/`` ones) is kept, in arrival order: ``method``, ``path``,
+``host`` and ``headers`` (``[name, value]`` pairs as received), at most ``RECORD_LIMIT`` (the
+oldest are dropped). ``GET /__sluice/requests`` answers ``{"requests": [...], "dropped": N}``.
+Without ``--record`` that path is answered like any other.
 """
 
 from __future__ import annotations
@@ -82,6 +88,28 @@ class Behaviour:
 
 
 FAULT_PATH = "/__sluice/fault"
+REQUESTS_PATH = "/__sluice/requests"
+RECORD_LIMIT = 10_000
+
+
+@dataclass
+class _Recorder:
+    """The requests received (``--record``), bounded."""
+
+    requests: list[dict[str, object]] = dataclasses.field(default_factory=list)
+    dropped: int = 0
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    def add(self, entry: dict[str, object]) -> None:
+        with self.lock:
+            self.requests.append(entry)
+            if len(self.requests) > RECORD_LIMIT:
+                del self.requests[0]
+                self.dropped += 1
+
+    def snapshot(self) -> dict[str, object]:
+        with self.lock:
+            return {"requests": list(self.requests), "dropped": self.dropped}
 
 
 @dataclass
@@ -94,8 +122,11 @@ class _InForce:
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
 
-def make_handler(name: str, behaviour: Behaviour | None = None) -> type[BaseHTTPRequestHandler]:
+def make_handler(
+    name: str, behaviour: Behaviour | None = None, record: bool = False
+) -> type[BaseHTTPRequestHandler]:
     current = _InForce(behaviour or Behaviour(), time.time())
+    recorder = _Recorder() if record else None
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -123,12 +154,35 @@ def make_handler(name: str, behaviour: Behaviour | None = None) -> type[BaseHTTP
             self.end_headers()
             self.wfile.write(data)
 
+        def _requests(self) -> None:
+            """``GET REQUESTS_PATH``: the recorded requests (module doc)."""
+            assert recorder is not None
+            data = json.dumps(recorder.snapshot()).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
         def _reply(self, with_body: bool) -> None:
             length = int(self.headers.get("content-length") or 0)
             payload = self.rfile.read(length) if length else b""
             if self.path == FAULT_PATH and self.command in ("GET", "POST"):
                 self._fault(payload if self.command == "POST" else None)
                 return
+            if recorder is not None:
+                if self.path == REQUESTS_PATH and self.command == "GET":
+                    self._requests()
+                    return
+                recorder.add(
+                    {
+                        "method": self.command,
+                        "path": self.path,
+                        "host": self.headers.get("host"),
+                        "headers": [[k.lower(), v] for k, v in self.headers.items()],
+                        "at": time.time(),
+                    }
+                )
             how = current.how
             delay = how.delay_s()
             if delay:
@@ -171,12 +225,13 @@ def main() -> None:
     parser.add_argument("--error-rate", type=float, default=0.0)
     parser.add_argument("--slow-share", type=float, default=0.0)
     parser.add_argument("--slow-factor", type=float, default=1.0)
+    parser.add_argument("--record", action="store_true", help="keep the requests received")
     args = parser.parse_args()
     behaviour = Behaviour(
         args.median_ms, args.sigma, args.error_rate, args.slow_share, args.slow_factor
     )
     name = args.name
-    server = Server(("127.0.0.1", 0), make_handler(name, behaviour))
+    server = Server(("127.0.0.1", 0), make_handler(name, behaviour, record=args.record))
 
     def stop(_signum: int, _frame: object) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()
