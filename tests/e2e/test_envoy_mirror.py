@@ -192,8 +192,13 @@ def test_safe_requests_are_mirrored_to_the_comparator_and_posts_never(
                 heads.add(path)
 
     expected = {("GET", p) for p in gets} | {("HEAD", p) for p in heads}
+
+    def arrived() -> list[dict[str, Any]] | None:
+        found = _recorded(recorder)
+        return found if len(found) >= len(expected) else None
+
     recorded = wait_until(
-        lambda: (found := _recorded(recorder)) and len(found) >= len(expected) and found,
+        arrived,
         timeout=20,
         what=f"{len(expected)} mirrored requests at the recording upstream",
         diagnostics=lambda: f"recorded: {len(_recorded(recorder))}\n{envoy.logs()}",
