@@ -52,6 +52,14 @@ def serve(
     scrape_interval: Annotated[
         str, typer.Option(help="How often --envoy-admin Envoys are scraped (e.g. 1s).")
     ] = "1s",
+    parity_address: Annotated[
+        str | None,
+        typer.Option(
+            help="host:port of an in-process comparator receiving Envoy's mirrored requests "
+            "(the policies' parity.comparator cluster points there); its tallies judge parity "
+            "SLOs. Default: none (run `sluice parity serve` and judge through Prometheus).",
+        ),
+    ] = None,
 ) -> None:
     """Serve Envoy its configuration over ADS (SotW and Delta) and keep weights durable.
 
@@ -65,7 +73,7 @@ def serve(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    for address in (xds_address, admin_address):
+    for address in (xds_address, admin_address, *([parity_address] if parity_address else [])):
         try:
             split_address(address)
         except ValueError as exc:
@@ -87,7 +95,15 @@ def serve(
             "envoy_admin",
             {"urls": ",".join(envoy_admin), "scrape_interval": scrape_interval},
         )
-    config = ServeConfig(gw, gateway, xds_address, admin_address, state, metrics=metrics)
+    config = ServeConfig(
+        gw,
+        gateway,
+        xds_address,
+        admin_address,
+        state,
+        metrics=metrics,
+        parity_address=parity_address,
+    )
     try:
         asyncio.run(run(config))
     except StartupError as exc:

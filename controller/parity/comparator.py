@@ -120,6 +120,10 @@ class _Route:
         return route
 
 
+RETIRED_ROUTES = 32
+"""Routes no longer compared whose tallies stay readable (the most recent ones)."""
+
+
 class Comparator:
     """The tap-compare comparator (module doc): a mirror listener, a client pool, the tallies.
 
@@ -143,6 +147,7 @@ class Comparator:
         self._clock = clock
         self._max_in_flight = max_in_flight
         self._routes: dict[str, _Route] = {}
+        self._retired: dict[str, _Route] = {}
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._unrouted = 0
@@ -161,8 +166,11 @@ class Comparator:
     def configure(self, routes: Iterable[RouteParity]) -> None:
         """Compare exactly ``routes`` from now on (live; comparisons under way finish).
 
-        A route that stays keeps its tally and learnt noise and takes the new rules; a route
-        that leaves loses them (its metrics disappear: a counter reset to Prometheus).
+        A route that stays keeps its tally and learnt noise and takes the new rules. A route
+        that leaves is no longer compared, but its tally stays readable (``sluice parity
+        diff`` after a rollback is when operators need it) and exported, until it comes back
+        (a new rollout starts a new tally: a counter reset to Prometheus) or
+        :data:`RETIRED_ROUTES` newer ones left after it.
 
         Raises:
             ValueError: two entries name the same route, or a cluster (baseline, candidate,
@@ -179,15 +187,22 @@ class Comparator:
         for name, parity in wanted.items():
             current = self._routes.get(name)
             if current is None:
+                self._retired.pop(name, None)
                 updated[name] = _Route.new(parity)
             else:
                 current.configured(parity)
                 updated[name] = current
+        for name, route in self._routes.items():
+            if name not in updated:
+                self._retired.pop(name, None)
+                self._retired[name] = route
+        while len(self._retired) > RETIRED_ROUTES:
+            del self._retired[next(iter(self._retired))]
         self._routes = updated
 
     def tally(self, route: str) -> RouteTally | None:
-        """The route's tally, or None when it is not under comparison."""
-        state = self._routes.get(route)
+        """The route's tally (also of a route that left, see :meth:`configure`), or None."""
+        state = self._routes.get(route) or self._retired.get(route)
         return state.tally if state is not None else None
 
     def routes(self) -> list[str]:
@@ -401,13 +416,13 @@ class Comparator:
     def _figures(self) -> list[RouteFigures]:
         return [
             RouteFigures(name, r.tally.counts(), r.tally.paths(), r.exercised)
-            for name, r in sorted(self._routes.items())
+            for name, r in sorted({**self._retired, **self._routes}.items())
         ]
 
     def route_json(self, name: str) -> dict[str, Any] | None:
         """Route ``name``'s counts, paths and samples (the shape in :mod:`controller.parity.api`),
-        or None when it is not under comparison."""
-        route = self._routes.get(name)
+        or None when it is not (or no longer, see :meth:`configure`) known."""
+        route = self._routes.get(name) or self._retired.get(name)
         if route is None:
             return None
         parity = route.parity

@@ -21,11 +21,13 @@ from pathlib import Path
 from aiohttp import web
 
 from controller.analysis.providers.base import MetricsProvider, make_provider
+from controller.parity.comparator import Comparator
 from controller.policy.gateway import Gateway
 from controller.policy.rollout_checks import check_against_gateway
 from controller.runtime.address import split_address
 from controller.runtime.admin import make_app
 from controller.runtime.analyzer import MetricsAnalyzer, StageAnalyzer
+from controller.runtime.parity import LocalParitySource, follow_rollouts
 from controller.runtime.reconciler import Reconciler, rollout_overlay
 from controller.runtime.reload import GatewayReloader
 from controller.store.rollouts import StoreError
@@ -57,6 +59,9 @@ class ServeConfig:
         metrics: the metrics provider's name (``prometheus``, ``envoy_admin``) and options,
             or None: stages are judged on bake time alone when a policy has no SLOs, and
             never pass when it has some (no evidence).
+        parity_address: ``host:port`` where the in-process comparator receives the requests
+            Envoy mirrors (the policies' ``parity.comparator`` cluster must point there); its
+            tallies are the parity SLI. None: no comparator in this process.
     """
 
     gateway: Gateway
@@ -66,6 +71,7 @@ class ServeConfig:
     state_path: Path
     poll_s: float = 0.25
     metrics: tuple[str, dict[str, str]] | None = None
+    parity_address: str | None = None
 
 
 async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
@@ -87,6 +93,8 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         ) from exc
     provider: MetricsProvider | None = None
     analyzer: StageAnalyzer | None = None
+    comparator = Comparator(config.gateway) if config.parity_address is not None else None
+    parity = LocalParitySource(comparator) if comparator is not None else None
     if config.metrics is not None:
         # Imported only when used: prometheus-api-client pulls in pandas (~15 MB resident).
         from controller.analysis.providers import PROVIDERS
@@ -101,7 +109,7 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         starter = getattr(provider, "start", None)
         if starter is not None:
             await starter()
-        analyzer = MetricsAnalyzer(provider)
+        analyzer = MetricsAnalyzer(provider, parity=parity)
         log.info("judging stages with the %s metrics provider (%s)", name, options)
     else:
         log.info("no metrics provider: policies without SLOs bake only; with SLOs they hold")
@@ -148,7 +156,12 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         raise StartupError(str(exc)) from exc
     admin_host, admin_port = split_address(config.admin_address)
     reloader = GatewayReloader(config.gateway_path, weights)
-    runner = web.AppRunner(make_app(cache, weights, reloader, rollouts), access_log=None)
+    app = make_app(cache, weights, reloader, rollouts)
+    if comparator is not None:
+        # `sluice parity diff` asks the controller's admin API, as it would a standalone
+        # comparator's.
+        app.router.add_routes(comparator.admin_routes())
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, admin_host, admin_port)
     try:
@@ -162,6 +175,22 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
             await provider.close()
         raise StartupError(f"cannot bind the admin API to {config.admin_address}: {exc}") from exc
     bound_admin = runner.addresses[0][1] if runner.addresses else admin_port
+    parity_line: dict[str, str] = {}
+    if comparator is not None and config.parity_address is not None:
+        parity_host, parity_port = split_address(config.parity_address)
+        try:
+            await comparator.start(parity_host, parity_port)
+        except OSError as exc:
+            await server.stop(None)
+            await runner.cleanup()
+            store.close()
+            rollouts.close()
+            if provider is not None:
+                await provider.close()
+            raise StartupError(
+                f"cannot bind the comparator to {config.parity_address}: {exc}"
+            ) from exc
+        parity_line["parity"] = f"{parity_host}:{comparator.port}"
     # Everything alive now (imported modules, envoy-data-plane's classes, the first snapshot)
     # lives as long as the process: keep it out of every future collection, whose full passes
     # otherwise walked ~86,000 objects and paused pushes by 100+ ms at 1,000 streams.
@@ -179,6 +208,7 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
                 "xds": f"{xds_host}:{xds_port}",
                 "admin": f"{admin_host}:{bound_admin}",
                 "state": str(config.state_path),
+                **parity_line,
             }
         ),
         flush=True,
@@ -214,6 +244,13 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         loop.add_signal_handler(signal.SIGHUP, schedule_reload)
     reconciler = Reconciler(rollouts, weights, analyzer=analyzer, poll_s=config.poll_s)
     reconciling = loop.create_task(reconciler.run(stop), name="reconciler")
+    following = (
+        loop.create_task(
+            follow_rollouts(comparator, rollouts, stop, config.poll_s), name="parity-routes"
+        )
+        if comparator is not None
+        else None
+    )
     try:
         await stop.wait()
     finally:
@@ -221,6 +258,12 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         reconciling.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reconciling
+        if following is not None:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
+        if comparator is not None:
+            await comparator.stop()
         if provider is not None:
             await provider.close()
         for task in reloads:

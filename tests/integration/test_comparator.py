@@ -431,14 +431,26 @@ async def test_configure_keeps_tallies_of_routes_that_stay(
     comparator: Comparator, client: aiohttp.ClientSession
 ) -> None:
     await mirror(client, comparator, "items", "/items/4")
+    await mirror(client, comparator, "slow", "/items/5")
     await until(lambda: recorded(comparator, "items") == 1, "recorded")
-    before = comparator.tally("items")
+    await until(lambda: recorded(comparator, "slow") == 1, "recorded")
+    before, slow = comparator.tally("items"), comparator.tally("slow")
     comparator.configure([RouteParity("items", parity(timeout="1s"), "base", "nested")])
     assert comparator.tally("items") is before
-    assert comparator.tally("slow") is None
     assert comparator.routes() == ["items"]
+    # A route that left is compared no more, but what it saw stays readable (parity diff
+    # after a rollback) and exported, until a new rollout of it starts a new tally.
+    assert comparator.tally("slow") is slow
+    assert comparator.route_json("slow") is not None
+    status = await mirror(client, comparator, "slow", "/items/6")
+    assert status == 404
     with pytest.raises(UnknownCluster):
         comparator.configure([RouteParity("x", parity(), "base", "no-such-cluster")])
     assert comparator.routes() == ["items"]  # a refused configuration changes nothing
     m = await metrics(client, comparator)
-    assert ("sluice_parity_requests_total", "outcome=matched", "route=slow") not in m
+    assert ("sluice_parity_requests_total", "outcome=matched", "route=slow") in m
+    comparator.configure([*ROUTES])
+    fresh = comparator.tally("slow")
+    assert fresh is not None
+    assert fresh is not slow
+    assert fresh.counts().compared == 0
