@@ -1,8 +1,10 @@
-"""Parity comparator throughput: compared requests per second on one core, against a floor.
+"""Parity comparator throughput (compared requests per second on one core, against a floor)
+and Envoy's downstream latency for users with mirroring on versus off.
 
-    python3 benchmarks/parity_throughput.py                  # 10 s, primary + candidate
-    python3 benchmarks/parity_throughput.py --secondary      # + a secondary (3 targets)
-    python3 benchmarks/parity_throughput.py --duration 3     # a smoke run
+    python3 benchmarks/parity_throughput.py                  # both parts (~2.5 min)
+    python3 benchmarks/parity_throughput.py --part throughput --secondary   # + a secondary
+    python3 benchmarks/parity_throughput.py --part envoy --rounds 12        # more rounds
+    python3 benchmarks/parity_throughput.py --quick          # a smoke run (~20 s)
 
 Method
 ------
@@ -32,8 +34,8 @@ can measure: a comparator figure close to the floor is limited by the rig, not b
 Target (issue 5): >= 2,000 compared requests/s on one core. The machine's load average is
 printed: figures taken while other work runs are not comparable.
 
-Envoy's part (downstream latency with mirroring on versus off through a real Envoy) is
-:func:`envoy_mirror_latency` (``--envoy``): not implemented yet (see its docstring).
+Envoy's part (``--part envoy``; issue 5's second target: no measurable increase) is
+:func:`envoy_mirror_latency`, whose docstring has the method.
 
 The last line printed is one JSON object with every figure. Every process started is
 stopped at the end, also on errors and Ctrl-C.
@@ -43,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import json
 import os
@@ -370,17 +371,56 @@ def _run_load(
 
 def envoy_mirror_latency(args: argparse.Namespace) -> dict[str, Any]:
     """Envoy's downstream latency for users with mirroring on versus off (issue 5's second
-    target: no measurable increase).
+    target: no measurable increase). Returns the ``envoy`` object of the final JSON line.
 
-    Not implemented yet. The plan: ``tests/e2e/harness.py``'s Controller and Envoy with a
-    gateway whose route has a parity policy (``sluice serve --parity-address``), the same
-    closed-loop user load through Envoy with the mirror at 0% and at 100%, alternating runs,
-    and the p50/p99 of the users' latency compared with a confidence interval.
+    Method (``_mirror_latency.py``, ``_mirror_load.py``, ``_mirror_summary.py``,
+    ``_latency_compare.py`` next to this file):
 
-    Raises:
-        NotImplementedError: always, for now.
+    * the end-to-end suite's stack: two ``tests/e2e/items_server.py`` upstreams (baseline and
+      candidate, aiohttp, JSON items with volatile fields), a real Envoy (``envoy`` on PATH,
+      ``--concurrency 2``) fed over ADS by ``sluice serve --parity-address``: the comparator
+      in the controller's process, the embedded default (``sluice parity serve`` apart would
+      change which process burns the CPU, not how much of this machine's two CPUs the
+      mirrored work takes; and the in-process one feeds the judge, the standalone one needs
+      Prometheus). No metrics provider, so nothing scrapes Envoy in either arm;
+    * mirroring **on**: a rollout whose first stage is a shadow stage (0%, bake 1 h) mirroring
+      100% of GETs to the comparator (``sluice rollout start``, later ``retry``); **off**: that
+      rollout aborted (or not started yet). Users stay on the baseline in both arms;
+    * the users: a separate process per round (``_mirror_load.py``) sending ``GET
+      /api/comments/items/{id}`` through Envoy's listener at a fixed rate, open loop (each
+      request due at its time whatever the earlier ones did), ``--warmup-requests`` first
+      then ``--round-requests`` measured; latency from the write to the last byte read;
+    * ``--rounds`` rounds in ABBA order (off, on, on, off, ...), so that drift of the machine
+      weighs on both arms alike; Envoy's own ``downstream_rq_time`` histogram is read around
+      every round (``/stats?format=json&histogram_buckets=detailed``; whole milliseconds);
+    * per arm p50/p99/p99.9; ``on - off`` at each with a 95% interval from a moving-block
+      bootstrap stratified by round (blocks of half a second of requests: latencies close in
+      time are not independent), and a Mann-Whitney U test of the whole distributions;
+    * verdict: no measurable increase when the p99 difference's interval includes 0 (or lies
+      below it), or stays under ``--p99-bound-ratio`` (10%) of the off arm's p99.
+
+    The mirror costs users only what it costs the machine: Envoy sends every GET twice, the
+    baseline answers each mirrored request again (the comparator's primary), and the
+    comparator and the candidate run too. Everything here shares two CPUs (nothing pinned),
+    so the "on" arm measures a co-located comparator and candidate: an upper bound of what a
+    gateway with the comparator elsewhere would see. The CPU shares of each process per arm
+    and what else ran on the machine are in the figures.
     """
-    raise NotImplementedError("the Envoy part of parity_throughput is not implemented yet")
+    from _mirror_summary import EnvoyConfig, measure_envoy
+
+    quick = args.quick
+    return measure_envoy(
+        EnvoyConfig(
+            rate=args.rate,
+            requests=300 if quick else args.round_requests,
+            warmup=30 if quick else args.warmup_requests,
+            rounds=2 if quick else args.rounds,
+            iterations=200 if quick else args.bootstrap,
+            bound_ratio=args.p99_bound_ratio,
+            seed=args.seed,
+            pinned=args.pin,
+        )
+    )
 
 
 def main() -> None:
@@ -398,7 +438,22 @@ def main() -> None:
     parser.add_argument("--secondary", action="store_true", help="also a secondary")
     parser.add_argument("--mismatch-every", type=int, default=100, help="1 in N mismatches")
     parser.add_argument("--cpu", type=int, default=0, help="the comparator's CPU")
-    parser.add_argument("--envoy", action="store_true", help="Envoy latency, mirror on/off")
+    parser.add_argument(
+        "--part", choices=("all", "throughput", "envoy"), default="all", help="what to measure"
+    )
+    parser.add_argument("--quick", action="store_true", help="a smoke run of both parts")
+    parser.add_argument("--rate", type=float, default=400.0, help="Envoy part: user req/s")
+    parser.add_argument("--round-requests", type=int, default=4000, help="measured per round")
+    parser.add_argument("--warmup-requests", type=int, default=200, help="sent first per round")
+    parser.add_argument("--rounds", type=int, default=8, help="off/on rounds, ABBA order")
+    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument(
+        "--p99-bound-ratio", type=float, default=0.10, help="p99 increase tolerated (of off's)"
+    )
+    parser.add_argument("--seed", type=int, default=20260505, help="bootstrap seed")
+    parser.add_argument(
+        "--pin", action="store_true", help="Envoy part: users' path and mirror's consumers apart"
+    )
     parser.add_argument("--profile", metavar="FILE", help="cProfile the comparator into FILE")
     args = parser.parse_args()
     role = args.role or "bench"
@@ -417,20 +472,28 @@ def main() -> None:
     elif role == "load":
         asyncio.run(_load(args.port, args.concurrency, args.duration, args.mirrored))
     else:
-        figures = measure(args)
-        if args.envoy:
-            with contextlib.suppress(NotImplementedError):
-                figures["envoy"] = envoy_mirror_latency(args)
-            figures.setdefault("envoy", "not implemented")
-        print(
-            f"comparator on CPU {figures['comparator_cpu']}: {figures['compared_per_s']:.0f}"
-            f" compared/s ({figures['targets']} targets; target >= 2,000), dropped"
-            f" {figures['dropped_per_s']:.0f}/s,"
-            f" comparator CPU {figures['comparator_cpu_share']:.0%}"
-            f" ({figures['compared_per_cpu_s']:.0f} compared per CPU-second);"
-            f" floor (load straight to one upstream) {figures['floor_per_s']:.0f}/s;"
-            f" load average {figures['loadavg']}"
-        )
+        # SIGTERM unwinds like Ctrl-C: every process started is stopped on the way out.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        if args.quick:
+            args.duration, args.warmup = 1.0, 0.5
+        figures: dict[str, Any] = {"benchmark": "parity_throughput"}
+        if args.part in ("all", "throughput"):
+            figures = measure(args)
+            print(
+                f"comparator on CPU {figures['comparator_cpu']}: {figures['compared_per_s']:.0f}"
+                f" compared/s ({figures['targets']} targets; target >= 2,000), dropped"
+                f" {figures['dropped_per_s']:.0f}/s,"
+                f" comparator CPU {figures['comparator_cpu_share']:.0%}"
+                f" ({figures['compared_per_cpu_s']:.0f} compared per CPU-second);"
+                f" floor (load straight to one upstream) {figures['floor_per_s']:.0f}/s;"
+                f" load average {figures['loadavg']}",
+                flush=True,
+            )
+        if args.part in ("all", "envoy"):
+            from _mirror_summary import report
+
+            figures["envoy"] = envoy_mirror_latency(args)
+            print(report(figures["envoy"]), flush=True)
         print(json.dumps(figures))
 
 

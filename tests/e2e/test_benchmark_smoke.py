@@ -31,3 +31,38 @@ def test_xds_fanout_quick_run_reports_figures() -> None:
     assert floor["p99_ms"] > 0
     # Serialization per change does not depend on the number of streams (one route table).
     assert controller["serializations_per_change"] == 2
+
+
+def test_parity_throughput_quick_run_reports_both_parts() -> None:
+    """``parity_throughput.py --quick``: the comparator's throughput, and one off and one on
+    round of users through a real Envoy in which the mirror really reached the comparator
+    (figures read by people; what is asserted is that each part measured what it says)."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "parity_throughput.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["benchmark"] == "parity_throughput"
+    assert figures["compared_per_s"] > 0
+    envoy = figures["envoy"]
+    assert envoy["order"] == ["off", "on"]
+    off, on = envoy["off"], envoy["on"]
+    assert off["requests"] == on["requests"] == envoy["requests_per_round"]
+    assert off["errors"] == on["errors"] == 0
+    assert off["non_200"] == on["non_200"] == 0
+    # Envoy mirrored every GET (warm-up included) while on, none while off.
+    assert off["mirrored"] == 0
+    assert on["mirrored"] == envoy["requests_per_round"] + envoy["warmup_per_round"]
+    comparator = on["comparator"]
+    assert 0 < comparator["compared"] <= on["mirrored"], comparator
+    assert comparator["mismatched"] == 0, comparator  # the volatile fields are ignored
+    assert off["envoy_rq_time"]["requests"] > 0
+    for label in ("p50_ms", "p99_ms", "p999_ms"):
+        d = envoy["diff_ms"][label]
+        assert d["ci95_low"] <= d["ci95_high"], (label, d)
+    assert isinstance(envoy["target_met"], bool)
+    assert envoy["verdict"]
