@@ -70,19 +70,40 @@ def check_parity(policy: RolloutPolicy) -> list[Problem]:
 def check_parity_against_gateway(policy: RolloutPolicy, gateway: Gateway) -> list[Problem]:
     """Problems of the parity clusters on ``gateway``: the comparator, the secondary and the
     sister clusters must be declared there (Envoy mirrors to the comparator's cluster, and the
-    comparator forwards to the clusters' endpoints). Empty without ``spec.parity``."""
-    if policy.spec.parity is None:
+    comparator forwards to the clusters' endpoints); the clusters the comparator forwards to
+    (baseline, candidate, secondary, sisters) must speak HTTP/1.1, the only protocol its
+    client speaks. Empty without ``spec.parity``."""
+    parity = policy.spec.parity
+    if parity is None:
         return []
     known = gateway.cluster_names()
-    return [
+    problems: list[Problem] = [
         (
             path,
             f"gateway {gateway.metadata.name!r} declares no cluster {cluster!r}"
             f" (clusters: {', '.join(sorted(known))})",
         )
-        for path, cluster in parity_clusters(policy.spec.parity)
+        for path, cluster in parity_clusters(parity)
         if cluster not in known
     ]
+    spec = policy.spec
+    forwarded = [
+        (("spec", "baseline", "cluster"), spec.baseline.cluster),
+        (("spec", "candidate", "cluster"), spec.candidate.cluster),
+        *parity_clusters(parity)[1:],  # not the comparator: Envoy talks to it
+    ]
+    protocols = {c.name: c.protocol for c in gateway.spec.clusters}
+    problems.extend(
+        (
+            path,
+            f"cluster {cluster!r} speaks {protocols[cluster]} in gateway "
+            f"{gateway.metadata.name!r}: the comparator forwards mirrored requests over "
+            "HTTP/1.1 only, so parity cannot be compared there",
+        )
+        for path, cluster in forwarded
+        if protocols.get(cluster, "http1") != "http1"
+    )
+    return problems
 
 
 def parity_clusters(parity: ParityPolicy) -> list[tuple[FieldPath, str]]:

@@ -71,6 +71,7 @@ async def follow_rollouts(
     """Keep the comparator's routes those of the active rollouts (re-read every ``poll_s``)
     until ``stop`` is set."""
     current: list[RouteParity] | None = None
+    refused: list[RouteParity] | None = None
     while not stop.is_set():
         try:
             active = await asyncio.to_thread(store.list, active_only=True)
@@ -81,12 +82,15 @@ async def follow_rollouts(
             if routes != current:
                 try:
                     comparator.configure(routes)
-                except ValueError:
+                except ValueError as exc:
                     # A policy naming a cluster the gateway lacks (the rollout's own checks
-                    # report it): the comparator keeps comparing what it compared.
-                    log.exception("cannot compare routes %s", [r.route for r in routes])
+                    # report it): keep comparing what we compared, and try again at every
+                    # poll (a gateway reload may add the cluster); log each refusal once.
+                    if routes != refused:
+                        log.error("cannot compare routes %s: %s", [r.route for r in routes], exc)
+                        refused = routes
                 else:
                     log.info("comparing routes: %s", [r.route for r in routes] or "none")
-                current = routes
+                    current, refused = routes, None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), poll_s)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from controller.policy.gateway import Gateway
 from controller.policy.source import DocumentError
 from controller.runtime.gatewayfile import load_gateway_file
 from controller.xds.typeurls import short_name
@@ -33,6 +35,8 @@ class GatewayReloader:
         last_error: why the last reload failed, or None after a success.
         last_acks: per changed type (CDS, EDS, LDS, RDS) of the last reload, the ACK outcome
             and the nodes that had not answered in time.
+        on_loaded: called with the new gateway after a reload Envoy accepted (the in-process
+            comparator follows the clusters' endpoints with it).
     """
 
     path: Path | None
@@ -41,6 +45,7 @@ class GatewayReloader:
     loaded_at: float = field(default_factory=time.time)
     last_error: str | None = None
     last_acks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    on_loaded: Callable[[Gateway], None] | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     async def reload(self) -> bool:
@@ -72,6 +77,8 @@ class GatewayReloader:
             if not change.nacks:
                 self.last_error = None
                 self.loaded_at = time.time()
+                if self.on_loaded is not None:
+                    self.on_loaded(gateway)
                 unconfirmed = {t: a for t, a in self.last_acks.items() if a["outcome"] == "timeout"}
                 log.info(
                     "gateway reloaded from %s%s",

@@ -242,6 +242,17 @@ def test_parity_clusters_must_exist_in_the_gateway() -> None:
     assert "sluice-parity" in issues[0][2]
 
 
+def test_parity_refuses_clusters_the_comparator_cannot_speak_to() -> None:
+    # The comparator forwards over HTTP/1.1 only: a gRPC (http2) secondary could never answer.
+    text = _edit("    mirror: 100%\n", "    mirror: 100%\n    secondary: {cluster: search-grpc}\n")
+    issues = _issues(text, _gateway())
+    assert [(line, field) for line, field, _ in issues] == [
+        (_line(text, "search-grpc"), "spec.parity.secondary.cluster")
+    ]
+    assert "speaks http2" in issues[0][2]
+    assert "HTTP/1.1 only" in issues[0][2]
+
+
 def test_the_cli_reports_file_line_and_field(tmp_path: Path) -> None:
     text = _edit(
         "    - {weight: 10%, bake: 1m}\n",
