@@ -11,10 +11,10 @@ from controller.analysis.providers import PROVIDERS
 from controller.analysis.providers.base import make_provider
 from controller.analysis.providers.prometheus import (
     PrometheusProvider,
-    _api_error,
     http_status,
     is_transient,
 )
+from controller.analysis.providers.prometheus_query import _api_error
 
 
 def api_error(status: int, body: bytes = b"") -> PrometheusApiClientException:

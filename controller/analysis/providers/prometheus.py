@@ -30,52 +30,41 @@ Outcomes, none of them a pass:
   :class:`Sample` with ``gaps[custom_gap(name)]`` of that kind and no ``custom`` entry for that
   SLO; the other SLOs are judged. The judge applies the policy's ``noData`` per SLO;
 - with ``parity_route``, the comparator's four counts of the route
-  (:func:`~controller.analysis.queries.parity_query`: matched, noisy, mismatched, error): an
-  outcome without a series reads 0 (the comparator's counter is born on its first increment),
-  none of the four with a series → ``gaps[PARITY_GAP] = NoSample("empty")`` (the comparator is
-  not scraped, or nothing was mirrored yet, or under two scrapes in the window), NaN or
-  infinite → ``nan``, not one value → ``error``; a failing query fails the sample, as above.
+  (:mod:`~controller.analysis.providers.prometheus_parity`): none with a series →
+  ``gaps[PARITY_GAP] = NoSample("empty")``, NaN or infinite → ``nan``, not one value →
+  ``error``; a failing query fails the sample, as above.
 
-Latency histograms: the per-``le`` increases are made monotonic (a running maximum, as
-Prometheus' own ``histogram_quantile`` does) because ``increase()`` extrapolates each bucket
-series separately and can leave a lower bucket a hair above a higher one.
+Modules: this one holds the provider, its query plan and the sample's assembly; running a query
+with retries is :mod:`~controller.analysis.providers.prometheus_query`, reading results as values
+and histograms :mod:`~controller.analysis.providers.prometheus_values` (latency buckets are made
+monotonic there), the parity SLI :mod:`~controller.analysis.providers.prometheus_parity`.
 """
 
 from __future__ import annotations
 
-import ast
 import asyncio
-import contextlib
-import json
-import math
-import re
 import threading
-import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
 
-import requests
-from prometheus_api_client.exceptions import PrometheusApiClientException
 from prometheus_api_client.prometheus_connect import PrometheusConnect
-from tenacity import (
-    Retrying,
-    retry_if_exception,
-    stop_before_delay,
-    stop_when_event_set,
-    wait_exponential,
-)
 from urllib3.util.retry import Retry
 
 from controller.analysis import queries
 from controller.analysis.providers.base import CustomQuery, MetricsProvider
+from controller.analysis.providers.prometheus_parity import parity_plan, parity_sli
+from controller.analysis.providers.prometheus_query import (
+    Answer,
+    describe_failures,
+    http_status,
+    is_transient,
+    run_query,
+)
+from controller.analysis.providers.prometheus_values import Outcome, histogram, single_value
 from controller.analysis.sli import (
     EMPTY_HISTOGRAM,
     LATENCY_GAP,
     PARITY_GAP,
-    FailureKind,
-    Histogram,
     NoSample,
     ParitySli,
     Sample,
@@ -85,44 +74,13 @@ from controller.analysis.sli import (
     merge_gaps,
 )
 
-_STATUS = re.compile(r"HTTP Status Code (\d{3})")
-_MIN_ATTEMPT_TIMEOUT_S = 0.2
+__all__ = ["FACTORY", "MAX_WORKERS", "PrometheusProvider", "http_status", "is_transient"]
+
 _DEADLINE_SLACK_S = 1.0
 MAX_WORKERS = 8
 """Threads of a provider's pool: the six queries of a sample without custom queries run at
 once (with parity, four more wait their turn); kept under requests' connection pool (10 per
 host) so that no connection is discarded."""
-
-
-def http_status(exc: BaseException) -> int | None:
-    """The HTTP status of a prometheus-api-client error (``HTTP Status Code 503 (...)``)."""
-    if isinstance(exc, PrometheusApiClientException):
-        match = _STATUS.search(str(exc))
-        return int(match.group(1)) if match else None
-    return None
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Worth retrying: the network or the server failed, not the query.
-
-    Transient: connection errors and timeouts (``requests``), HTTP 429 and 5xx (Prometheus
-    answers 503 when a query times out or is aborted). Not transient: HTTP 400 (bad query),
-    422 (the query cannot be executed), anything else.
-    """
-    if isinstance(exc, requests.ConnectionError | requests.Timeout):
-        return True
-    status = http_status(exc)
-    return status is not None and (status == 429 or status >= 500)
-
-
-@dataclass(frozen=True)
-class _Answer:
-    """One query's outcome: its result (prometheus-api-client's ``data.result``) or error."""
-
-    query: str
-    result: Any = None
-    error: str | None = None
-    attempts: int = 1
 
 
 class PrometheusProvider:
@@ -229,10 +187,7 @@ class PrometheusProvider:
             ]
             plan += [queries.render_custom(c.template, cluster, seconds) for c in custom]
         if parity_route is not None:
-            plan += [
-                queries.parity_query(parity_route, outcome, seconds)
-                for outcome in queries.PARITY_OUTCOMES
-            ]
+            plan += parity_plan(parity_route, seconds)
         loop = asyncio.get_running_loop()
         stop = threading.Event()
         self._running.add(stop)
@@ -253,52 +208,24 @@ class PrometheusProvider:
             self._running.discard(stop)
         return _read(list(answers), clusters, end, seconds, custom, parity_route)
 
-    # --- one query, retried ------------------------------------------------------------------
-
-    def _query(self, query: str, at: float, stop: threading.Event) -> _Answer:
-        """Run ``query`` at time ``at`` (blocking; in a worker thread), retrying transient
-        failures within the budget until ``stop`` is set. Never raises."""
-        if stop.is_set():  # queued behind other queries until the sample gave up
-            return _Answer(query, error="not run: the sample timed out", attempts=0)
-        began = time.monotonic()
-        attempts = 0
-
-        def attempt() -> Any:
-            nonlocal attempts
-            if attempts and stop.is_set():  # woken from the backoff: no new attempt
-                raise _Stopped("the sample gave up (timed out or cancelled)")
-            attempts += 1
-            timeout = self.timeout_s
-            if attempts > 1:  # later attempts end with the budget
-                remaining = self.retry_budget_s - (time.monotonic() - began)
-                timeout = max(_MIN_ATTEMPT_TIMEOUT_S, min(timeout, remaining))
-            return self._client.custom_query(
-                query,
-                params={"time": f"{at:.3f}", "timeout": f"{self.timeout_s:g}s"},
-                timeout=timeout,  # type: ignore[arg-type]  # as in __init__
-            )
-
-        def sleep(seconds: float) -> None:
-            stop.wait(seconds)  # the backoff ends early when the sample gives up
-
-        retrying = Retrying(
-            stop=stop_before_delay(self.retry_budget_s) | stop_when_event_set(stop),
-            wait=wait_exponential(multiplier=0.1, min=0.1, max=2.0),
-            retry=retry_if_exception(is_transient),
-            sleep=sleep,
-            reraise=True,
+    def _query(self, query: str, at: float, stop: threading.Event) -> Answer:
+        """:func:`~controller.analysis.providers.prometheus_query.run_query` with the
+        provider's client, timeout and retry budget (blocking; in a worker thread)."""
+        return run_query(
+            self._client,
+            query,
+            at,
+            stop,
+            timeout_s=self.timeout_s,
+            retry_budget_s=self.retry_budget_s,
         )
-        try:
-            return _Answer(query, result=retrying(attempt), attempts=attempts)
-        except Exception as exc:
-            return _Answer(query, error=_error_text(exc), attempts=attempts)
 
 
 # --- reading results -------------------------------------------------------------------------
 
 
 def _read(
-    answers: list[_Answer],
+    answers: list[Answer],
     clusters: tuple[str, str],
     end: float,
     seconds: int,
@@ -309,11 +236,11 @@ def _read(
     the custom queries; last the parity queries (see the module doc for the outcomes)."""
     failed = [a for a in answers if a.error is not None]
     if failed:
-        return NoSample("error", _describe_failures(failed, len(answers)))
+        return NoSample("error", describe_failures(failed, len(answers)))
     per_side = 3 + len(custom)
     parity: ParitySli | NoSample | None = None
     if parity_route is not None:
-        parity = _parity(answers[2 * per_side :], parity_route)
+        parity = parity_sli(answers[2 * per_side :], parity_route)
     sides: list[SideCounts] = []
     latency_gaps: list[NoSample] = []
     custom_values: list[list[float]] = [[] for _ in custom]
@@ -323,19 +250,19 @@ def _read(
             index * per_side : (index + 1) * per_side
         ]
         try:
-            req = _single_value(requests_a, missing=None)
-            err = _single_value(errors_a, missing=0.0)
-        except _Outcome as outcome:
+            req = single_value(requests_a, missing=None)
+            err = single_value(errors_a, missing=0.0)
+        except Outcome as outcome:
             return NoSample(outcome.kind, f"{cluster}: {outcome}")
         try:
-            hist = _histogram(latency_a)
-        except _Outcome as outcome:
+            hist = histogram(latency_a)
+        except Outcome as outcome:
             hist = EMPTY_HISTOGRAM
             latency_gaps.append(NoSample(outcome.kind, f"{cluster}: {outcome}"))
         for values, outcomes, answer in zip(custom_values, custom_gaps, custom_a, strict=True):
             try:
-                values.append(_single_value(answer, missing=None))
-            except _Outcome as outcome:
+                values.append(single_value(answer, missing=None))
+            except Outcome as outcome:
                 outcomes.append(NoSample(outcome.kind, f"{cluster}: {outcome}"))
         sides.append(SideCounts(requests=req, errors=err, latency=hist))
     gaps: dict[str, NoSample] = {}
@@ -358,160 +285,6 @@ def _read(
         gaps=gaps,
         parity=parity if isinstance(parity, ParitySli) else None,
     )
-
-
-def _parity(answers: list[_Answer], route: str) -> ParitySli | NoSample:
-    """The comparator's counts from the answers of the :data:`~queries.PARITY_OUTCOMES`
-    queries, in that order; an outcome without a series is 0, all four without: ``empty``."""
-    values: dict[str, float] = {}
-    for outcome, answer in zip(queries.PARITY_OUTCOMES, answers, strict=True):
-        try:
-            values[outcome] = _single_value(answer, missing=None)
-        except _Outcome as problem:
-            if problem.kind != "empty":
-                return NoSample(problem.kind, f"parity of route {route!r}: {problem}")
-    if not values:
-        return NoSample(
-            "empty",
-            f"parity of route {route!r}: no {queries.PARITY_METRIC} series (the comparator"
-            " is not scraped, no request of the route was mirrored yet, or the window holds"
-            " under two scrapes)",
-        )
-    matched, noisy, mismatched = (values.get(o, 0.0) for o in ("matched", "noisy", "mismatched"))
-    return ParitySli(
-        compared=matched + noisy + mismatched,
-        mismatched=mismatched,
-        noisy=noisy,
-        errors=values.get("error", 0.0),
-    )
-
-
-class _Stopped(Exception):
-    """The sample stopped waiting for this query (not transient: ends the retries)."""
-
-
-class _Outcome(Exception):
-    """A result that is not a usable value: no series (``empty``), NaN or infinite (``nan``),
-    or not the shape asked for (``error``: several series, a range vector, a string)."""
-
-    def __init__(self, kind: FailureKind, message: str) -> None:
-        super().__init__(message)
-        self.kind: FailureKind = kind
-
-
-def _describe_failures(failed: list[_Answer], total: int) -> str:
-    """The first failure in full (query, attempts, error); the other failed queries by text
-    only when their error differs (a stopped Prometheus fails every query the same way)."""
-    first = failed[0]
-    tries = "attempt" if first.attempts == 1 else "attempts"
-    parts = [
-        f"{len(failed)} of {total} queries failed; query {first.query!r} failed after"
-        f" {first.attempts} {tries}: {first.error}"
-    ]
-    for answer in failed[1:]:
-        if answer.error != first.error and _shape(answer.error) != _shape(first.error):
-            parts.append(f"query {answer.query!r}: {answer.error}")
-    return "; ".join(parts)
-
-
-def _shape(error: str | None) -> str:
-    """An error without its URL and positions, to group the same failure of several queries."""
-    return re.sub(r"(url: \S+|\d+:\d+:|port=\d+)", "", error or "")
-
-
-def _error_text(exc: BaseException) -> str:
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    if isinstance(exc, requests.RequestException) and reason is not None:
-        # urllib3's MaxRetryError: its text repeats the whole URL; the reason is what failed.
-        return f"{type(exc).__name__}: {_short(str(reason))}"
-    status = http_status(exc)
-    if status is not None:
-        return f"HTTP {status}: {_short(_api_error(str(exc)))}"
-    return f"{type(exc).__name__}: {_short(str(exc))}"
-
-
-def _api_error(text: str) -> str:
-    """Prometheus' ``errorType: error`` from prometheus-api-client's message, which ends with
-    the response body as a bytes repr: ``HTTP Status Code 400 (b'{"status":"error",...}')``;
-    the message itself when that does not parse."""
-    match = re.search(r"\((b(['\"]).*\2)\)\s*$", text, re.DOTALL)
-    if match:
-        with contextlib.suppress(ValueError, SyntaxError, UnicodeDecodeError):
-            body = json.loads(ast.literal_eval(match.group(1)))
-            if isinstance(body, dict) and "error" in body:
-                return f"{body.get('errorType', 'error')}: {body['error']}"
-    return text
-
-
-def _short(text: str, limit: int = 400) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _value(raw: Any, query: str) -> float:
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise _Outcome("nan", f"query {query!r} returned a non-number {raw!r}") from None
-    if not math.isfinite(value):
-        raise _Outcome("nan", f"query {query!r} returned {raw}")
-    return value
-
-
-def _single_value(answer: _Answer, *, missing: float | None) -> float:
-    """The one value of an instant vector with one series, or of a scalar.
-
-    ``missing``: the value of an empty vector (None: an empty vector is an ``empty`` outcome).
-    """
-    result = answer.result
-    if _is_scalar(result):
-        return _value(result[1], answer.query)
-    if not isinstance(result, list):
-        raise _Outcome("error", f"query {answer.query!r} returned {result!r}")
-    if not result:
-        if missing is None:
-            raise _Outcome("empty", f"query {answer.query!r} returned no series")
-        return missing
-    if len(result) > 1:
-        raise _Outcome(
-            "error",
-            f"query {answer.query!r} returned {len(result)} series where one value was"
-            " expected (aggregate it, e.g. with sum())",
-        )
-    series = result[0]
-    if not isinstance(series, dict) or "value" not in series:
-        raise _Outcome(
-            "error", f"query {answer.query!r} did not return an instant vector or a scalar"
-        )
-    return _value(series["value"][1], answer.query)
-
-
-def _is_scalar(result: Any) -> bool:
-    return (
-        isinstance(result, list)
-        and len(result) == 2
-        and isinstance(result[0], int | float)
-        and isinstance(result[1], str)
-    )
-
-
-def _histogram(answer: _Answer) -> Histogram:
-    """``sum by (le)`` series → a cumulative :class:`Histogram` (running maximum applied)."""
-    result = answer.result
-    if not isinstance(result, list) or not result:
-        raise _Outcome("empty", f"query {answer.query!r} returned no series")
-    buckets: list[tuple[float, float]] = []
-    for series in result:
-        le = series.get("metric", {}).get("le") if isinstance(series, dict) else None
-        if le is None or "value" not in series:
-            raise _Outcome("error", f"query {answer.query!r} returned a series without 'le'")
-        buckets.append((float(le), _value(series["value"][1], answer.query)))
-    buckets.sort()
-    if not math.isinf(buckets[-1][0]):
-        raise _Outcome("empty", f"query {answer.query!r} returned no +Inf bucket")
-    counts: list[float] = []
-    for _, count in buckets:
-        counts.append(max(count, counts[-1]) if counts else count)
-    return Histogram(tuple(b for b, _ in buckets), tuple(counts))
 
 
 def _factory(options: Mapping[str, str]) -> MetricsProvider:
