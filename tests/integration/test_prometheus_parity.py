@@ -50,6 +50,8 @@ PARITY_RATES = {
         "dropped": 3.0,
     },
     "broken": {"matched": math.nan, "noisy": 0.0, "mismatched": 0.0, "error": 0.0},
+    # Configured in the comparator, but nothing mirrored: every outcome exported at 0.
+    "idle": {"matched": 0.0, "noisy": 0.0, "mismatched": 0.0, "error": 0.0},
 }
 
 
@@ -163,11 +165,14 @@ def test_the_parity_sli_is_read_per_outcome(scraped: Scraped) -> None:
     parity = result.parity
     assert parity is not None
     rates = PARITY_RATES["items"]
-    assert parity.compared == pytest.approx(212 * 3, rel=0.03), parity
+    # The exporter computes its counts when scraped, Prometheus stamps them when the scrape
+    # starts: on a busy machine the gap varies by tens of ms over a 2 s span of samples, so
+    # the totals carry a few percent of jitter; the ratios between outcomes are exact.
+    assert parity.compared == pytest.approx(212 * 3, rel=0.1), parity
     assert parity.mismatched / parity.compared == pytest.approx(rates["mismatched"] / 212)
     assert parity.noisy / parity.compared == pytest.approx(rates["noisy"] / 212)
     assert parity.errors / parity.compared == pytest.approx(rates["error"] / 212)
-    assert result.baseline.requests == pytest.approx(50 * 3, rel=0.03)
+    assert result.baseline.requests == pytest.approx(50 * 3, rel=0.1)
     assert result.candidate.requests == 0.0
     verdict = judge(policy("hold"), 0, result, window_s=3)
     assert verdict.outcome == "fail", verdict.reason
@@ -184,12 +189,24 @@ def test_a_route_without_series_is_an_empty_parity_gap(scraped: Scraped) -> None
     assert gap.kind == "empty", gap
     assert "'quiet'" in gap.message
     assert "no sluice_parity_requests_total series" in gap.message
-    assert result.baseline.requests == pytest.approx(50 * 3, rel=0.03)
+    assert result.baseline.requests == pytest.approx(50 * 3, rel=0.1)
     held = judge(policy("hold"), 0, result, window_s=3)
     assert held.outcome == "inconclusive", held.reason
     failed = judge(policy("fail"), 0, result, window_s=3)
     assert failed.outcome == "fail", failed.reason
     assert "parity: no data (noData: fail)" in failed.reason
+
+
+def test_a_route_whose_counts_all_stay_at_zero_is_an_empty_parity_gap(scraped: Scraped) -> None:
+    end = last_scrape_time(scraped.prometheus)
+    result = sample(scraped.prometheus.url, "idle", end - 3, end)
+    assert isinstance(result, Sample), result
+    assert result.parity is None
+    gap = result.gaps[PARITY_GAP]
+    assert gap.kind == "empty", gap
+    assert "no mirrored request was compared" in gap.message
+    failed = judge(policy("fail"), 0, result, window_s=3)
+    assert failed.outcome == "fail", failed.reason
 
 
 def test_a_nan_counter_is_a_nan_parity_gap(scraped: Scraped) -> None:

@@ -5,10 +5,10 @@ read into a :class:`~controller.analysis.sli.ParitySli` (the ``prometheus`` prov
 The queries are :func:`~controller.analysis.queries.parity_query`, one per outcome of
 :data:`~controller.analysis.queries.PARITY_OUTCOMES` (matched, noisy, mismatched, error). An
 outcome without a series reads 0 (the comparator's counter is born on its first increment);
-none of the four with a series → ``NoSample("empty")`` (the comparator is not scraped, or
-nothing was mirrored yet, or under two scrapes in the window); NaN or infinite → ``nan``; not
-one value → ``error``. The provider puts a :class:`~controller.analysis.sli.NoSample` under
-``gaps[PARITY_GAP]``.
+none of the four with a series, or all four at 0, → ``NoSample("empty")`` (the comparator
+is not scraped, nothing was mirrored in the window, or under two scrapes in it); NaN or
+infinite → ``nan``; not one value → ``error``. The provider puts a
+:class:`~controller.analysis.sli.NoSample` under ``gaps[PARITY_GAP]``.
 """
 
 from __future__ import annotations
@@ -43,6 +43,14 @@ def parity_sli(answers: list[Answer], route: str) -> ParitySli | NoSample:
             " under two scrapes)",
         )
     matched, noisy, mismatched = (values.get(o, 0.0) for o in ("matched", "noisy", "mismatched"))
+    if matched + noisy + mismatched + values.get("error", 0.0) <= 0:
+        # The comparator exports every outcome at 0 from the moment it compares a route: zero
+        # everywhere is no mirrored request in the window, the same gap as no series.
+        return NoSample(
+            "empty",
+            f"parity of route {route!r}: no mirrored request was compared in the window (is"
+            " Envoy mirroring to the comparator's cluster?)",
+        )
     return ParitySli(
         compared=matched + noisy + mismatched,
         mismatched=mismatched,
