@@ -1,10 +1,16 @@
 """Classify one compared request: matched, noisy or mismatched, and at which field paths.
 
-``d = differences(primary, candidate)``; when a secondary replied, ``n = differences(primary,
-secondary)`` is learnt (:meth:`NoiseModel.observe`); the paths of ``d`` that are noise (in
-``n`` or learnt) are noisy, the rest mismatched. The outcome is ``matched`` without any
-difference, ``noisy`` when every difference is noise, else ``mismatched`` (Diffy's
-primary/secondary/candidate scheme, see :mod:`controller.parity.noise`). Pure.
+``d = differences(primary, candidate)``; when a secondary replied *with the primary's
+status*, ``n = differences(primary, secondary)`` is observed (:meth:`NoiseModel.observe`);
+the paths of ``d`` that are noise (in ``n`` or learnt) are noisy, the rest mismatched. The
+outcome is ``matched`` without any difference, ``noisy`` when every difference is noise, else
+``mismatched`` (Diffy's primary/secondary/candidate scheme, see :mod:`controller.parity.noise`).
+
+A secondary whose status differs from the primary's is set aside: the request is classified
+as if there were no secondary and nothing is learnt from it. A failing secondary (a 502 error
+page) differs from the primary at ``:status``, ``:body`` and ``content-type``; taking that as
+noise would excuse a candidate that fails the same way, and learning it would excuse every
+later failure. Pure.
 """
 
 from __future__ import annotations
@@ -35,10 +41,11 @@ def classify(
     noise: NoiseModel,
 ) -> Classification:
     """Compare one request's replies (module docstring); updates ``noise`` when a secondary
-    replied. Returns ``(outcome, mismatched paths, noisy paths)``."""
+    replied with the primary's status (otherwise the secondary is ignored). Returns
+    ``(outcome, mismatched paths, noisy paths)``."""
     found = differences(primary, candidate, rules)
     baseline: frozenset[str] = frozenset()
-    if secondary is not None:
+    if secondary is not None and secondary.status == primary.status:
         baseline = differences(primary, secondary, rules)
         noise.observe(baseline)
     if not found:

@@ -21,9 +21,7 @@ from dataclasses import dataclass
 
 from controller.parity.diff import Reply
 from controller.parity.http1 import Pool, ProtocolError
-
-ROUTE_HEADER = "x-sluice-parity-route"
-"""Added by Envoy's mirror policy (``request_headers_mutations``): the route under comparison."""
+from controller.policy.parity import ROUTE_HEADER as ROUTE_HEADER
 
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"}

@@ -37,6 +37,12 @@ SAFE_METHODS = ("GET", "HEAD")
 """Methods mirrored by default: re-sending them to the baseline and the candidate changes no
 data (RFC 9110 section 9.2.1)."""
 
+ROUTE_HEADER = "x-sluice-parity-route"
+"""The request header Envoy adds to every mirrored request (the mirror policy's
+``request_headers_mutations``, overwriting any the client sent): the route's name. The
+comparator counts per route and strips it before forwarding. Defined here, once, because the
+xDS side (which adds it) and the comparator (which reads it) may not import each other."""
+
 _METHOD = r"^[A-Z]+$"
 _POINTER = r"^(/([^~/]|~[01])*)*$"
 """A JSON Pointer (RFC 6901): empty (the whole document) or ``/``-separated reference tokens

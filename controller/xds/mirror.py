@@ -31,9 +31,7 @@ from envoy_data_plane.envoy.config.route.v3 import (
 from envoy_data_plane.envoy.type.matcher.v3 import RegexMatcher, StringMatcher
 from envoy_data_plane.envoy.type.v3 import FractionalPercent, FractionalPercentDenominatorType
 
-ROUTE_HEADER = "x-sluice-parity-route"
-"""The request header Envoy adds to every mirrored request: the route's name (the comparator
-counts per route, and strips it before forwarding)."""
+from controller.policy.parity import ROUTE_HEADER as ROUTE_HEADER
 
 MILLION = 1_000_000
 """``FractionalPercent.MILLION``: mirror shares are given per million requests."""
