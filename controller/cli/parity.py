@@ -60,6 +60,13 @@ def serve(
     max_in_flight: Annotated[
         int, typer.Option(min=1, help="Comparisons under way at most; beyond, dropped.")
     ] = 256,
+    max_body_bytes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="A reply body's limit in bytes, as received and decoded; over it: no reply.",
+        ),
+    ] = 4 * 1024 * 1024,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Compare the routes of the given policies: Envoy mirrors to --listen, Prometheus scrapes
@@ -93,7 +100,14 @@ def serve(
     (listen_host, listen_port), (admin_host, admin_port) = addresses
     try:
         asyncio.run(
-            _serve(gw, routes, listen_host, listen_port, admin_host, admin_port, max_in_flight)
+            _serve(
+                gw,
+                routes,
+                (listen_host, listen_port),
+                (admin_host, admin_port),
+                max_in_flight,
+                max_body_bytes,
+            )
         )
     except (OSError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -132,15 +146,15 @@ def _route(path: Path, gateway: Gateway) -> RouteParity:
 async def _serve(
     gateway: Gateway,
     routes: list[RouteParity],
-    listen_host: str,
-    listen_port: int,
-    admin_host: str,
-    admin_port: int,
+    listen: tuple[str, int],
+    admin: tuple[str, int],
     max_in_flight: int,
+    max_body_bytes: int,
 ) -> None:
     from controller.parity.comparator import Comparator
 
-    comparator = Comparator(gateway, max_in_flight=max_in_flight)
+    (listen_host, listen_port), (admin_host, admin_port) = listen, admin
+    comparator = Comparator(gateway, max_in_flight=max_in_flight, max_body_bytes=max_body_bytes)
     comparator.configure(routes)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -10,9 +10,14 @@ A ``<route>`` object::
      "secondary": "comments-python-2" | null,
      "counts": {"matched": 0, "noisy": 0, "mismatched": 0, "errors": 0, "skipped": 0,
                 "dropped": 0, "exercised": 0, "compared": 0},
-     "paths": {"/items/*/price": {"mismatched": 3, "noisy": 0}, ...},
+     "paths": {"/items/*/price": {"mismatched": 3, "noisy": 0},
+               ":unanswered": {"mismatched": 1, "noisy": 0}, ...},
      "samples": [MismatchSample.to_json(), ...],      # newest last
      "last_error": {"at": 1.7e9, "target": "http://...", "reason": "..."} | null}
+
+``paths`` holds every path the tally keeps (``/metrics`` exports only the top ones per route,
+see :mod:`controller.parity.metrics`); ``:unanswered`` counts candidates that gave no reply
+where the baseline did (:mod:`controller.parity.comparator`).
 """
 
 from __future__ import annotations

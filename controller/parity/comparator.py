@@ -19,8 +19,16 @@ Per mirrored request (Envoy's ``RequestMirrorPolicy`` adds ``x-sluice-parity-rou
    * otherwise ``skipped``: forwarded to no one.
 
 4. Beyond ``max_in_flight`` comparisons under way the request is ``dropped`` (not forwarded).
-5. A target that gives no reply within the policy's ``timeout`` makes the request an ``error``
-   (not compared), unless it is the secondary: then the request is compared without it.
+5. A target that gives no reply (unreachable, reset, slower than the policy's ``timeout``, not
+   HTTP, a body over ``max_body_bytes``):
+
+   * the primary (the baseline): the request is an ``error``, not compared (nothing to
+     compare the candidate with);
+   * the candidate, when the primary replied: the request is compared and ``mismatched`` at
+     the field path :data:`UNANSWERED` (a candidate failing on 20% of requests must fail
+     parity, not vanish from it), sampled with a synthetic candidate reply (status 0, no
+     headers, the failure's reason as the body); nothing is learnt from its secondary;
+   * the secondary: the request is compared without it.
 6. Classified by :func:`controller.parity.classify.classify` and recorded in the route's
    :class:`~controller.parity.tally.RouteTally`, with a redacted
    :class:`~controller.parity.samples.MismatchSample` for a mismatch.
@@ -45,11 +53,11 @@ from controller.parity import api
 from controller.parity.classify import classify
 from controller.parity.diff import Reply
 from controller.parity.forward import ROUTE_HEADER, Failure, forwarded_headers, send
-from controller.parity.http1 import Pool, encode_request
+from controller.parity.http1 import DEFAULT_MAX_BODY_BYTES, Pool, encode_request
 from controller.parity.metrics import RouteFigures, TallyCollector
 from controller.parity.noise import NoiseModel
 from controller.parity.rules import CompareRules
-from controller.parity.samples import MismatchSample
+from controller.parity.samples import MismatchSample, redact_url
 from controller.parity.tally import RouteTally
 from controller.parity.targets import Targets
 from controller.policy.gateway import Gateway
@@ -59,6 +67,10 @@ log = logging.getLogger(__name__)
 
 _NONE: frozenset[str] = frozenset()
 _SAFE = frozenset(SAFE_METHODS)
+
+UNANSWERED = ":unanswered"
+"""The field path of a candidate that gave no reply where the primary did (module doc, 5)."""
+_UNANSWERED = frozenset({UNANSWERED})
 
 
 @dataclass(frozen=True)
@@ -132,6 +144,12 @@ class Comparator:
         clock: seconds since the epoch, for the tallies' history and samples' times.
         max_in_flight: comparisons under way at most; beyond, requests are ``dropped``. Each
             holds up to three upstream connections at once (one per target).
+        max_body_bytes: a reply body's limit, bytes, as received and once decoded
+            (:class:`~controller.parity.http1.Pool`); a reply over it is no reply (item 5 of
+            the module doc).
+
+    Raises:
+        ValueError: ``max_in_flight`` or ``max_body_bytes`` below 1.
     """
 
     def __init__(
@@ -140,9 +158,13 @@ class Comparator:
         *,
         clock: Callable[[], float] = time.time,
         max_in_flight: int = 256,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1 (got {max_in_flight})")
+        if max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes must be at least 1 (got {max_body_bytes})")
+        self._max_body_bytes = max_body_bytes
         self._targets = Targets(gateway)
         self._clock = clock
         self._max_in_flight = max_in_flight
@@ -229,7 +251,7 @@ class Comparator:
         """
         if self._mirror is not None:
             raise RuntimeError("the comparator is already started")
-        self._pool = Pool(max_idle=self._max_in_flight)
+        self._pool = Pool(max_idle=self._max_in_flight, max_body_bytes=self._max_body_bytes)
         app = web.Application(client_max_size=64 * 1024**2)
         app.router.add_route("*", "/{tail:.*}", self._receive)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -333,7 +355,14 @@ class Comparator:
         try:
             await self._compare_one(route, sister, method, path_qs, headers, body, at)
         except Exception:  # a bug must not silence the route: count it, say why
-            log.exception("comparing %s %s on route %s failed", method, path_qs, route.parity.route)
+            # The URL's query values may be secrets (tokens, e-mail addresses): redacted as in
+            # samples.
+            log.exception(
+                "comparing %s %s on route %s failed",
+                method,
+                redact_url(path_qs),
+                route.parity.route,
+            )
             route.tally.record("error", _NONE, _NONE, at)
         finally:
             self._in_flight -= 1
@@ -382,30 +411,64 @@ class Comparator:
         primary = await send(pool, target, method, data, deadline_s)
         candidate = await candidate_call
         secondary = await secondary_call if secondary_call is not None else None
-        if isinstance(primary, Failure) or isinstance(candidate, Failure):
-            failure = primary if isinstance(primary, Failure) else candidate
-            assert isinstance(failure, Failure)
-            self._failed(route, at, failure)
+        if isinstance(primary, Failure):
+            self._failed(route, at, primary)
             return
         if isinstance(secondary, Failure):
             route.last_error = (at, secondary)
             secondary = None
+        if isinstance(candidate, Failure):
+            route.last_error = (at, candidate)
+            # Nothing is learnt from the secondary here: noise is learnt in classify() alone,
+            # and leaving the request out of the noise model's counts keeps its rates unbiased.
+            failed = Reply(0, (), candidate.reason.encode("utf-8", "replace"))
+            sample = self._sample(route, at, method, path_qs, headers, body, primary, failed)
+            route.tally.record("mismatched", _UNANSWERED, _NONE, at, sample)
+            return
         result = classify(primary, candidate, secondary, route.rules, route.noise)
         sample = None
-        if result.outcome == "mismatched" and policy.samples > 0:
-            sample = MismatchSample(
-                at=at,
-                method=method,
-                url=path_qs,
-                request_headers=headers,
-                request_body=body,
-                primary=primary,
-                candidate=candidate,
+        if result.outcome == "mismatched":
+            sample = self._sample(
+                route,
+                at,
+                method,
+                path_qs,
+                headers,
+                body,
+                primary,
+                candidate,
                 secondary=secondary,
-                paths=tuple(sorted(result.mismatched)),
-                redact=route.redact,
+                paths=result.mismatched,
             )
         route.tally.record(result.outcome, result.mismatched, result.noisy, at, sample)
+
+    @staticmethod
+    def _sample(
+        route: _Route,
+        at: float,
+        method: str,
+        path_qs: str,
+        headers: tuple[tuple[str, str], ...],
+        body: bytes,
+        primary: Reply,
+        candidate: Reply,
+        secondary: Reply | None = None,
+        paths: frozenset[str] = _UNANSWERED,
+    ) -> MismatchSample | None:
+        if route.parity.policy.samples <= 0:
+            return None
+        return MismatchSample(
+            at=at,
+            method=method,
+            url=path_qs,
+            request_headers=headers,
+            request_body=body,
+            primary=primary,
+            candidate=candidate,
+            secondary=secondary,
+            paths=tuple(sorted(paths)),
+            redact=route.redact,
+        )
 
     def _failed(self, route: _Route, at: float, failure: Failure) -> None:
         route.last_error = (at, failure)

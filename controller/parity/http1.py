@@ -12,7 +12,14 @@ What it implements (RFC 9112): the status line and header fields; a body framed 
 connection's end; no body for HEAD, 1xx, 204 and 304; interim 1xx replies skipped;
 ``Connection: close`` and HTTP/1.0 replies end the connection after the reply. Bodies with
 ``Content-Encoding`` gzip or deflate are decoded (so JSON is compared, not compressed
-bytes); other codings are kept as bytes. A reused keep-alive connection that closes before any
+bytes; every member of a multi-member gzip body); other codings are kept as bytes.
+
+Bounded: a reply body over ``max_body_bytes`` (:data:`DEFAULT_MAX_BODY_BYTES`) fails with
+:class:`ProtocolError` as soon as that is known, whatever the framing (a ``Content-Length``
+over it before any byte of the body is read), and so does a body that decodes to more than
+that (a decompression bomb is inflated at most ``max_body_bytes + 1`` bytes, through
+``zlib.decompressobj().decompress(data, max_length)``): the comparator shares its event loop
+and memory with the controller. A reused keep-alive connection that closes before any
 byte of the reply arrives (the upstream's idle timeout racing the request) is retried once on
 a new connection, for safe methods only (RFC 9110 section 9.2.2).
 """
@@ -25,6 +32,9 @@ from collections import defaultdict
 
 _NO_BODY_STATUS = frozenset({204, 304})
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+"""A reply body's size limit, bytes (4 MiB), as received and as decoded."""
 
 
 class ProtocolError(Exception):
@@ -58,8 +68,9 @@ def encode_request(
 class _Connection(asyncio.Protocol):
     """One keep-alive connection reading one reply at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
         self.transport: asyncio.Transport | None = None
+        self._max_body = max_body_bytes
         self.closed = False
         self.reusable = False
         self._buffer = bytearray()
@@ -145,6 +156,8 @@ class _Connection(asyncio.Protocol):
             elif self._framing == "close":
                 self._body += buffer
                 buffer.clear()
+                if len(self._body) > self._max_body:
+                    raise ProtocolError(f"body over {self._max_body} bytes")
                 return
             self._done()
             return
@@ -181,6 +194,10 @@ class _Connection(asyncio.Protocol):
         elif chunked:
             self._framing, self._remaining = "chunked", -1
         elif length is not None:
+            if length < 0:
+                raise ProtocolError(f"negative content-length {length}")
+            if length > self._max_body:
+                raise ProtocolError(f"body over {self._max_body} bytes (content-length {length})")
             self._framing, self._remaining = "length", length
         else:
             self._framing, self._keep_alive = "close", False
@@ -205,6 +222,8 @@ class _Connection(asyncio.Protocol):
                 if end < 0:
                     return False
                 size = int(bytes(buffer[:end]).split(b";", 1)[0], 16)
+                if len(self._body) + size > self._max_body:
+                    raise ProtocolError(f"body over {self._max_body} bytes")
                 del buffer[: end + 2]
                 self._remaining = size + 2 if size else -2
                 continue
@@ -218,23 +237,65 @@ class _Connection(asyncio.Protocol):
             self._remaining = -1
 
     def _done(self) -> None:
-        body = bytes(self._body)
-        coding = next((v.lower() for n, v in self._headers if n == "content-encoding"), "")
-        if coding in ("gzip", "x-gzip", "deflate") and body:
-            body = _decode(body, coding)
         waiter, self._waiter = self._waiter, None
+        try:
+            body = self._decoded()
+        except (ProtocolError, zlib.error) as exc:
+            # Resolve the waiter now (also when called from connection_lost, where nothing
+            # else would catch it and the request would wait for its deadline).
+            self.reusable = False
+            self._abort()
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(ProtocolError(f"{type(exc).__name__}: {exc}"))
+            return
         self.reusable = self._keep_alive and not self.closed and not self._buffer
         if waiter is not None and not waiter.done():
             waiter.set_result((self._status, self._headers, body))
 
+    def _decoded(self) -> bytes:
+        body = bytes(self._body)
+        coding = next((v.lower() for n, v in self._headers if n == "content-encoding"), "")
+        if coding in ("gzip", "x-gzip", "deflate") and body:
+            return decode(body, coding, self._max_body)
+        return body
 
-def _decode(body: bytes, coding: str) -> bytes:
+
+def decode(body: bytes, coding: str, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> bytes:
+    """``body`` decoded from content-coding ``coding`` (``gzip``/``x-gzip``: every member, RFC
+    1952; ``deflate``: zlib-wrapped as RFC 9110 section 8.4.1.2 says, or raw as some servers
+    send), inflating at most ``max_bytes + 1`` bytes.
+
+    Raises:
+        ProtocolError: it decodes to more than ``max_bytes`` bytes.
+        zlib.error: it is not valid in that coding (truncated, corrupt).
+    """
     if coding == "deflate":
         try:
-            return zlib.decompress(body)  # zlib-wrapped, as RFC 9110 8.4.1.2 says
+            return _inflate(body, zlib.MAX_WBITS, max_bytes, members=False)
         except zlib.error:
-            return zlib.decompress(body, -zlib.MAX_WBITS)  # raw deflate, as some servers send
-    return zlib.decompress(body, 16 + zlib.MAX_WBITS)
+            return _inflate(body, -zlib.MAX_WBITS, max_bytes, members=False)
+    return _inflate(body, 16 + zlib.MAX_WBITS, max_bytes, members=True)
+
+
+def _inflate(data: bytes, wbits: int, max_bytes: int, *, members: bool) -> bytes:
+    out = bytearray()
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        pending = data
+        while pending:
+            # Ask for one byte more than allowed: getting it means the body is over the limit;
+            # getting less means zlib holds no more output for the input given.
+            out += inflater.decompress(pending, max_bytes + 1 - len(out))
+            if len(out) > max_bytes:
+                raise ProtocolError(f"body over {max_bytes} bytes once decoded")
+            pending = inflater.unconsumed_tail
+        if not inflater.eof:
+            raise zlib.error("incomplete or truncated stream")
+        data = inflater.unused_data
+        # A gzip body may be several members (RFC 1952 section 2.2), each decoded in turn;
+        # zero padding after the last one is ignored, as gzip(1) does.
+        if not members or not data.strip(b"\x00"):
+            return bytes(out)
 
 
 class Pool:
@@ -242,9 +303,17 @@ class Pool:
 
     Args:
         max_idle: idle connections kept per upstream; more are closed when they free up.
+        max_body_bytes: a reply body's limit in bytes, as received and once decoded (module
+            doc); a reply over it fails with :class:`ProtocolError`.
+
+    Raises:
+        ValueError: ``max_body_bytes`` is below 1.
     """
 
-    def __init__(self, max_idle: int = 256) -> None:
+    def __init__(self, max_idle: int = 256, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+        if max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes must be at least 1 (got {max_body_bytes})")
+        self._max_body = max_body_bytes
         self._idle: defaultdict[tuple[str, int], list[_Connection]] = defaultdict(list)
         self._max_idle = max_idle
         self._busy: set[_Connection] = set()
@@ -258,7 +327,8 @@ class Pool:
             TimeoutError: no whole reply within ``deadline_s`` seconds (the connection is
                 closed: a late reply must not be read as the next request's).
             OSError: the upstream cannot be reached, or closed the connection.
-            ProtocolError: the reply is not HTTP/1.x.
+            ProtocolError: the reply is not HTTP/1.x, its body (as received or decoded) is
+                over ``max_body_bytes``, or its content-coding is corrupt.
         """
         async with asyncio.timeout(deadline_s):
             for attempt in (0, 1):
@@ -286,7 +356,8 @@ class Pool:
             if not conn.closed:
                 return conn, True
         loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(_Connection, host, port)
+        max_body = self._max_body
+        _, conn = await loop.create_connection(lambda: _Connection(max_body), host, port)
         return conn, False
 
     def _release(self, host: str, port: int, conn: _Connection) -> None:

@@ -12,24 +12,66 @@ Exported (counters; the judge queries them with ``increase()``):
   comparator was saturated), and ``exercised`` (a write sent to the candidate's sister only,
   with no baseline sister to compare it with: the candidate answered, nothing was compared).
 * ``sluice_parity_field_differences_total{route, path, kind}``: compared requests whose replies
-  differed at ``path`` (a field path of ``controller.parity.diff``), ``kind`` ``mismatch`` or
-  ``noise``.
+  differed at ``path`` (a field path of ``controller.parity.diff``, or ``:unanswered``),
+  ``kind`` ``mismatch`` or ``noise``. Bounded, because paths come from the replies' bodies
+  (JSON keys: unbounded in number and length, and possibly data): per route only the
+  :data:`TOP_PATHS` paths with the most differences (mismatch + noise) are exported, the rest
+  summed under ``(other)``; a path longer than :data:`MAX_LABEL_CHARS` characters is exported
+  as :func:`path_label`. The admin API keeps the whole table (as the tally caps it). As the top
+  set can change between scrapes, ``(other)`` may decrease (Prometheus reads a counter reset);
+  the judge does not use this metric.
 * ``sluice_parity_unrouted_total``: mirrored requests refused (404) because their route header
   was missing or named no route under comparison.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from controller.parity.tally import ParityCounts, PathCounts
+from controller.parity.tally import OTHER_PATH, ParityCounts, PathCounts
 
 OUTCOMES = ("matched", "noisy", "mismatched", "error", "skipped", "dropped", "exercised")
 """Values of the ``outcome`` label, in the order exported."""
+
+TOP_PATHS = 20
+"""Field paths exported per route (the most differences first); the rest sum to ``(other)``."""
+MAX_LABEL_CHARS = 120
+"""Longest ``path`` label value exported (characters)."""
+_KEPT_CHARS = 100
+
+
+def path_label(path: str) -> str:
+    """``path`` as a label value: itself when at most :data:`MAX_LABEL_CHARS` characters, else
+    its first 100 characters, ``…`` and 8 hex digits of its SHA-256 (UTF-8), 109 characters,
+    distinct for distinct long paths with the same start (barring a hash collision)."""
+    if len(path) <= MAX_LABEL_CHARS:
+        return path
+    digest = hashlib.sha256(path.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{path[:_KEPT_CHARS]}…{digest}"
+
+
+def exported_paths(paths: Mapping[str, PathCounts], top: int = TOP_PATHS) -> dict[str, PathCounts]:
+    """The per-path counts to export for one route: the ``top`` paths with the most
+    differences (mismatched + noisy; ties by path), labelled by :func:`path_label`, and every
+    other path (the tally's own ``(other)`` too) summed under ``(other)`` when there is any."""
+    ranked = sorted(
+        ((p, c) for p, c in paths.items() if p != OTHER_PATH),
+        key=lambda item: (-(item[1].mismatched + item[1].noisy), item[0]),
+    )
+    out = {path_label(p): c for p, c in ranked[:top]}
+    rest = ranked[top:]
+    if OTHER_PATH in paths:
+        rest.append((OTHER_PATH, paths[OTHER_PATH]))
+    if rest:
+        out[OTHER_PATH] = PathCounts(
+            sum(c.mismatched for _, c in rest), sum(c.noisy for _, c in rest)
+        )
+    return out
 
 
 @dataclass(frozen=True)
@@ -86,7 +128,7 @@ class TallyCollector(Collector):
         for figures in self._figures():
             for outcome, value in figures.by_outcome().items():
                 requests.add_metric((figures.route, outcome), value)
-            for path, counts in sorted(figures.paths.items()):
+            for path, counts in sorted(exported_paths(figures.paths).items()):
                 fields.add_metric((figures.route, path, "mismatch"), counts.mismatched)
                 fields.add_metric((figures.route, path, "noise"), counts.noisy)
         unrouted = CounterMetricFamily(

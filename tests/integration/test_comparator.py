@@ -9,6 +9,7 @@ The upstreams record every request they receive, so the tests can assert what wa
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import random
 import time
@@ -50,6 +51,8 @@ class Upstream:
     noisy_meta: bool = False  # a fresh timestamp and request id in every reply
     delay_s: float = 0.0
     gate: asyncio.Event | None = None  # replies wait for it (a saturated comparator)
+    padding: int = 0  # bytes of filler in every reply (a reply over the body limit)
+    keys: bool = False  # keys k00..k(id-1) and one 300-character key in every reply
     seen: list[Seen] = field(default_factory=list)
     runner: web.AppRunner | None = None
     port: int = 0
@@ -69,7 +72,13 @@ class Upstream:
         meta: dict[str, Any] = {"version": 1}
         if self.noisy_meta:
             meta |= {"generated_at": time.time_ns(), "request_id": random.getrandbits(64)}
-        doc = {"item": {"id": item_id, "details": {"price": price, "tags": ["a", "b"]}}}
+        doc: dict[str, Any] = {
+            "item": {"id": item_id, "details": {"price": price, "tags": ["a", "b"]}}
+        }
+        if self.padding:
+            doc["padding"] = "p" * self.padding
+        if self.keys:
+            doc |= {f"k{j:02d}": 1 for j in range(item_id)} | {"x" * 300: 1}
         response = web.json_response(doc | {"meta": meta})
         response.set_cookie("session", f"secret-{self.name}")
         return response
@@ -132,6 +141,8 @@ async def upstreams() -> AsyncIterator[dict[str, Upstream]]:
             Upstream("slow", delay_s=3.0),
             Upstream("sister"),
             Upstream("gated", gate=asyncio.Event()),
+            Upstream("big", padding=8 * 1024),
+            Upstream("keys", keys=True),
         )
     }
     try:
@@ -153,6 +164,7 @@ ROUTES = [
         "noisy-cand",
     ),
     RouteParity("slow", parity(timeout="300ms"), "base", "slow"),
+    RouteParity("slow-base", parity(timeout="300ms"), "slow", "base"),
     RouteParity(
         "writes",
         parity(methods=["GET", "POST"], sister={"candidate": {"cluster": "sister"}}),
@@ -343,18 +355,109 @@ async def test_noise_from_secondary_and_ignore_paths_are_not_mismatches(
     assert m[(*key, "route=noise")] == 10
 
 
-async def test_timeout_is_an_error_not_a_comparison(
+async def test_a_candidate_without_reply_mismatches_a_baseline_without_reply_is_an_error(
     comparator: Comparator, client: aiohttp.ClientSession
 ) -> None:
     for item in range(3):
         await mirror(client, comparator, "slow", f"/items/{item}")
-    await until(lambda: recorded(comparator, "slow") == 3, "slow route recorded")
+        await mirror(client, comparator, "slow-base", f"/items/{item}")
+    await until(
+        lambda: recorded(comparator, "slow") == 3 and recorded(comparator, "slow-base") == 3,
+        "both slow routes recorded",
+    )
+    # The candidate timed out where the baseline replied: compared, and a mismatch.
     tally = comparator.tally("slow")
     assert tally is not None
-    assert (tally.counts().errors, tally.counts().compared) == (3, 0)
+    counts = tally.counts()
+    assert (counts.compared, counts.mismatched, counts.errors) == (3, 3, 0)
+    assert {p: (c.mismatched, c.noisy) for p, c in tally.paths().items()} == {":unanswered": (3, 0)}
+    sample = tally.samples()[-1].to_json()
+    assert sample["paths"] == [":unanswered"]
+    candidate = sample["candidate"]
+    assert isinstance(candidate, dict)
+    assert (candidate["status"], candidate["headers"]) == (0, [])
+    assert candidate["body"] == "timeout after 0.3 s"
+    assert sample["primary"]["status"] == 200  # type: ignore[index]
     _, data = await admin_json(client, comparator, "/v1/parity/routes/slow")
     assert data["last_error"]["reason"] == "timeout after 0.3 s"
     assert data["last_error"]["target"].startswith("127.0.0.1:")
+    m = await metrics(client, comparator)
+    assert m[("sluice_parity_requests_total", "outcome=mismatched", "route=slow")] == 3
+    key = ("sluice_parity_field_differences_total", "kind=mismatch", "path=:unanswered")
+    assert m[(*key, "route=slow")] == 3
+    # The baseline timed out: nothing to compare with, an error.
+    base = comparator.tally("slow-base")
+    assert base is not None
+    assert (base.counts().errors, base.counts().compared) == (3, 0)
+    assert base.samples() == ()
+
+
+async def test_a_reply_over_the_body_limit_is_no_reply(
+    upstreams: dict[str, Upstream], client: aiohttp.ClientSession
+) -> None:
+    comp = Comparator(gateway_for(upstreams), max_body_bytes=4096)
+    comp.configure(
+        [
+            RouteParity("big-candidate", parity(), "base", "big"),
+            RouteParity("big-baseline", parity(), "big", "base"),
+            RouteParity("big-secondary", parity(secondary={"cluster": "big"}), "base", "base"),
+        ]
+    )
+    await comp.start()
+    try:
+        for route in ("big-candidate", "big-baseline", "big-secondary"):
+            for item in (1, 2):
+                await mirror(client, comp, route, f"/items/{item}")
+        await until(
+            lambda: all(recorded(comp, r) == 2 for r in comp.routes()), "all routes recorded"
+        )
+        candidate, baseline, secondary = (
+            comp.tally(r) for r in ("big-candidate", "big-baseline", "big-secondary")
+        )
+        assert candidate is not None
+        assert baseline is not None
+        assert secondary is not None
+        assert (candidate.counts().mismatched, candidate.counts().errors) == (2, 0)
+        assert set(candidate.paths()) == {":unanswered"}
+        reason = candidate.samples()[-1].candidate.body.decode()
+        assert reason.startswith("ProtocolError: body over 4096 bytes (content-length 8"), reason
+        assert (baseline.counts().errors, baseline.counts().compared) == (2, 0)
+        # A secondary over the limit: compared without it.
+        assert (secondary.counts().matched, secondary.counts().errors) == (2, 0)
+    finally:
+        await comp.stop()
+
+
+async def test_metrics_export_the_top_paths_with_bounded_labels_the_api_all(
+    upstreams: dict[str, Upstream], client: aiohttp.ClientSession
+) -> None:
+    comp = Comparator(gateway_for(upstreams))
+    comp.configure([RouteParity("keys", parity(), "base", "keys")])
+    await comp.start()
+    await comp.start_admin()
+    try:
+        for item in range(1, 31):
+            await mirror(client, comp, "keys", f"/items/{item}")
+        await until(lambda: recorded(comp, "keys") == 30, "30 recorded")
+        # Request n has keys k00..k(n-1): k(j) differs in 30 - j requests; the long key in 30.
+        long_path = "/" + "x" * 300
+        _, data = await admin_json(client, comp, "/v1/parity/routes/keys")
+        assert len(data["paths"]) == 31  # the whole table
+        assert data["paths"][long_path] == {"mismatched": 30, "noisy": 0}
+        m = await metrics(client, comp)
+        exported = {
+            k[2].removeprefix("path="): v
+            for k, v in m.items()
+            if k[0] == "sluice_parity_field_differences_total" and k[1] == "kind=mismatch"
+        }
+        digest = hashlib.sha256(long_path.encode()).hexdigest()[:8]
+        label = long_path[:100] + "…" + digest
+        assert len(label) <= 120
+        expected = {label: 30.0} | {f"/k{j:02d}": 30.0 - j for j in range(19)}
+        expected["(other)"] = float(sum(30 - j for j in range(19, 30)))
+        assert exported == expected
+    finally:
+        await comp.stop()
 
 
 async def test_writes_go_to_the_sister_only_or_nowhere(
@@ -401,7 +504,9 @@ async def test_unrouted_requests_are_refused_and_counted_apart(
     assert status == 404
     assert "items" in data["error"]
     status, data = await admin_json(client, comparator, "/v1/parity/routes")
-    assert [r["route"] for r in data["routes"]] == ["ignored", "items", "noise", "slow", "writes"]
+    assert [r["route"] for r in data["routes"]] == [
+        "ignored", "items", "noise", "slow", "slow-base", "writes",
+    ]  # fmt: skip
 
 
 async def test_saturation_drops_beyond_max_in_flight(

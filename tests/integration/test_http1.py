@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import tracemalloc
 import zlib
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 from aiohttp import web
 
-from controller.parity.http1 import Pool, ProtocolError, encode_request
+from controller.parity.http1 import DEFAULT_MAX_BODY_BYTES, Pool, ProtocolError, encode_request
 
 Script = Callable[[bytes, int], tuple[bytes, bool]]
 """(request head, request number on the connection) -> (reply bytes, close after)."""
@@ -226,3 +227,107 @@ async def test_against_aiohttp_server(pool: Pool) -> None:
             assert body == b"part 0;part 1;part 2;"
     finally:
         await runner.cleanup()
+
+
+LIMIT = 64 * 1024
+
+
+@pytest.fixture
+async def small() -> AsyncIterator[Pool]:
+    p = Pool(max_body_bytes=LIMIT)
+    yield p
+    p.close()
+
+
+def _reply(head: str, body: bytes) -> Script:
+    data = head.encode() + b"\r\n\r\n" + body
+
+    def answer(_head: bytes, _n: int) -> tuple[bytes, bool]:
+        return data, False  # kept open: only the limit can end the read
+
+    return answer
+
+
+async def test_a_content_length_over_the_limit_fails_before_the_body(small: Pool) -> None:
+    # The body never comes: the length alone decides, without waiting for the deadline.
+    script = _reply(f"HTTP/1.1 200 OK\r\nContent-Length: {400 * 1024**2}", b"")
+    async with Scripted(script) as server:
+        with pytest.raises(ProtocolError, match=f"body over {LIMIT} bytes"):
+            await small.request("127.0.0.1", server.port, GET, method="GET", deadline_s=30)
+    exact = _reply(f"HTTP/1.1 200 OK\r\nContent-Length: {LIMIT}", b"a" * LIMIT)
+    async with Scripted(exact) as server:
+        _, _, body = await small.request("127.0.0.1", server.port, GET, method="GET", deadline_s=5)
+        assert len(body) == LIMIT  # at the limit is within it
+
+
+async def test_chunked_and_close_framed_bodies_stop_at_the_limit(small: Pool) -> None:
+    chunk = b"%x\r\n%s\r\n" % (LIMIT // 4, b"c" * (LIMIT // 4))
+    # Five chunks of a quarter of the limit and no last chunk: the fifth one's size is refused.
+    chunked = _reply("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked", chunk * 5)
+    to_close = _reply("HTTP/1.0 200 OK", b"z" * (LIMIT + 1))
+    for script in (chunked, to_close):
+        async with Scripted(script) as server:
+            with pytest.raises(ProtocolError, match=f"body over {LIMIT} bytes"):
+                await small.request("127.0.0.1", server.port, GET, method="GET", deadline_s=30)
+
+
+async def test_a_gzip_bomb_is_inflated_no_further_than_the_limit() -> None:
+    inflated = 64 * 1024**2
+    bomb = gzip.compress(bytes(inflated), compresslevel=9)  # ~64 KiB on the wire
+    pool = Pool()  # the default limit, 4 MiB
+    script = _reply(
+        f"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {len(bomb)}", bomb
+    )
+    try:
+        async with Scripted(script) as server:
+            tracemalloc.start()
+            try:
+                with pytest.raises(ProtocolError, match=f"body over {DEFAULT_MAX_BODY_BYTES} "):
+                    await pool.request("127.0.0.1", server.port, GET, method="GET", deadline_s=30)
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+        # Never the 64 MiB it expands to: the limit plus zlib's buffers and copies.
+        assert peak < 4 * DEFAULT_MAX_BODY_BYTES, peak
+    finally:
+        pool.close()
+
+
+async def test_multi_member_gzip_and_the_decode_limit(small: Pool) -> None:
+    members = gzip.compress(b'{"a": ') + gzip.compress(b"[1, 2]}") + b"\0\0"
+    script = _reply(
+        f"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {len(members)}", members
+    )
+    async with Scripted(script) as server:
+        _, _, body = await small.request("127.0.0.1", server.port, GET, method="GET", deadline_s=5)
+        assert body == b'{"a": [1, 2]}'
+    # Over the limit only across members: each is within it, together they are not.
+    half = gzip.compress(b"h" * (LIMIT // 2 + 1))
+    script = _reply(
+        f"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {2 * len(half)}", half * 2
+    )
+    async with Scripted(script) as server:
+        with pytest.raises(ProtocolError, match="once decoded"):
+            await small.request("127.0.0.1", server.port, GET, method="GET", deadline_s=5)
+    exact = gzip.compress(b"e" * LIMIT)
+    script = _reply(
+        f"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {len(exact)}", exact
+    )
+    async with Scripted(script) as server:
+        _, _, body = await small.request("127.0.0.1", server.port, GET, method="GET", deadline_s=5)
+        assert body == b"e" * LIMIT
+
+
+async def test_a_bad_coding_in_a_body_ended_by_the_close_fails_at_once(small: Pool) -> None:
+    # The body ends with the connection (connection_lost decodes it): a corrupt or oversized
+    # coding must fail the request then, not leave it waiting for its deadline.
+    bomb = gzip.compress(bytes(2 * LIMIT))
+    for body in (b"not gzip at all", gzip.compress(b"cut short")[:-6], bomb):
+        data = b"HTTP/1.0 200 OK\r\nContent-Encoding: gzip\r\n\r\n" + body
+
+        def answer(_head: bytes, _n: int, reply: bytes = data) -> tuple[bytes, bool]:
+            return reply, True
+
+        async with Scripted(answer) as server:
+            with pytest.raises(ProtocolError):
+                await small.request("127.0.0.1", server.port, GET, method="GET", deadline_s=60)

@@ -6,6 +6,7 @@ itself (``{"upstream": NAME, ...}``), so every compared request mismatches at ``
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -165,7 +166,8 @@ def test_serve_compares_and_diff_names_the_path_with_an_example(
     assert "/upstream" in out
     assert "example for /upstream, /path:" not in out  # /path is the same on both sides
     assert "example for /upstream:" in out
-    assert "GET /api/comments/5" in out  # the newest sample
+    # The newest sample (comparisons run concurrently: any of the last ones may finish last).
+    assert "GET /api/comments/" in out
     assert "authorization: [redacted]" in out
     assert '-  "upstream": "python"' in out
     assert '+  "upstream": "go"' in out
@@ -197,3 +199,89 @@ def test_serve_refuses_a_policy_without_parity(files: tuple[Path, Path], tmp_pat
     result = sluice("parity", "serve", "--gateway", str(gateway), "--policy", str(plain))
     assert result.returncode == 2
     assert f"{plain}:4: spec: no parity section" in result.stderr
+
+
+ESC_BODY = b'{"v": "\\u001b[2J\\u001b]0;pwned\\u0007evil\\u009b6n", "pad": "%s"}'
+
+
+async def _raw_upstream(side: str) -> asyncio.Server:
+    """An upstream writing raw bytes: terminal escapes in a header and (JSON-escaped) in the
+    body of the candidate's reply to /esc; a 20 KB JSON body on both sides for /big."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                path = head.split(b" ", 2)[1]
+                extra = b""
+                if path.startswith(b"/esc"):
+                    body = ESC_BODY % side.encode() if side == "go" else b'{"v": "ok"}'
+                    if side == "go":
+                        extra = b"x-evil: \x1b[31mred\x1b]0;title\x07\r\n"
+                else:
+                    body = b'{"side": "%s", "pad": "%s"}' % (side.encode(), b"p" * 20_000)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n%s"
+                    b"content-length: %d\r\n\r\n%s" % (extra, len(body), body)
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+async def test_diff_prints_no_terminal_controls_and_says_when_a_body_was_cut() -> None:
+    from controller.parity.comparator import Comparator, RouteParity
+    from controller.policy.loading import load_gateway
+    from controller.policy.parity import ParityPolicy
+
+    servers = [await _raw_upstream(side) for side in ("python", "go")]
+    comparator: Comparator | None = None
+    try:
+        baseline, candidate = (s.sockets[0].getsockname()[1] for s in servers)
+        gateway = load_gateway(
+            GATEWAY.format(baseline=baseline, candidate=candidate), "<test gateway>"
+        )
+        comparator = Comparator(gateway)
+        comparator.configure(
+            [RouteParity(ROUTE, ParityPolicy.model_validate({}), "comments-python", "comments-go")]
+        )
+        await comparator.start()
+        await comparator.start_admin()
+        admin = f"http://127.0.0.1:{comparator.admin_port}"
+        async with httpx.AsyncClient() as client:
+            for path in ("/big", "/esc"):
+                response = await client.get(
+                    f"http://127.0.0.1:{comparator.port}{path}",
+                    headers={"x-sluice-parity-route": ROUTE},
+                )
+                assert response.status_code == 202
+        tally = comparator.tally(ROUTE)
+        assert tally is not None
+        deadline = time.monotonic() + 10
+        while tally.counts().compared < 2:
+            assert time.monotonic() < deadline, tally.counts()
+            await asyncio.sleep(0.02)
+        proc = await asyncio.create_subprocess_exec(
+            *SLUICE, "parity", "diff", ROUTE, "--admin", admin,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        out_b, err_b = await asyncio.wait_for(proc.communicate(), timeout=60)
+        assert proc.returncode == 0, err_b
+        out = out_b.decode()
+    finally:
+        if comparator is not None:
+            await comparator.stop()
+        for server in servers:
+            server.close()
+            await server.wait_closed()
+    controls = [c for c in out if (ord(c) < 32 and c not in "\n\t") or 0x7F <= ord(c) <= 0x9F]
+    assert controls == [], sorted(set(controls))
+    assert "x-evil: red" in out  # the header, its escapes removed whole
+    # In the JSON diff, json.dumps escapes C0 controls itself (\u001b): C1 ones it leaves.
+    assert '"v": "\\u001b[2J\\u001b]0;pwned\\u0007evil6n"' in out
+    assert "example for /side:" in out
+    assert "body truncated: no JSON diff" in out
