@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import typer
 
-from controller.cli import gateway, parity, policy, rollout, serve, xds
+from controller.cli import gateway, k8s, parity, policy, rollout, serve, xds
 
 app = typer.Typer(
     name="sluice",
@@ -24,6 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(gateway.app, name="gateway")
+app.add_typer(k8s.app, name="k8s")
 app.add_typer(parity.app, name="parity")
 app.add_typer(policy.app, name="policy")
 app.add_typer(rollout.app, name="rollout")

@@ -28,7 +28,7 @@ def _validate(path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "sluice-xds.sluice-system.svc"])
+@pytest.mark.parametrize("host", ["127.0.0.1", "sluice-xds.sluice.svc"])
 @pytest.mark.parametrize("api_type", ["GRPC", "DELTA_GRPC"])
 def test_envoy_accepts_bootstrap(tmp_path: Path, host: str, api_type: str) -> None:
     doc = envoy_bootstrap(
@@ -83,7 +83,7 @@ def test_deploy_bootstrap_is_generated_and_valid() -> None:
             "--node-cluster",
             "gateway",
             "--xds",
-            "sluice-xds.sluice-system.svc:18000",
+            "sluice-xds.sluice.svc:18000",
             "--admin-port",
             "9901",
         ],
