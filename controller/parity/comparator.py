@@ -222,6 +222,20 @@ class Comparator:
             del self._retired[next(iter(self._retired))]
         self._routes = updated
 
+    def set_gateway(self, gateway: Gateway) -> None:
+        """Forward to the endpoints of ``gateway`` from now on (a reloaded gateway file);
+        comparisons under way finish with the endpoints they picked.
+
+        Raises:
+            UnknownCluster: a route under comparison names a cluster ``gateway`` lacks;
+                nothing changes.
+        """
+        targets = Targets(gateway)
+        for route in self._routes.values():
+            for cluster in _clusters(route.parity):
+                targets.check(cluster)
+        self._targets = targets
+
     def tally(self, route: str) -> RouteTally | None:
         """The route's tally (also of a route that left, see :meth:`configure`), or None."""
         state = self._routes.get(route) or self._retired.get(route)

@@ -27,7 +27,7 @@ from controller.policy.rollout_checks import check_against_gateway
 from controller.runtime.address import split_address
 from controller.runtime.admin import make_app
 from controller.runtime.analyzer import MetricsAnalyzer, StageAnalyzer
-from controller.runtime.parity import LocalParitySource, follow_rollouts
+from controller.runtime.parity import LocalParitySource, follow_gateway, follow_rollouts
 from controller.runtime.reconciler import Reconciler, rollout_overlay
 from controller.runtime.reload import GatewayReloader
 from controller.store.rollouts import StoreError
@@ -155,7 +155,11 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
             await provider.close()
         raise StartupError(str(exc)) from exc
     admin_host, admin_port = split_address(config.admin_address)
-    reloader = GatewayReloader(config.gateway_path, weights)
+    reloader = GatewayReloader(
+        config.gateway_path,
+        weights,
+        on_loaded=follow_gateway(comparator) if comparator is not None else None,
+    )
     app = make_app(cache, weights, reloader, rollouts)
     if comparator is not None:
         # `sluice parity diff` asks the controller's admin API, as it would a standalone

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from controller.analysis.sli import ParitySli
 from controller.parity.comparator import Comparator, RouteParity
+from controller.policy.gateway import Gateway
 from controller.store.rollouts import RolloutStore, StoredRollout
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,20 @@ class LocalParitySource:
             noisy=float(counts.noisy),
             errors=float(counts.errors),
         )
+
+
+def follow_gateway(comparator: Comparator) -> Callable[[Gateway], None]:
+    """What a reloaded gateway tells the comparator: its clusters' endpoints, so it compares
+    the upstreams Envoy now reaches (a candidate redeployed at a new address). A gateway that
+    lacks a cluster under comparison is logged, and the comparator keeps the old endpoints."""
+
+    def loaded(gateway: Gateway) -> None:
+        try:
+            comparator.set_gateway(gateway)
+        except ValueError as exc:
+            log.error("the comparator keeps the previous gateway's endpoints: %s", exc)
+
+    return loaded
 
 
 async def follow_rollouts(

@@ -9,6 +9,7 @@ The upstreams record every request they receive, so the tests can assert what wa
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import random
@@ -559,3 +560,24 @@ async def test_configure_keeps_tallies_of_routes_that_stay(
     assert fresh is not None
     assert fresh is not slow
     assert fresh.counts().compared == 0
+
+
+async def test_a_reloaded_gateway_moves_the_targets(
+    comparator: Comparator, upstreams: dict[str, Upstream], client: aiohttp.ClientSession
+) -> None:
+    # The candidate redeployed at a new address (the gateway file edited, then reloaded): the
+    # comparator must compare what Envoy now reaches, not the old endpoint.
+    moved = dict(upstreams)
+    moved["nested"] = dataclasses.replace(upstreams["sister"], name="nested")
+    before = len(upstreams["sister"].seen)
+    comparator.set_gateway(gateway_for(moved))
+    await mirror(client, comparator, "items", "/items/8")
+    await until(lambda: len(upstreams["sister"].seen) == before + 1, "the new endpoint reached")
+    # A gateway without a cluster under comparison is refused whole.
+    gone = {name: u for name, u in upstreams.items() if name != "nested"}
+    with pytest.raises(UnknownCluster):
+        comparator.set_gateway(gateway_for(gone))
+    nested_before = len(upstreams["nested"].seen)
+    await mirror(client, comparator, "items", "/items/9")
+    await until(lambda: len(upstreams["sister"].seen) == before + 2, "still the moved endpoint")
+    assert len(upstreams["nested"].seen) == nested_before
