@@ -34,7 +34,7 @@ from .harness import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(270)]
 
 NOISE = ("--median-ms", "20", "--sigma", "0.5", "--error-rate", "0.005")
 """Baseline behaviour: log-normal latency (median 20 ms: well above the scheduling noise of a
@@ -62,7 +62,7 @@ spec:
     minRequests: 200
     slos:
       - {{metric: latency_p99, maxDrift: 5%, passDrift: 40%}}
-      - {{metric: error_rate, maxDrift: 5%, passDrift: 200%, tolerance: 0.5%}}
+      - {{metric: error_rate, maxDrift: 5%, passDrift: 200%, tolerance: 0.4%}}
   ackTimeout: 5s
 """
 # passDrift 40% for latency: on a busy 2-core test bed, two identical upstream processes'
@@ -71,12 +71,14 @@ spec:
 # 40%: it can never pass, and its fail test rolls it back. passDrift 200% for errors: a stage
 # of this short test sees ~100 errors in all (0.5% of ~20,000 requests), too few to rule out
 # twice the baseline's rate at 99% (that takes ~150); the 2% candidate (x4) stays beyond x3.
-# tolerance 0.5 points: the 100% stage is judged against the baseline over the rollout so far,
+# tolerance 0.4 points: the 100% stage is judged against the baseline over the rollout so far,
 # which holds 2,000-8,000 requests (10-40 errors) after the first stage, too few for any ratio;
-# the absolute part decides. At 0.3 points a CI run held to the deadline on it (candidate
-# 0.59% of 25,571 vs reference 0.38% of 8,190: the pass limit 0.38% + 0.6 minus the
-# reference's slack was within the candidate's own). At 0.5 the 2% candidate is still twice
-# beyond the fail limit (~1%) and can never pass (limit ~1.4%).
+# the absolute part decides. At 0.3 a CI run held a healthy candidate to the deadline
+# (candidate 0.59% of 25,571 vs reference 0.38% of 8,190); at 0.5 the 2% candidate needed
+# ~8,000 requests a side to be shown beyond the fail limit, past a 60 s deadline. The error
+# test's verdicts computed offline (slo_checks.error_rate_verdict): at 0.4 every such healthy
+# case passes by 25,000 candidate requests and the 2% candidate fails by 8,000 a side, which
+# the 120 s deadlines below leave room for.
 # benchmarks/judge_power.py measures the defaults at production traffic.
 
 
@@ -186,9 +188,9 @@ def test_a_healthy_candidate_is_promoted(
 ) -> None:
     setup = setup_factory(provider, NOISE)
     with LoadGenerator(f"http://127.0.0.1:{setup.envoy.listener_port()}", concurrency=8) as load:
-        load.start("run", duration=150)
-        setup.start(deadline="90s")
-        final = setup.wait_end(timeout=170)
+        load.start("run", duration=210)
+        setup.start(deadline="120s")
+        final = setup.wait_end(timeout=215)
     assert final["phase"] == "succeeded", json.dumps(final, indent=1)
     assert candidate_weights(setup.envoy) == 10_000
     # Every stage passed on evidence: the last verdict names both SLOs within the SLO.
@@ -214,9 +216,9 @@ def test_a_bad_candidate_is_rolled_back_naming_the_slo(
 ) -> None:
     setup = setup_factory(provider, candidate)
     with LoadGenerator(f"http://127.0.0.1:{setup.envoy.listener_port()}", concurrency=8) as load:
-        load.start("run", duration=150)
-        setup.start()
-        final = setup.wait_end(timeout=140)
+        load.start("run", duration=180)
+        setup.start(deadline="120s")
+        final = setup.wait_end(timeout=175)
     assert final["phase"] == "rolled_back", json.dumps(final, indent=1)
     assert final["rollback_cause"] == "verdict"
     assert candidate_weights(setup.envoy) == 0
