@@ -168,15 +168,20 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, admin_host, admin_port)
-    try:
-        await site.start()
-    except OSError as exc:
+
+    async def abandon() -> None:
+        """Release what started so far (a later listener could not bind)."""
         await server.stop(None)
         await runner.cleanup()
         store.close()
         rollouts.close()
         if provider is not None:
             await provider.close()
+
+    try:
+        await site.start()
+    except OSError as exc:
+        await abandon()
         raise StartupError(f"cannot bind the admin API to {config.admin_address}: {exc}") from exc
     bound_admin = runner.addresses[0][1] if runner.addresses else admin_port
     parity_line: dict[str, str] = {}
@@ -185,12 +190,7 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         try:
             await comparator.start(parity_host, parity_port)
         except OSError as exc:
-            await server.stop(None)
-            await runner.cleanup()
-            store.close()
-            rollouts.close()
-            if provider is not None:
-                await provider.close()
+            await abandon()
             raise StartupError(
                 f"cannot bind the comparator to {config.parity_address}: {exc}"
             ) from exc

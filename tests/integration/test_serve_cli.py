@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -288,6 +289,21 @@ def test_busy_xds_port_is_a_clear_error(state: Path, tmp_path: Path) -> None:
         assert "cannot bind the xDS server" in proc.stderr
     finally:
         first.stop()
+
+
+def test_busy_comparator_port_is_a_clear_error_and_releases_the_rest(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [*SLUICE, "serve", "--state", str(tmp_path / "c.db"), "--xds-address", "127.0.0.1:0",
+             "--admin-address", "127.0.0.1:0", "--parity-address", f"127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=60, env={**os.environ},
+        )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert f"cannot bind the comparator to 127.0.0.1:{port}" in proc.stderr
+    assert '"event": "ready"' not in proc.stdout
 
 
 def test_sighup_and_cli_reload_the_gateway_file(state: Path, tmp_path: Path) -> None:
