@@ -206,11 +206,14 @@ class Upstream:
     proc: Process
 
     @classmethod
-    def start(cls, name: str, workdir: Path, *behaviour: str) -> Upstream:
+    def start(
+        cls, name: str, workdir: Path, *behaviour: str, script: Path = UPSTREAM_SCRIPT
+    ) -> Upstream:
         """Start it; ``behaviour``: extra arguments of ``upstream_server.py`` (latency, errors,
-        e.g. ``"--median-ms", "10", "--error-rate", "0.02"``)."""
+        e.g. ``"--median-ms", "10", "--error-rate", "0.02"``); ``script``: another upstream
+        script with the same ready line (e.g. ``items_server.py``)."""
         proc = Process.start(
-            f"upstream-{name}", [sys.executable, str(UPSTREAM_SCRIPT), name, *behaviour], workdir
+            f"upstream-{name}", [sys.executable, str(script), name, *behaviour], workdir
         )
         try:
             ready = proc.read_json_line("ready", timeout=10.0)

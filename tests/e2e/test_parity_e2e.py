@@ -11,7 +11,6 @@ parity diff as the CLI reports them.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_fixture import free_port
 
 from .harness import (
     BASELINE,
@@ -31,6 +31,7 @@ from .harness import (
     Envoy,
     LoadGenerator,
     Process,
+    Upstream,
     gateway_document,
     wait_until,
 )
@@ -41,33 +42,6 @@ ITEMS_SCRIPT = Path(__file__).with_name("items_server.py")
 SECONDARY = "baseline-2"
 COMPARATOR = "sluice-parity"
 ITEM_PATH = f"{ROUTE_PREFIX}/items/42"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Items:
-    """An ``items_server.py`` process."""
-
-    name: str
-    port: int
-    proc: Process
-
-    @classmethod
-    def start(cls, name: str, workdir: Path, *args: str) -> Items:
-        proc = Process.start(
-            f"items-{name}", [sys.executable, str(ITEMS_SCRIPT), name, *args], workdir
-        )
-        try:
-            ready = proc.read_json_line("ready", timeout=10.0)
-        except BaseException:
-            proc.stop()
-            raise
-        return cls(name, int(ready["port"]), proc)
 
 
 def policy(parity: dict[str, Any], min_value: str) -> str:
@@ -147,8 +121,8 @@ def setup_factory(tmp_path: Path) -> Iterator[Callable[..., Setup]]:
     envoys: list[Envoy] = []
 
     def make(candidate: tuple[str, ...], secondary: bool = False) -> Setup:
-        baseline_up = Items.start(BASELINE, tmp_path)
-        candidate_up = Items.start(CANDIDATE, tmp_path, *candidate)
+        baseline_up = Upstream.start(BASELINE, tmp_path, script=ITEMS_SCRIPT)
+        candidate_up = Upstream.start(CANDIDATE, tmp_path, *candidate, script=ITEMS_SCRIPT)
         procs.extend([baseline_up.proc, candidate_up.proc])
         document = gateway_document(baseline_up.port, candidate_up.port)
         comparator_port = free_port()
@@ -161,7 +135,7 @@ def setup_factory(tmp_path: Path) -> Iterator[Callable[..., Setup]]:
             }
         )
         if secondary:
-            secondary_up = Items.start(SECONDARY, tmp_path)
+            secondary_up = Upstream.start(SECONDARY, tmp_path, script=ITEMS_SCRIPT)
             procs.append(secondary_up.proc)
             clusters.append(
                 {
