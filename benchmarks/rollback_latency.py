@@ -216,7 +216,6 @@ def build_stack(
     xds_port = free_port()
     envoy = Envoy.start(workdir, node_id="rollback-latency", xds_port=xds_port, protocol="sotw")
     stack.callback(envoy.stop)
-    envoy.wait_live()
     if provider == "prometheus":
         start = stack.enter_context(prometheus_fixture.factory(workdir))
         target = prometheus_fixture.ScrapeTarget("envoy", envoy.admin_url.removeprefix("http://"))
@@ -228,6 +227,7 @@ def build_stack(
     controller = Controller.start(workdir, gateway, state, xds_port=xds_port, extra=extra)
     stack.callback(controller.stop)
     controller.wait_node_synced(envoy.node_id, timeout=30, diag=envoy.logs)
+    envoy.wait_live()
     envoy.listener_port()
     return Stack(workdir, envoy, controller, candidate, state)
 

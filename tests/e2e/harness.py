@@ -503,7 +503,12 @@ class Envoy:
     # admin API
 
     def wait_live(self, timeout: float = 20.0) -> None:
-        """Wait until ``/ready`` says LIVE (initial CDS and LDS fetched, or timed out)."""
+        """Wait until ``/ready`` says LIVE (initial CDS and LDS fetched, or timed out).
+
+        Call it once the controller serves xDS: an Envoy with no control plane to reach stays
+        unready until its initial fetch timeouts pass (10 s per resource type here), which
+        cost every test that waited before starting the controller 20 s.
+        """
 
         def probe() -> bool:
             if not self.proc.alive():

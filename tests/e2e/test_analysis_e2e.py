@@ -146,7 +146,6 @@ def setup_factory(
         xds_port = free_port()
         envoy = Envoy.start(tmp_path, node_id="analysis-e2e", xds_port=xds_port, protocol="sotw")
         envoys.append(envoy)
-        envoy.wait_live()
         prometheus: Prometheus | None = None
         if provider == "prometheus":
             address = envoy.admin_url.removeprefix("http://")
@@ -160,6 +159,7 @@ def setup_factory(
         )
         controllers.append(controller)
         controller.wait_node_synced(envoy.node_id, timeout=20, diag=envoy.logs)
+        envoy.wait_live()
         envoy.listener_port()
         return Setup(controller, envoy, state, tmp_path, prometheus)
 

@@ -106,7 +106,6 @@ def test_a_candidate_down_from_the_start_is_rolled_back_on_error_rate(
     xds_port = dead_port()
     envoy = Envoy.start(tmp_path, node_id="candidate-down", xds_port=xds_port, protocol="sotw")
     processes.append(envoy)
-    envoy.wait_live()
     prometheus = prometheus_factory(
         [ScrapeTarget("envoy", envoy.admin_url.removeprefix("http://"))], interval_s=1.0
     )
@@ -120,6 +119,7 @@ def test_a_candidate_down_from_the_start_is_rolled_back_on_error_rate(
     )
     processes.append(controller)
     controller.wait_node_synced(envoy.node_id, timeout=20, diag=envoy.logs)
+    envoy.wait_live()
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
 

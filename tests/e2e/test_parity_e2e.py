@@ -149,7 +149,6 @@ def setup_factory(tmp_path: Path) -> Iterator[Callable[..., Setup]]:
         xds_port = free_port()
         envoy = Envoy.start(tmp_path, node_id="parity-e2e", xds_port=xds_port, protocol="sotw")
         envoys.append(envoy)
-        envoy.wait_live()
         state = tmp_path / "state.db"
         controller = Controller.start(
             tmp_path,
@@ -167,6 +166,7 @@ def setup_factory(tmp_path: Path) -> Iterator[Callable[..., Setup]]:
         )
         controllers.append(controller)
         controller.wait_node_synced(envoy.node_id, timeout=20, diag=envoy.logs)
+        envoy.wait_live()
         envoy.listener_port()
         return Setup(controller, envoy, state, tmp_path)
 
