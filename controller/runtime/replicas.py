@@ -1,0 +1,180 @@
+"""Several controller replicas sharing one rollout store: the leader drives, every one serves.
+
+With the Kubernetes store (design section 9) every replica serves xDS and only the holder of
+the Lease runs the :class:`~controller.runtime.reconciler.Reconciler`. The others follow the
+store: what the leader decided (a rollout's state, written before each push) is what they
+serve, so an Envoy connected to any replica gets the same weights, and a replica that becomes
+leader resumes every rollout from the weights it already serves: nothing moves at a failover.
+
+:func:`served_overlay` is what a replica serves from the store alone (also at start, when a
+fresh pod has no local state: a promoted route must stay promoted), :func:`follow_store` keeps
+a follower in step, and :func:`lead_or_follow` switches between the two as leadership comes
+and goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
+
+from controller.runtime.reconciler import Overlay, route_options
+from controller.store.rollouts import RolloutStore, StoredRollout
+from controller.xds.resources import RouteOptions
+from controller.xds.weights import PersistError, WeightController
+
+log = logging.getLogger(__name__)
+
+FOLLOW_ACK_TIMEOUT_S = 2.0
+"""How long a follower waits for its own Envoys' ACK of weights it copies from the store.
+Only for the log: the leader's decision stands either way, and the next poll copies again."""
+
+
+def served_overlay(rollouts: Iterable[StoredRollout]) -> Overlay:
+    """What each route serves according to the store: the newest rollout of each route (by
+    ``created_at``), terminal or not, serves its ``state.served_weight`` (a promoted route
+    stays at 100%, a rolled back one at 0%); route options only while it is active (the
+    forcing header, sticky hashing and mirror of :func:`route_options`).
+
+    Unlike :func:`controller.runtime.reconciler.rollout_overlay`, ended rollouts count: a
+    replica has no other record of what a finished rollout left on its route.
+    """
+    newest: dict[str, StoredRollout] = {}
+    for rollout in rollouts:
+        seen = newest.get(rollout.route)
+        if seen is None or (rollout.created_at, rollout.name) > (seen.created_at, seen.name):
+            newest[rollout.route] = rollout
+    weights: dict[str, dict[str, int]] = {}
+    options: dict[str, RouteOptions] = {}
+    for route, rollout in newest.items():
+        served = rollout.state.served_weight
+        if served is None:
+            continue
+        weights[route] = rollout.policy.envoy_weights(served)
+        own = route_options(rollout.policy, rollout.state.phase)
+        if own is not None:
+            options[route] = own
+    return Overlay(weights=weights, options=options)
+
+
+async def sync_once(store: RolloutStore, weights: WeightController) -> list[str]:
+    """Serve what the store says (:func:`served_overlay`) on every route whose weights or
+    options differ from it; returns the routes changed. Routes no rollout ever moved keep the
+    gateway's weights. A route the gateway lacks is logged and skipped."""
+    overlay = served_overlay(await asyncio.to_thread(store.list))
+    current = weights.current()
+    routes = set(overlay.weights) | (weights.routes_with_options() - set(overlay.options))
+    changed: list[str] = []
+    for route in sorted(routes):
+        want = overlay.weights.get(route)
+        want_options = overlay.options.get(route)
+        if (
+            want is not None
+            and current.get(route) == want
+            and (weights.options(route) == want_options)
+        ):
+            continue
+        if want is None and weights.options(route) == want_options:
+            continue
+        served = want if want is not None else current.get(route)
+        try:
+            change = await weights.set_weights(
+                route, served, options=want_options, timeout_s=FOLLOW_ACK_TIMEOUT_S
+            )
+        except (ValueError, PersistError) as exc:
+            log.warning("cannot serve the store's weights on route %s: %s", route, exc)
+            continue
+        changed.append(route)
+        log.info("following the leader: route %s serves %s (%s)", route, served, change.ack.outcome)
+    return changed
+
+
+async def follow_store(
+    store: RolloutStore, weights: WeightController, stop: asyncio.Event, poll_s: float
+) -> None:
+    """Until ``stop`` is set: every ``poll_s`` seconds, :func:`sync_once`. Store errors are
+    logged and retried at the next poll (the weights served stay as they are)."""
+    while not stop.is_set():
+        try:
+            await sync_once(store, weights)
+        except Exception:
+            log.exception("cannot follow the rollout store; retrying")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), poll_s)
+
+
+ROLE_STOP_S = 5.0
+"""How long a role may take to end once told to (the reconciler ends within its poll
+interval); after that it is cancelled."""
+
+Role = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+"""A role's loop: runs until the event it is given is set."""
+
+
+class Leadership:
+    """Leadership as the elector reports it (its ``on_started`` / ``on_stopped`` callbacks),
+    as something :func:`lead_or_follow` can wait on."""
+
+    def __init__(self) -> None:
+        self._leading = False
+        self._changed = asyncio.Event()
+
+    @property
+    def leading(self) -> bool:
+        """This replica holds the lease now."""
+        return self._leading
+
+    def started(self) -> None:
+        """The elector acquired the lease."""
+        self._set(True)
+
+    def stopped(self) -> None:
+        """The elector lost (or released) the lease."""
+        self._set(False)
+
+    def _set(self, leading: bool) -> None:
+        if leading != self._leading:
+            self._leading = leading
+            self._changed.set()
+
+    async def wait_change(self) -> None:
+        """Return once leadership changed since the last call."""
+        await self._changed.wait()
+        self._changed.clear()
+
+
+async def lead_or_follow(
+    leadership: Leadership, lead: Role, follow: Role, stop: asyncio.Event
+) -> None:
+    """Run ``lead`` while ``leadership.leading``, ``follow`` otherwise, until ``stop``.
+
+    A role ends (its event set, then awaited) before the other starts, so a replica that lost
+    the lease no longer drives a rollout when it begins following: the reconciler's writes are
+    compare-and-set on the rollout's revision, and whatever it had in flight either lands
+    before the new leader reads, or conflicts and is dropped.
+    """
+    while not stop.is_set():
+        role_stop = asyncio.Event()
+        role = lead if leadership.leading else follow
+        name = "lead" if leadership.leading else "follow"
+        task = asyncio.create_task(role(role_stop), name=name)
+        changed = asyncio.create_task(leadership.wait_change())
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({task, changed, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            role_stop.set()
+            for waiter in (changed, stopping):
+                waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(changed, stopping, return_exceptions=True)
+            done, _ = await asyncio.wait({task}, timeout=ROLE_STOP_S)
+            if not done:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("the %s role failed: %r; starting it again", name, error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)

@@ -1,0 +1,215 @@
+"""Replicas over one rollout store: the leader drives, a follower serves the same weights.
+
+A real SQLite store stands for the shared store (the Kubernetes one is tested against the fake
+API server in tests/k8s); each replica has its own snapshot cache and ADS server, and a real
+gRPC client stream on the follower's server reads what an Envoy connected to it is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.policy.gateway import Gateway
+from controller.policy.loading import load_policy
+from controller.policy.rollout_policy import RolloutPolicy
+from controller.rollout.inputs import AckResult, Command, Tick
+from controller.rollout.machine import start
+from controller.rollout.state import Phase
+from controller.runtime.reconciler import Reconciler
+from controller.runtime.replicas import (
+    Leadership,
+    follow_store,
+    lead_or_follow,
+    served_overlay,
+    sync_once,
+)
+from controller.store.rollouts import PolicySource, StoredRollout
+from controller.store.sqlite_rollouts import SqliteRolloutStore
+from controller.store.transitions import apply_input
+from controller.xds.cache import SnapshotCache
+from controller.xds.resources import build_snapshot
+from controller.xds.server import start_server
+from controller.xds.weights import WeightController
+
+PY, GO = "comments-python", "comments-go"
+SOURCE = PolicySource(path=None, git_commit=None, git_dirty=False, text="")
+
+
+def policy(stages: str, route: str = "comments", extra: str = "") -> RolloutPolicy:
+    return load_policy(
+        f"""apiVersion: sluice.dev/v1alpha1
+kind: RolloutPolicy
+metadata: {{name: {route}}}
+spec:
+  route: {route}
+  baseline: {{cluster: {PY}}}
+  candidate: {{cluster: {GO}}}
+  stages: {stages}
+  analysis: {{interval: 100ms, slos: []}}
+  ackTimeout: 2s
+{extra}""",
+        "policy.yaml",
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteRolloutStore]:
+    rollouts = SqliteRolloutStore(tmp_path / "state.db")
+    yield rollouts
+    rollouts.close()
+
+
+def create(store: SqliteRolloutStore, pol: RolloutPolicy, name: str, at: float) -> None:
+    state, event = start(pol, at, "test")
+    store.create(name, pol, SOURCE, state, event)
+
+
+def walk(store: SqliteRolloutStore, name: str, *inputs: Any) -> StoredRollout:
+    for event in inputs:
+        apply_input(store, name, event)
+    return store.get(name)
+
+
+def abort(store: SqliteRolloutStore, name: str, at: float) -> StoredRollout:
+    """Abort, and every Envoy ACKs the 0% push: the rollout ends (aborted)."""
+    walk(store, name, Command(kind="abort", actor="ops", reason="test", now=at))
+    state = store.get(name).state
+    return walk(
+        store, name, AckResult(now=at + 0.5, seq=state.push_seq, weight=0.0, outcome="acked")
+    )
+
+
+def test_served_overlay_keeps_what_ended_rollouts_left_and_options_only_while_active(
+    store: SqliteRolloutStore,
+) -> None:
+    sticky = "  sticky: {header: x-user}"
+    create(store, policy("[{weight: 100%, bake: 1s}]", extra=sticky), "old", 100.0)
+    walk(store, "old", Tick(101.0))  # pushing 100%: served while awaiting the ACK
+    assert served_overlay(store.list()).weights == {"comments": {PY: 0, GO: 10_000}}
+    assert "comments" in served_overlay(store.list()).options
+    walk(store, "old", Command(kind="abort", actor="ops", reason="test", now=102.0))
+    assert store.get("old").state.phase == Phase.ROLLING_BACK  # active: pushing 0%
+    overlay = served_overlay(store.list())
+    assert overlay.weights == {"comments": {PY: 10_000, GO: 0}}
+    assert overlay.options == {}
+    state = store.get("old").state
+    walk(store, "old", AckResult(now=103.0, seq=state.push_seq, weight=0.0, outcome="acked"))
+    assert store.get("old").state.phase == Phase.ABORTED
+    overlay = served_overlay(store.list())
+    assert overlay.weights == {"comments": {PY: 10_000, GO: 0}}
+    assert overlay.options == {}
+
+
+def test_the_newest_rollout_of_a_route_decides(store: SqliteRolloutStore) -> None:
+    create(store, policy("[{weight: 100%, bake: 1s}]"), "first", 100.0)
+    walk(store, "first", Tick(101.0))
+    abort(store, "first", 102.0)
+    create(store, policy("[{weight: 30%, bake: 1s}, {weight: 100%, bake: 1s}]"), "second", 200.0)
+    walk(store, "second", Tick(201.0))
+    assert served_overlay(store.list()).weights == {"comments": {PY: 7_000, GO: 3_000}}
+
+
+def test_a_pending_rollout_leaves_its_route_alone(store: SqliteRolloutStore) -> None:
+    create(store, policy("[{weight: 100%, bake: 1s}]"), "new", 100.0)
+    assert served_overlay(store.list()).weights == {}
+
+
+@contextlib.asynccontextmanager
+async def replica(gateway: Gateway) -> AsyncIterator[tuple[WeightController, int]]:
+    """A replica's serving half: its own cache, weight controller and ADS server."""
+    cache = SnapshotCache(build_snapshot(gateway, {}, label="replica"))
+    server, port = await start_server(cache, "127.0.0.1:0")
+    try:
+        yield WeightController(gateway, cache), port
+    finally:
+        await server.stop(None)
+
+
+async def test_a_follower_serves_what_the_leader_decided_and_nothing_more(
+    ads: Any, store: SqliteRolloutStore, weights: WeightController, gateway: Gateway
+) -> None:
+    """The leader's reconciler drives; the follower copies each decision from the store; an
+    Envoy on the follower sees the leader's stages, and an unchanged store changes nothing."""
+    async with replica(gateway) as (follower, _):
+        create(
+            store,
+            policy("[{weight: 10%, bake: 300ms}, {weight: 100%, bake: 300ms}]"),
+            "comments",
+            time.time(),
+        )
+        leader_stop, follower_stop = asyncio.Event(), asyncio.Event()
+        client = await ads.synced_sotw("edge-1")  # on the leader: its ACKs move the stages
+        leading = asyncio.create_task(Reconciler(store, weights, poll_s=0.05).run(leader_stop))
+        following = asyncio.create_task(follow_store(store, follower, follower_stop, 0.05))
+
+        async def envoy_acks_everything() -> None:
+            while True:
+                await client.ack(await client.recv(30))
+
+        acking = asyncio.create_task(envoy_acks_everything())
+        try:
+            seen: list[dict[str, int]] = []
+            deadline = time.monotonic() + 10
+            while store.get("comments").state.phase != Phase.SUCCEEDED:
+                assert time.monotonic() < deadline, store.get("comments").state
+                served = follower.current()["comments"]
+                if not seen or seen[-1] != served:
+                    seen.append(served)
+                await asyncio.sleep(0.01)
+            await ads.eventually(lambda: follower.current()["comments"] == {PY: 0, GO: 10_000})
+        finally:
+            acking.cancel()
+            leader_stop.set()
+            follower_stop.set()
+            await asyncio.gather(leading, following)
+    # The follower went through the stages in order (a poll may skip one, never reorder).
+    candidate = [s.get(GO, 0) for s in seen]
+    assert candidate == sorted(candidate), seen
+    assert candidate[-1] == 10_000, seen
+    assert await sync_once(store, follower) == []
+
+
+async def test_roles_never_overlap_and_follow_leadership(gateway: Gateway) -> None:
+    leadership = Leadership()
+    log: list[str] = []
+    running: set[str] = set()
+
+    def role(name: str) -> Any:
+        async def run(stop: asyncio.Event) -> None:
+            assert not running, f"{name} started while {running} ran"
+            running.add(name)
+            log.append(name)
+            try:
+                await stop.wait()
+                await asyncio.sleep(0.05)  # a role takes a moment to end
+            finally:
+                running.discard(name)
+
+        return run
+
+    async def until_running(name: str) -> None:
+        for _ in range(500):
+            if running == {name}:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"{name} not running: {running}")
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(lead_or_follow(leadership, role("lead"), role("follow"), stop))
+    await until_running("follow")
+    for _ in range(3):
+        leadership.started()
+        await until_running("lead")
+        leadership.stopped()
+        await until_running("follow")
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert log == ["follow", "lead", "follow", "lead", "follow", "lead", "follow"]
+    assert not running
