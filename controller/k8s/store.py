@@ -1,0 +1,297 @@
+"""The rollout store on Kubernetes: one ``Rollout`` object per rollout, its state in status.
+
+Implements :class:`controller.store.rollouts.RolloutStore` with the ``kubernetes`` client
+(synchronous; safe to share between threads). The object's layout is
+:mod:`controller.k8s.status_codec`'s. Concurrency is the API server's optimistic concurrency:
+every write carries the ``metadata.resourceVersion`` it was derived from, and a 409 Conflict
+is re-read, never overwritten: when the rollout's own ``status.revision`` moved, the caller
+must re-decide (:class:`RevisionConflictError`); when only the resourceVersion moved (a label
+or annotation edit), the same write is retried on the new version.
+
+History: the last ``history_limit`` events stay in ``status.history``; each event also becomes
+a ``core/v1`` Event (kept by the cluster for its event TTL, an hour by default), written after
+the status and best effort (a failure is logged, the rollout's write stands).
+
+What Kubernetes cannot give: one transaction over several objects. "One active rollout per
+route" is checked from a fresh list before a write (as the SQLite store does in its
+transaction), so two creators racing on one route with different names can both succeed;
+the controller is the only writer of status, and ``kubectl`` users create rollouts, so the
+window is a person's double start.
+
+Source: Kubernetes API concepts (resourceVersion, optimistic concurrency, status
+subresource), API conventions (Events).
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from kubernetes import client as k8s_client
+
+from controller.k8s.rollout_api import ConflictError, ForbiddenError, RolloutApi
+from controller.k8s.status_codec import (
+    append_history,
+    decode,
+    encode_status,
+    event_body,
+    rollout_object,
+)
+from controller.policy.rollout_policy import RolloutPolicy
+from controller.rollout.actions import RecordEvent
+from controller.rollout.state import ACTIVE, Phase, RolloutState
+from controller.store.rollouts import (
+    HistoryEvent,
+    PolicySource,
+    RevisionConflictError,
+    RolloutExistsError,
+    RolloutStore,
+    RouteBusyError,
+    StoredRollout,
+    StoreError,
+)
+
+log = logging.getLogger(__name__)
+
+METADATA_RETRIES = 5
+"""How often a write is retried when only the object's resourceVersion moved."""
+
+
+class KubernetesRolloutStore:
+    """:class:`~controller.store.rollouts.RolloutStore` on ``Rollout`` objects.
+
+    Args:
+        api_client: the API client (:func:`controller.k8s.client.api_client`); the caller
+            owns it (:meth:`close` leaves it open).
+        namespace: where the rollouts live.
+        identity: this writer, as ``reportingInstance`` of the Events it creates (a pod name).
+        history_limit: events kept in ``status.history`` (older ones only live as Events).
+        request_timeout_s: each API request's connect and read timeout, in seconds.
+    """
+
+    def __init__(
+        self,
+        api_client: k8s_client.ApiClient,
+        namespace: str,
+        *,
+        identity: str = "sluice",
+        history_limit: int = 100,
+        request_timeout_s: float = 10.0,
+    ) -> None:
+        if history_limit < 1:
+            raise ValueError("history_limit must be at least 1")
+        self._api = RolloutApi(api_client, namespace, request_timeout_s)
+        self._identity = identity
+        self._history_limit = history_limit
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def get(self, name: str) -> StoredRollout:
+        """See :meth:`controller.store.rollouts.RolloutStore.get`."""
+        return decode(self._api.get(name)).rollout
+
+    def list(self, active_only: bool = False) -> builtins.list[StoredRollout]:
+        """See :meth:`controller.store.rollouts.RolloutStore.list`."""
+        rollouts = [decode(obj).rollout for obj in self._api.list()]
+        if active_only:
+            rollouts = [r for r in rollouts if r.active]
+        return sorted(rollouts, key=lambda r: r.name)
+
+    def history(self, name: str, limit: int | None = None) -> builtins.list[HistoryEvent]:
+        """See :meth:`controller.store.rollouts.RolloutStore.history`; only the events kept
+        in status (the last ``history_limit``; the Events hold older ones while they live)."""
+        if limit is not None and limit < 0:
+            raise ValueError("limit must not be negative")
+        events = builtins.list(decode(self._api.get(name)).history)
+        if limit is not None:
+            events = events[len(events) - limit :] if limit else []
+        return events
+
+    # -- writes --------------------------------------------------------------------------
+
+    def create(
+        self,
+        name: str,
+        policy: RolloutPolicy,
+        source: PolicySource,
+        state: RolloutState,
+        event: RecordEvent,
+    ) -> StoredRollout:
+        """See :meth:`controller.store.rollouts.RolloutStore.create`.
+
+        POSTs the object, then writes its status; when the status write is forbidden (403:
+        the creator may create rollouts but not write their status) the object stays and
+        reads as pending (:mod:`controller.k8s.status_codec`). Another failure of that write
+        deletes the object again (best effort). A terminal rollout of the same name is
+        replaced by a PUT on its resourceVersion, then its status reset.
+        """
+        existing: dict[str, Any] | None = None
+        route = policy.spec.route
+        for obj in self._api.list():
+            other, phase, other_route = _summary(obj)
+            if other == name:
+                existing = obj
+                if phase in ACTIVE:
+                    raise RolloutExistsError(name, phase)
+            elif state.phase in ACTIVE and phase in ACTIVE and other_route == route:
+                raise RouteBusyError(route, other, phase)
+        body = rollout_object(name, self._api.namespace, policy, source, event.actor)
+        history: tuple[HistoryEvent, ...] = ()
+        if existing is None:
+            try:
+                obj = self._api.create(name, body)
+            except ConflictError as exc:  # created meanwhile by someone else
+                raise RolloutExistsError(name, _summary(self._api.get(name))[1]) from exc
+            revision, seq = 1, 0
+        else:
+            old = decode(existing)
+            body["metadata"] = _replaced_metadata(existing["metadata"], body["metadata"])
+            try:
+                obj = self._api.replace(name, body)
+            except ConflictError as exc:
+                raise StoreError(
+                    f"rollout {name!r} changed while being replaced; nothing was written, try again"
+                ) from exc
+            revision, history, seq = old.rollout.revision + 1, old.history, old.history_seq
+        first = HistoryEvent(
+            seq + 1, name, event.at, event.actor, event.transition, event.reason, event.details
+        )
+        status = encode_status(
+            state,
+            revision=revision,
+            created_at=event.at,
+            generation=int(obj["metadata"].get("generation", 1)),
+            history=(*history, first)[-self._history_limit :],
+            history_seq=seq + 1,
+        )
+        try:
+            obj = self._write_first_status(name, obj, status)
+        except ForbiddenError as exc:
+            log.warning(
+                "rollout %r created, but its status cannot be written (%s): it reads as "
+                "pending until the controller writes it",
+                name,
+                exc,
+            )
+            obj = self._api.get(name)
+        except StoreError:
+            if existing is None:
+                self._undo_create(name, obj)
+            raise
+        record = decode(obj)
+        self._record_events(obj, record.history[-1:])
+        return record.rollout
+
+    def update(
+        self,
+        name: str,
+        expected_revision: int,
+        state: RolloutState,
+        events: Sequence[RecordEvent],
+    ) -> StoredRollout:
+        """See :meth:`controller.store.rollouts.RolloutStore.update`: a PUT of ``/status`` on
+        the resourceVersion read. A 409 is re-read: the revision moved →
+        RevisionConflictError; only the resourceVersion moved → the same write again on the
+        new one (up to :data:`METADATA_RETRIES` times)."""
+        obj = self._api.get(name)
+        for _ in range(METADATA_RETRIES + 1):
+            record = decode(obj)
+            if record.rollout.revision != expected_revision:
+                raise RevisionConflictError(name, expected_revision, record.rollout.revision)
+            if record.rollout.state.phase not in ACTIVE and state.phase in ACTIVE:
+                self._check_route_free(record.rollout.route, name)
+            history, seq = append_history(record, events, self._history_limit)
+            obj["status"] = encode_status(
+                state,
+                revision=expected_revision + 1,
+                created_at=record.rollout.created_at,
+                generation=record.generation,
+                history=history,
+                history_seq=seq,
+            )
+            try:
+                written = self._api.replace_status(name, obj)
+            except ConflictError:
+                obj = self._api.get(name)  # decided again above if its revision moved
+                continue
+            after = decode(written)
+            self._record_events(written, after.history[-len(events) :] if events else ())
+            return after.rollout
+        raise StoreError(
+            f"rollout {name!r}: its object kept changing under {METADATA_RETRIES + 1} status "
+            "writes; try again"
+        )
+
+    def close(self) -> None:
+        """Nothing to release: the API client belongs to the caller."""
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _write_first_status(
+        self, name: str, obj: dict[str, Any], status: dict[str, Any]
+    ) -> dict[str, Any]:
+        """PUT a created (or replaced) object's first status; on 409, retried while the
+        object's spec and status are still the ones just written (a metadata edit)."""
+        spec, before = obj.get("spec"), obj.get("status")
+        for _ in range(METADATA_RETRIES):
+            try:
+                return self._api.replace_status(name, {**obj, "status": status})
+            except ConflictError:
+                obj = self._api.get(name)
+                if obj.get("spec") != spec or obj.get("status") != before:
+                    break
+        raise StoreError(f"rollout {name!r} changed while being created; try again")
+
+    def _undo_create(self, name: str, obj: dict[str, Any]) -> None:
+        """Delete an object whose first status could not be written, so a failed create
+        leaves nothing; only if it is still the one created (uid precondition)."""
+        try:
+            self._api.delete(name, str(obj["metadata"].get("uid", "")))
+        except StoreError as exc:
+            log.warning(
+                "rollout %r: its status could not be written nor its object deleted (%s); "
+                "it reads as pending",
+                name,
+                exc,
+            )
+
+    def _check_route_free(self, route: str, name: str) -> None:
+        for obj in self._api.list():
+            other, phase, other_route = _summary(obj)
+            if other != name and other_route == route and phase in ACTIVE:
+                raise RouteBusyError(route, other, phase)
+
+    def _record_events(self, obj: dict[str, Any], events: Sequence[HistoryEvent]) -> None:
+        """Each event as a ``core/v1`` Event; failures are logged (the status holds them)."""
+        for event in events:
+            try:
+                self._api.create_event(event_body(obj, event, self._identity))
+            except StoreError as exc:
+                log.warning("rollout %r: Event %d not recorded: %s", event.rollout, event.seq, exc)
+
+
+def _summary(obj: dict[str, Any]) -> tuple[str, Phase, str]:
+    """(name, phase, route) of a ``Rollout`` object without decoding it whole, so a damaged
+    object of another name does not block creating one; no status reads as pending."""
+    status = obj.get("status") or {}
+    try:
+        phase = Phase(status.get("phase", Phase.PENDING))
+    except ValueError:
+        phase = Phase.PENDING  # unreadable: counted as active, it may hold its route
+    spec = obj.get("spec") or {}
+    return str(obj["metadata"]["name"]), phase, str(spec.get("route", ""))
+
+
+def _replaced_metadata(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The metadata replacing a terminal rollout's: the old one (uid, resourceVersion as the
+    precondition, labels, finalizers, owners) with Sluice's annotations renewed (the old ones
+    dropped: a policy text absent now must not survive from the previous rollout)."""
+    annotations = old.get("annotations") or {}
+    kept = {k: v for k, v in annotations.items() if not k.startswith("sluice.dev/")}
+    return {**old, "annotations": {**kept, **new["annotations"]}}
+
+
+def _conforms(store: KubernetesRolloutStore) -> RolloutStore:
+    return store  # mypy checks the class against the protocol here
