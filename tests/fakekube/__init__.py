@@ -1,0 +1,133 @@
+"""A fake Kubernetes API server for tests, driven through the official ``kubernetes`` client.
+
+Serves ``rollouts`` (sluice.dev/v1alpha1, status subresource), ``leases``
+(coordination.k8s.io/v1), ``events`` (core v1 and events.k8s.io/v1), ``endpointslices``
+(discovery.k8s.io/v1), ``services`` and ``namespaces`` (core v1) with the real server's
+semantics for resourceVersion (one global counter), 409 Conflict / AlreadyExists, 404
+NotFound, the status subresource, merge / JSON / strategic-merge patches, label and field
+selectors, and watches (ADDED replay from "0", resume from N, 410 Expired once N is older
+than the retained history). Not served: authentication, admission, finalizers, server-side
+apply, namespace existence checks, pagination (``limit`` / ``continue`` are ignored).
+
+Source: https://kubernetes.io/docs/reference/using-api/api-concepts/
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import kubernetes.client
+import yaml
+
+from .server import FailureRules, Server
+from .store import Store
+
+__all__ = ["FakeKube"]
+
+
+class FakeKube:
+    """A fake Kubernetes API server on 127.0.0.1:<port 0>, in a background thread."""
+
+    def __init__(self, history_limit: int = 1000) -> None:
+        self.store = Store(history_limit)
+        self.requests: list[tuple[str, str, str]] = []
+        self._requests_lock = threading.Lock()
+        self._failures = FailureRules()
+        self._cut_abrupt = False
+        self._server = Server(self)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._clients: list[kubernetes.client.ApiClient] = []
+
+    @classmethod
+    def start(cls, history_limit: int = 1000) -> FakeKube:
+        """Start serving; ``history_limit`` changes are kept for watches to resume from."""
+        kube = cls(history_limit)
+        kube._thread.start()
+        return kube
+
+    def stop(self) -> None:
+        """Close every watch and connection, free the port, join the server thread."""
+        self.store.stop()
+        self._server.shutdown()
+        self._server.server_close()
+        with self._server.conn_lock:
+            conns = list(self._server.connections)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        self._thread.join(timeout=10)
+        for client in self._clients:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    def __enter__(self) -> FakeKube:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- clients -------------------------------------------------------------------------
+    def api_client(self) -> kubernetes.client.ApiClient:
+        """A client for this server (no authentication); closed by :meth:`stop`."""
+        config = kubernetes.client.Configuration(host=self.url)
+        client = kubernetes.client.ApiClient(config)
+        self._clients.append(client)
+        return client
+
+    def kubeconfig(self, path: Path, context: str = "fake", namespace: str | None = None) -> Path:
+        """Write a kubeconfig naming this server (a token user, ``context`` current)."""
+        ctx: dict[str, Any] = {"cluster": "fake-cluster", "user": "fake-user"}
+        if namespace is not None:
+            ctx["namespace"] = namespace
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "fake-cluster", "cluster": {"server": self.url}}],
+            "users": [{"name": "fake-user", "user": {"token": "fake-token"}}],
+            "contexts": [{"name": context, "context": ctx}],
+            "current-context": context,
+        }
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    # -- controls for tests --------------------------------------------------------------
+    def compact(self) -> None:
+        """Forget the watch history: a watch from an older resourceVersion gets 410 Gone."""
+        self.store.compact()
+
+    def close_watches(self, abrupt: bool = False) -> None:
+        """End every open watch stream: cleanly (terminating chunk, as a server timeout does)
+        or, with ``abrupt``, by cutting the connection mid-stream (a network cut)."""
+        self._cut_abrupt = abrupt
+        self.store.close_watches()
+
+    def fail_next(self, method: str, path_regex: str, status: int, times: int = 1) -> None:
+        """Answer the next ``times`` requests whose method is ``method`` ("*" for any) and
+        whose path matches ``path_regex`` (``re.search``) with a ``Status`` of ``status``.
+        ``times=0`` cancels the rules with this method and regex."""
+        self._failures.add(method, path_regex, status, times)
+
+    def objects(self, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        """The stored objects of ``plural`` (every group serving it), in ``namespace`` or all."""
+        return self.store.objects(plural, namespace)
+
+    # -- used by the server --------------------------------------------------------------
+    def _log_request(self, method: str, path: str, query: str) -> None:
+        with self._requests_lock:
+            self.requests.append((method, path, query))
+
+    def _take_failure(self, method: str, path: str) -> int | None:
+        return self._failures.take(method, path)

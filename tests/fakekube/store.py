@@ -1,0 +1,360 @@
+"""The fake API server's object store: one global resourceVersion counter, objects per kind,
+the change history watches are served from, and the write semantics of the real server
+(optimistic concurrency on ``metadata.resourceVersion``, status subresource, generation).
+
+Source: Kubernetes API concepts (resource versions, efficient detection of changes, 410 Gone),
+and the CustomResourceDefinition status subresource rules.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from . import errors
+from .errors import ApiError
+from .patch import PatchError, json_patch, merge_patch
+from .resources import ResourceType
+from .selectors import Predicate
+
+Obj = dict[str, Any]
+_SYSTEM_META = ("uid", "creationTimestamp", "generation", "resourceVersion", "namespace", "name")
+_NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
+
+
+@dataclass
+class Change:
+    rv: int
+    resource: ResourceType
+    type: str
+    obj: Obj
+    old: Obj | None
+
+
+@dataclass
+class Watcher:
+    """One open watch: its filter, the last resourceVersion delivered, and the close
+    generation it started in (``close_watches`` moves the store's)."""
+
+    resource: ResourceType
+    namespace: str | None
+    predicate: Predicate
+    last: int
+    gen: int
+    initial: list[tuple[str, Obj]] = field(default_factory=list)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _content(obj: Obj) -> Obj:
+    """What ``generation`` tracks: ``spec``, or for kinds without one everything but
+    metadata and status."""
+    if "spec" in obj:
+        return {"spec": obj["spec"]}
+    return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
+
+
+class Store:
+    """Thread-safe; every method copies objects in and out."""
+
+    def __init__(self, history_limit: int = 1000) -> None:
+        self.cond = threading.Condition()
+        self._rv = 0
+        self._objects: dict[str, dict[tuple[str, str], Obj]] = {}
+        self._history: deque[Change] = deque()
+        self._history_limit = history_limit
+        self._floor = 0
+        self.gen = 0
+        self.stopping = False
+
+    # -- helpers (lock held) -------------------------------------------------------------
+    def _bucket(self, res: ResourceType) -> dict[tuple[str, str], Obj]:
+        return self._objects.setdefault(res.key, {})
+
+    def _record(self, res: ResourceType, type_: str, obj: Obj, old: Obj | None) -> None:
+        self._history.append(Change(self._rv, res, type_, copy.deepcopy(obj), old))
+        while len(self._history) > self._history_limit:
+            self._floor = self._history.popleft().rv
+        self.cond.notify_all()
+
+    def _stored(self, res: ResourceType, ns: str | None, name: str) -> Obj:
+        obj = self._bucket(res).get((ns or "", name))
+        if obj is None:
+            raise errors.not_found(res, name)
+        return obj
+
+    def _check_identity(self, res: ResourceType, ns: str | None, body: Any) -> Obj:
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body is not a JSON object")
+        for key, want in (("apiVersion", res.api_version), ("kind", res.kind)):
+            got = body.setdefault(key, want)
+            if got != want:
+                raise ApiError(400, f"{key} {got!r} does not match the URL's {want!r}")
+        meta = body.setdefault("metadata", {})
+        if not isinstance(meta, dict):
+            raise ApiError(400, "metadata is not an object")
+        if res.namespaced:
+            got_ns = meta.setdefault("namespace", ns)
+            if got_ns != ns:
+                raise ApiError(
+                    400,
+                    "the namespace of the provided object does not match the namespace "
+                    "sent on the request",
+                )
+        else:
+            meta.pop("namespace", None)
+        return body
+
+    # -- reads ---------------------------------------------------------------------------
+    @property
+    def resource_version(self) -> int:
+        with self.cond:
+            return self._rv
+
+    def get(self, res: ResourceType, ns: str | None, name: str) -> Obj:
+        with self.cond:
+            return copy.deepcopy(self._stored(res, ns, name))
+
+    def list(self, res: ResourceType, ns: str | None, pred: Predicate) -> tuple[list[Obj], int]:
+        with self.cond:
+            items = [
+                copy.deepcopy(o)
+                for (o_ns, _), o in sorted(self._bucket(res).items())
+                if (ns is None or o_ns == ns) and pred(o)
+            ]
+            return items, self._rv
+
+    def objects(self, plural: str, ns: str | None) -> list[Obj]:
+        with self.cond:
+            return [
+                copy.deepcopy(o)
+                for key, bucket in sorted(self._objects.items())
+                if key.split("/", 1)[1] == plural
+                for (o_ns, _), o in sorted(bucket.items())
+                if ns is None or o_ns == ns
+            ]
+
+    # -- writes --------------------------------------------------------------------------
+    def create(self, res: ResourceType, ns: str | None, body: Any) -> Obj:
+        obj = self._check_identity(res, ns, copy.deepcopy(body))
+        meta = obj["metadata"]
+        if meta.get("resourceVersion"):
+            raise ApiError(400, "resourceVersion should not be set on objects to be created")
+        with self.cond:
+            bucket = self._bucket(res)
+            if not meta.get("name"):
+                prefix = meta.get("generateName")
+                if not prefix:
+                    raise ApiError(
+                        422, "metadata.name: Required value: name or generateName is required"
+                    )
+                while True:
+                    name = prefix + "".join(random.choices(_NAME_CHARS, k=5))
+                    if (ns or "", name) not in bucket:
+                        break
+                meta["name"] = name
+            key = (ns or "", meta["name"])
+            if key in bucket:
+                raise errors.already_exists(res, meta["name"])
+            if res.status_subresource:
+                obj.pop("status", None)
+            self._rv += 1
+            meta.update(
+                uid=str(uuid.uuid4()),
+                creationTimestamp=_now(),
+                generation=1,
+                resourceVersion=str(self._rv),
+            )
+            bucket[key] = obj
+            self._record(res, "ADDED", obj, None)
+            return copy.deepcopy(obj)
+
+    def _write(self, res: ResourceType, stored: Obj, body: Obj, sub: str | None) -> Obj:
+        """Replace ``stored`` by ``body`` under the status-subresource rules (lock held,
+        preconditions checked)."""
+        if sub == "status":
+            new = copy.deepcopy(stored)
+            if "status" in body:
+                new["status"] = copy.deepcopy(body["status"])
+            else:
+                new.pop("status", None)
+        else:
+            new = copy.deepcopy(body)
+            new["metadata"] = dict(new.get("metadata") or {})
+            if res.status_subresource:
+                new.pop("status", None)
+                if "status" in stored:
+                    new["status"] = copy.deepcopy(stored["status"])
+            for key in _SYSTEM_META:
+                if key in stored["metadata"]:
+                    new["metadata"][key] = stored["metadata"][key]
+                else:
+                    new["metadata"].pop(key, None)
+            new["apiVersion"], new["kind"] = res.api_version, res.kind
+            if _content(new) != _content(stored):
+                new["metadata"]["generation"] = stored["metadata"].get("generation", 0) + 1
+        if new == stored:
+            return copy.deepcopy(stored)
+        self._rv += 1
+        new["metadata"]["resourceVersion"] = str(self._rv)
+        meta = stored["metadata"]
+        self._bucket(res)[(meta.get("namespace", ""), meta["name"])] = new
+        self._record(res, "MODIFIED", new, copy.deepcopy(stored))
+        return copy.deepcopy(new)
+
+    def replace(
+        self, res: ResourceType, ns: str | None, name: str, body: Any, sub: str | None
+    ) -> Obj:
+        obj = self._check_identity(res, ns, copy.deepcopy(body))
+        if obj["metadata"].get("name") != name:
+            raise ApiError(400, "the name of the object does not match the name on the URL")
+        with self.cond:
+            stored = self._stored(res, ns, name)
+            rv = obj["metadata"].get("resourceVersion")
+            if rv and rv != stored["metadata"]["resourceVersion"]:
+                raise errors.conflict(res, name)
+            return self._write(res, stored, obj, sub)
+
+    def patch(
+        self,
+        res: ResourceType,
+        ns: str | None,
+        name: str,
+        content_type: str,
+        patch: Any,
+        sub: str | None,
+    ) -> Obj:
+        with self.cond:
+            stored = self._stored(res, ns, name)
+            try:
+                if content_type == "application/json-patch+json":
+                    patched = json_patch(stored, patch)
+                elif content_type in (
+                    "application/merge-patch+json",
+                    "application/strategic-merge-patch+json",
+                ):
+                    if not isinstance(patch, dict):
+                        raise PatchError("a merge patch is a JSON object")
+                    patched = merge_patch(stored, patch)
+                else:
+                    raise ApiError(
+                        415,
+                        f"the body of the request was in an unknown format - "
+                        f"accepted media types include: application/json-patch+json, "
+                        f"application/merge-patch+json, "
+                        f"application/strategic-merge-patch+json ({content_type})",
+                    )
+            except PatchError as exc:
+                raise ApiError(422, str(exc)) from exc
+            if not isinstance(patched, dict) or not isinstance(patched.get("metadata"), dict):
+                raise ApiError(422, "the patched object is not an object with metadata")
+            if patched["metadata"].get("resourceVersion") != stored["metadata"]["resourceVersion"]:
+                raise errors.conflict(res, name)
+            return self._write(res, stored, patched, sub)
+
+    def delete(self, res: ResourceType, ns: str | None, name: str, options: Obj | None) -> Obj:
+        with self.cond:
+            stored = self._stored(res, ns, name)
+            pre = (options or {}).get("preconditions") or {}
+            meta = stored["metadata"]
+            if pre.get("resourceVersion") not in (None, meta["resourceVersion"]) or pre.get(
+                "uid"
+            ) not in (None, meta["uid"]):
+                raise errors.conflict(res, name)
+            del self._bucket(res)[(ns or "", name)]
+            self._rv += 1
+            gone = copy.deepcopy(stored)
+            gone["metadata"]["resourceVersion"] = str(self._rv)
+            self._record(res, "DELETED", gone, copy.deepcopy(stored))
+            return gone
+
+    # -- watch ---------------------------------------------------------------------------
+    def compact(self) -> None:
+        with self.cond:
+            self._history.clear()
+            self._floor = self._rv
+            self.cond.notify_all()
+
+    def close_watches(self) -> None:
+        with self.cond:
+            self.gen += 1
+            self.cond.notify_all()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+
+    def open_watch(
+        self, res: ResourceType, ns: str | None, pred: Predicate, rv: str | None
+    ) -> Watcher:
+        """Start a watch: ``rv`` unset or "0" replays every current object as ADDED; ``rv``
+        = N serves the changes after N, :func:`errors.expired` (410) if N is older than
+        the retained history."""
+        with self.cond:
+            w = Watcher(res, ns, pred, self._rv, self.gen)
+            if rv in (None, "", "0"):
+                items, _ = self.list(res, ns, pred)
+                w.initial = [("ADDED", o) for o in items]
+                return w
+            try:
+                n = int(rv)
+            except ValueError:
+                raise ApiError(400, f"invalid resourceVersion {rv!r}") from None
+            if n < self._floor:
+                raise errors.expired(n, self._floor + 1)
+            w.last = n
+            return w
+
+    def _filter(self, w: Watcher, change: Change) -> tuple[str, Obj] | None:
+        if change.resource != w.resource:
+            return None
+        ns = change.obj["metadata"].get("namespace", "")
+        if w.namespace is not None and ns != w.namespace:
+            return None
+        new = w.predicate(change.obj)
+        old = change.old is not None and w.predicate(change.old)
+        if change.type == "MODIFIED" and new != old:
+            # An object entering or leaving the selection is ADDED / DELETED for this watch.
+            return ("ADDED" if new else "DELETED"), copy.deepcopy(change.obj)
+        if (change.type == "DELETED" and old) or (change.type != "DELETED" and new):
+            return change.type, copy.deepcopy(change.obj)
+        return None
+
+    def next_events(self, w: Watcher, deadline: float) -> tuple[list[tuple[str, Obj]], str | None]:
+        """Block until ``w`` has events or ends; the second item says why it ended:
+        "closed" (close_watches / stop), "expired" (410), "timeout" (timeoutSeconds)."""
+        with self.cond:
+            while True:
+                if self.stopping or w.gen != self.gen:
+                    return [], "closed"
+                if w.last < self._floor:
+                    return [], "expired"
+                if self._rv > w.last:
+                    out = [
+                        e
+                        for c in self._history
+                        if c.rv > w.last and (e := self._filter(w, c)) is not None
+                    ]
+                    w.last = self._rv
+                    if out:
+                        return out, None
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return [], "timeout"
+                self.cond.wait(remaining)
+
+    @property
+    def floor(self) -> int:
+        with self.cond:
+            return self._floor
