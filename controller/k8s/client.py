@@ -62,7 +62,7 @@ def api_client(
         return made
     except ConfigException as exc:
         raise ClusterError(f"kubeconfig {path}: {exc}") from exc
-    except (OSError, ValueError) as exc:  # unreadable file, YAML that is not a kubeconfig
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:  # not a kubeconfig
         raise ClusterError(f"kubeconfig {path} cannot be read: {exc}") from exc
 
 
@@ -95,7 +95,7 @@ def namespace_default(
         )
     except ConfigException as exc:
         raise ClusterError(f"kubeconfig {path}: {exc}") from exc
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
         raise ClusterError(f"kubeconfig {path} cannot be read: {exc}") from exc
     if context is None:
         chosen = current
