@@ -1,6 +1,7 @@
 """The gateway file: what Envoy serves besides the weights under rollout.
 
-Listeners, their virtual hosts and routes, and the upstream clusters with static endpoints.
+Listeners, their virtual hosts and routes, and the upstream clusters, whose endpoints are
+static (``endpoints``) or the ready endpoints of a Kubernetes Service (``kubernetes``).
 Each model maps onto one Envoy v3 message (named in its docstring); ``controller.xds.resources``
 does the translation. Field names are camelCase in YAML (Kubernetes style) and snake_case here.
 
@@ -26,6 +27,8 @@ Shape (YAML)::
       clusters:
         - name: comments-python
           endpoints: [{address: 127.0.0.1, port: 8001}]
+        - name: comments-go
+          kubernetes: {service: comments-go, namespace: shop, port: http}
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from controller.policy.gateway_kubernetes import KubernetesService
 from controller.policy.units import Duration
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,251}[a-z0-9])?$"
@@ -204,15 +208,30 @@ class Endpoint(_Model):
 class Cluster(_Model):
     """An upstream cluster: ``envoy.config.cluster.v3.Cluster`` of type EDS.
 
-    Sluice serves its endpoints over EDS (``ClusterLoadAssignment``). ``protocol: http2``
-    speaks HTTP/2 to the upstream (``HttpProtocolOptions.explicit_http_config``).
+    Sluice serves its endpoints over EDS (``ClusterLoadAssignment``): exactly one of
+    ``endpoints`` (static addresses) or ``kubernetes`` (the ready endpoints of a Service, which
+    the controller follows; none known yet is an empty assignment, answered 503 by Envoy).
+    ``protocol: http2`` speaks HTTP/2 to the upstream
+    (``HttpProtocolOptions.explicit_http_config``).
     """
 
     name: str = Field(pattern=NAME_PATTERN)
     connect_timeout: Duration = timedelta(seconds=1)
     protocol: Literal["http1", "http2"] = "http1"
     lb_policy: Literal["round_robin", "least_request", "random"] = "round_robin"
-    endpoints: tuple[Endpoint, ...] = Field(min_length=1)
+    endpoints: tuple[Endpoint, ...] = Field(default=(), min_length=1)
+    kubernetes: KubernetesService | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Cluster:
+        static = "endpoints" in self.model_fields_set
+        if static == (self.kubernetes is not None):
+            got = "both" if static else "neither"
+            raise ValueError(
+                f"cluster {self.name!r} needs exactly one of endpoints (static addresses) or"
+                f" kubernetes (a Service's EndpointSlices), got {got}"
+            )
+        return self
 
 
 class GatewaySpec(_Model):
@@ -252,3 +271,7 @@ class Gateway(_Model):
     def cluster_names(self) -> frozenset[str]:
         """Names of all declared clusters."""
         return frozenset(c.name for c in self.spec.clusters)
+
+    def kubernetes_clusters(self) -> dict[str, KubernetesService]:
+        """Clusters whose endpoints come from Kubernetes, by name, with their Service."""
+        return {c.name: c.kubernetes for c in self.spec.clusters if c.kubernetes is not None}

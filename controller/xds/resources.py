@@ -23,6 +23,7 @@ envoy/extensions/filters/network/http_connection_manager/v3, envoy/extensions/up
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 
 from envoy_data_plane.envoy.config.cluster.v3 import (
     Cluster as EnvoyCluster,
@@ -62,7 +63,7 @@ from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
 )
 from envoy_data_plane.google.protobuf import Any as ProtoAny
 
-from controller.policy.gateway import Cluster, Gateway, Listener
+from controller.policy.gateway import Cluster, Endpoint, Gateway, Listener
 from controller.xds import typeurls
 from controller.xds.route_builders import (
     Mirror,
@@ -81,6 +82,7 @@ from controller.xds.snapshot import Resource, Snapshot
 __all__ = [
     "ENCODING_MEMOS",
     "RESOURCE_MEMOS",
+    "EndpointsByCluster",
     "Mirror",
     "RouteOptions",
     "RouteOptionsByRoute",
@@ -141,10 +143,17 @@ def cluster(spec: Cluster) -> EnvoyCluster:
     )
 
 
-def load_assignment(spec: Cluster) -> ClusterLoadAssignment:
-    """``ClusterLoadAssignment`` with the cluster's static endpoints in one locality."""
+def load_assignment(
+    spec: Cluster, endpoints: tuple[Endpoint, ...] | None = None
+) -> ClusterLoadAssignment:
+    """``ClusterLoadAssignment`` with ``endpoints`` (default: the cluster's static ones) in one
+    locality. No endpoints is a valid assignment: Envoy answers 503 (no healthy upstream)."""
+    return _assignment(spec.name, spec.endpoints if endpoints is None else endpoints)
+
+
+def _assignment(name: str, endpoints: tuple[Endpoint, ...]) -> ClusterLoadAssignment:
     return ClusterLoadAssignment(
-        cluster_name=spec.name,
+        cluster_name=name,
         endpoints=[
             LocalityLbEndpoints(
                 lb_endpoints=[
@@ -156,7 +165,7 @@ def load_assignment(spec: Cluster) -> ClusterLoadAssignment:
                         ),
                         load_balancing_weight=ep.weight,
                     )
-                    for ep in spec.endpoints
+                    for ep in endpoints
                 ]
             )
         ],
@@ -192,11 +201,13 @@ def listener(spec: Listener) -> EnvoyListener:
 
 
 @functools.lru_cache(maxsize=4096)
-def _cluster_resources(spec: Cluster) -> tuple[Resource, Resource]:
-    return (
-        Resource.from_message_bytes(spec.name, typeurls.CLUSTER, bytes(cluster(spec))),
-        Resource.from_message_bytes(spec.name, typeurls.ENDPOINT, bytes(load_assignment(spec))),
-    )
+def _cluster_resource(spec: Cluster) -> Resource:
+    return Resource.from_message_bytes(spec.name, typeurls.CLUSTER, bytes(cluster(spec)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _assignment_resource(name: str, endpoints: tuple[Endpoint, ...]) -> Resource:
+    return Resource.from_message_bytes(name, typeurls.ENDPOINT, bytes(_assignment(name, endpoints)))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -215,8 +226,11 @@ def _route_resource(
     return Resource.from_message_bytes(spec.name, typeurls.ROUTE, config, clusters)
 
 
-RESOURCE_MEMOS = (_cluster_resources, _listener_resource, _route_resource)
-"""Memoized resources: a miss is one resource (two for a cluster: CDS and EDS) built."""
+RESOURCE_MEMOS = (_cluster_resource, _assignment_resource, _listener_resource, _route_resource)
+"""Memoized resources: a miss is one resource built."""
+
+EndpointsByCluster = Mapping[str, tuple[Endpoint, ...]]
+"""Live endpoints by cluster name (what Kubernetes reports for a ``kubernetes`` cluster)."""
 
 
 def build_snapshot(
@@ -224,6 +238,7 @@ def build_snapshot(
     weights: RouteWeights,
     label: str = "",
     options: RouteOptionsByRoute | None = None,
+    endpoints: EndpointsByCluster | None = None,
 ) -> Snapshot:
     """Translate a gateway and weight overrides into a snapshot of CDS, EDS, LDS and RDS.
 
@@ -232,10 +247,14 @@ def build_snapshot(
         weights: overrides by route name; each maps cluster → relative weight.
         label: a note for logs and status (what changed).
         options: rollout options by route name (forcing header, sticky hashing, mirror).
+        endpoints: the live endpoints of ``kubernetes`` clusters, by cluster name; such a
+            cluster missing here gets an empty assignment (Envoy answers 503 until endpoints
+            arrive). Endpoints are served in the order given.
 
     Raises:
         ValueError: an override or option (forcing header, mirror) names a route or cluster
-            the gateway does not declare, or weights sum to 0 (Envoy would NACK it).
+            the gateway does not declare, or weights sum to 0 (Envoy would NACK it);
+            ``endpoints`` names a cluster that is not a declared ``kubernetes`` cluster.
     """
     routes = gateway.routes()
     known = gateway.cluster_names()
@@ -259,7 +278,17 @@ def build_snapshot(
                 f"route {name!r}: the mirror names unknown clusters {[extra.mirror.cluster]}"
                 " (declare the comparator's cluster in the gateway)"
             )
-    clusters = [_cluster_resources(c) for c in gateway.spec.clusters]
+    live = endpoints or {}
+    followed = gateway.kubernetes_clusters()
+    strays = sorted(set(live) - set(followed))
+    if strays:
+        raise ValueError(f"endpoints for clusters that are not kubernetes clusters: {strays}")
+    assignments = [
+        _assignment_resource(
+            c.name, tuple(live.get(c.name, ())) if c.name in followed else c.endpoints
+        )
+        for c in gateway.spec.clusters
+    ]
     route_resources = []
     for spec in gateway.spec.listeners:
         own = tuple(
@@ -276,8 +305,8 @@ def build_snapshot(
         route_resources.append(_route_resource(spec, own, own_options))
     return Snapshot.build(
         {
-            typeurls.CLUSTER: [c for c, _ in clusters],
-            typeurls.ENDPOINT: [e for _, e in clusters],
+            typeurls.CLUSTER: [_cluster_resource(c) for c in gateway.spec.clusters],
+            typeurls.ENDPOINT: assignments,
             typeurls.LISTENER: [_listener_resource(spec) for spec in gateway.spec.listeners],
             typeurls.ROUTE: route_resources,
         },

@@ -2,21 +2,23 @@
 
 This is what the rollout engine moves traffic with. A change is persisted (through the
 ``persist`` hook) before it is served, so a restarted controller serves the weights Envoy may
-already have, never a default.
+already have, never a default. The same controller serves the live endpoints of ``kubernetes``
+clusters (:meth:`WeightController.set_endpoints`): an endpoint change moves the EDS version
+only, never a weight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
 
-from controller.policy.gateway import Gateway
+from controller.policy.gateway import Endpoint, Gateway
 from controller.xds import typeurls
 from controller.xds.acks import AckResult, AckWaiter
 from controller.xds.cache import SnapshotCache
 from controller.xds.resources import (
+    EndpointsByCluster,
     RouteOptions,
     RouteOptionsByRoute,
     RouteWeights,
@@ -24,58 +26,20 @@ from controller.xds.resources import (
     effective_weights,
 )
 from controller.xds.snapshot import Snapshot
+from controller.xds.weight_changes import (
+    GatewayChange,
+    PersistError,
+    PersistHook,
+    WeightChange,
+    kept_endpoints,
+)
+
+__all__ = ["GatewayChange", "PersistError", "PersistHook", "WeightChange", "WeightController"]
 
 log = logging.getLogger(__name__)
 
-PersistHook = Callable[[str, Mapping[str, int] | None], None]
-"""Called with (route name, weights) before a change is served, or (route name, None) when the
-route goes back to the gateway's own weights; raising aborts the change. Called in a worker
-thread (it may block on a disk), one call at a time."""
-
-
 _Served = tuple[dict[str, int] | None, RouteOptions | None]
 """A route's weight override and options (None, None: the gateway file's own)."""
-
-
-class PersistError(RuntimeError):
-    """The new weights could not be saved durably; nothing was served."""
-
-
-@dataclass(frozen=True)
-class WeightChange:
-    """The result of :meth:`WeightController.set_weights`.
-
-    Attributes:
-        route: the route whose weights changed.
-        weights: cluster → relative weight, as asked.
-        ack: how the connected nodes took the new RDS version (``ack.ok`` is success).
-        reverted: True when a NACK made the controller serve the route's last weights that
-            every target ACKed (the last good configuration), so that Envoys connecting later
-            do not get the rejected one.
-    """
-
-    route: str
-    weights: dict[str, int]
-    ack: AckResult
-    reverted: bool = False
-
-
-@dataclass(frozen=True)
-class GatewayChange:
-    """The result of :meth:`WeightController.replace_gateway`.
-
-    Attributes:
-        acks: per changed type URL, how the connected nodes took its new version.
-        reverted: True when a NACK made the controller serve the previous gateway again.
-    """
-
-    acks: dict[str, AckResult]
-    reverted: bool
-
-    @property
-    def nacks(self) -> dict[str, str]:
-        """node id → NACK message, over every changed type."""
-        return {n: m for ack in self.acks.values() for n, m in ack.nacked.items()}
 
 
 class WeightController:
@@ -88,10 +52,12 @@ class WeightController:
         persist: hook saving a route's weights durably before they are served.
         options: rollout options to start with, by route (forcing header, sticky hashing).
             They are not persisted here: the rollout store is their source.
+        endpoints: live endpoints to start with, by ``kubernetes`` cluster (such a cluster
+            left out serves an empty assignment until :meth:`set_endpoints`).
 
     Raises:
-        ValueError: ``weights`` or ``options`` name unknown routes or clusters (see
-            ``build_snapshot``).
+        ValueError: ``weights``, ``options`` or ``endpoints`` name unknown routes or clusters
+            (see ``build_snapshot``).
     """
 
     def __init__(
@@ -101,6 +67,7 @@ class WeightController:
         weights: RouteWeights | None = None,
         persist: PersistHook | None = None,
         options: RouteOptionsByRoute | None = None,
+        endpoints: EndpointsByCluster | None = None,
     ) -> None:
         self._gateway = gateway
         self._cache = cache
@@ -113,12 +80,14 @@ class WeightController:
             r: (self._weights.get(r), self._options.get(r))
             for r in set(self._weights) | set(self._options)
         }
+        self._endpoints: dict[str, tuple[Endpoint, ...]] = {
+            c: tuple(e) for c, e in (endpoints or {}).items()
+        }
         self._route_waiters: dict[str, AckWaiter] = {}  # the latest change of each route
+        self._endpoint_waiters: dict[str, AckWaiter] = {}  # the latest change of each cluster
         self._persist = persist
         self._lock = asyncio.Lock()
-        cache.set_snapshot(
-            build_snapshot(gateway, self._weights, label="start", options=self._options)
-        )
+        cache.set_snapshot(self._build(gateway, self._weights, self._options, "start"))
 
     @property
     def gateway(self) -> Gateway:
@@ -132,6 +101,11 @@ class WeightController:
     def routes_with_options(self) -> set[str]:
         """Routes served with rollout options now."""
         return set(self._options)
+
+    def endpoints(self) -> dict[str, tuple[Endpoint, ...]]:
+        """The live endpoints served for ``kubernetes`` clusters, by cluster name (clusters
+        never given any are left out: they serve an empty assignment)."""
+        return dict(self._endpoints)
 
     def current(self) -> dict[str, dict[str, int]]:
         """Every route's served weights (routes with weighted clusters or an override)."""
@@ -149,19 +123,26 @@ class WeightController:
         When a node NACKs, the previous gateway is served again (unless something else changed
         meanwhile): Envoy kept it, and a node connecting later must not get the rejected one.
 
+        Live endpoints are kept for the ``kubernetes`` clusters whose Service (name, namespace,
+        port) is the same in the new gateway; the others are dropped (a new Service's
+        endpoints come from its own watch through :meth:`set_endpoints`).
+
         Raises:
             ValueError: the current weights name a route or cluster the new gateway lacks;
                 nothing changes then.
         """
         async with self._lock:
-            old_gateway, old = self._gateway, self._cache.snapshot
+            old_gateway, old, old_endpoints = self._gateway, self._cache.snapshot, self._endpoints
+            kept = kept_endpoints(old_gateway, gateway, self._endpoints)
             snapshot = build_snapshot(
                 gateway,
                 self._weights,
                 label=f"gateway {gateway.metadata.name}",
                 options=self._options,
+                endpoints=kept,
             )
             self._gateway = gateway
+            self._endpoints = kept
             self._cache.set_snapshot(snapshot)
             generation = self._cache.generation
             changed = [t for t in typeurls.PUSH_ORDER if snapshot.version(t) != old.version(t)]
@@ -175,18 +156,25 @@ class WeightController:
         if any(r.outcome == "nacked" for r in results):
             async with self._lock:
                 if self._gateway is gateway:
+                    # Endpoints that changed meanwhile are newer than the old ones.
+                    endpoints = {
+                        **old_endpoints,
+                        **kept_endpoints(gateway, old_gateway, self._endpoints),
+                    }
                     try:
                         previous = build_snapshot(
                             old_gateway,
                             self._weights,
                             label="gateway reverted",
                             options=self._options,
+                            endpoints=endpoints,
                         )
                     except ValueError:
                         # Weights set meanwhile need the new gateway: keep serving it.
                         log.exception("cannot go back to the previous gateway")
                     else:
                         self._gateway = old_gateway
+                        self._endpoints = endpoints
                         self._cache.set_snapshot(previous)
                         reverted = True
         return GatewayChange(acks=acks, reverted=reverted)
@@ -271,7 +259,7 @@ class WeightController:
         label = f"{route}=" + (
             "/".join(f"{c}:{w}" for c, w in weights.items()) if weights else "gateway"
         )
-        snapshot = build_snapshot(self._gateway, proposed, label=label, options=proposed_options)
+        snapshot = self._build(self._gateway, proposed, proposed_options, label)
         if self._persist is not None:
             try:
                 await asyncio.to_thread(self._persist, route, weights)
@@ -283,3 +271,73 @@ class WeightController:
         self._options = proposed_options
         self._cache.set_snapshot(snapshot)
         return snapshot
+
+    async def set_endpoints(
+        self, cluster: str, endpoints: Collection[Endpoint], timeout_s: float = 10.0
+    ) -> AckResult:
+        """Serve ``cluster``'s live endpoints and wait for the nodes to ACK the EDS version.
+
+        Only the EDS (``ClusterLoadAssignment``) version moves: clusters, listeners, route
+        tables and weights stay as they are. An unchanged set serves the same bytes and
+        version (nothing is pushed; the ACK is immediate when the nodes hold it).
+
+        Args:
+            cluster: a ``kubernetes`` cluster of the gateway.
+            endpoints: its ready endpoints, in the order to serve (see
+                :func:`controller.k8s.endpointslices.ready_endpoints`); empty is allowed: an
+                empty assignment, answered 503 by Envoy.
+            timeout_s: seconds to wait for the ACKs of every node connected now that
+                subscribes to EDS.
+
+        Returns:
+            The :class:`AckResult` of the EDS version; ``superseded`` when a later change of
+            the same cluster came before every node answered. No revert on a NACK: Envoy
+            keeps its last good assignment, and the next change is served as usual.
+
+        Raises:
+            ValueError: ``cluster`` is not a cluster of the gateway, or its endpoints are
+                static (``endpoints`` in the gateway file).
+        """
+        async with self._lock:
+            followed = self._gateway.kubernetes_clusters()
+            if cluster not in followed:
+                kind = "static" if cluster in self._gateway.cluster_names() else "unknown"
+                raise ValueError(
+                    f"cannot set the endpoints of {kind} cluster {cluster!r}: only kubernetes"
+                    f" clusters take live endpoints ({', '.join(sorted(followed)) or 'none'})"
+                )
+            proposed = {**self._endpoints, cluster: tuple(endpoints)}
+            label = f"{cluster} endpoints={len(proposed[cluster])}"
+            snapshot = self._build(self._gateway, self._weights, self._options, label, proposed)
+            self._endpoints = proposed
+            self._cache.set_snapshot(snapshot)
+            generation = self._cache.generation
+            version = snapshot.version(typeurls.ENDPOINT)
+            assert version is not None
+            # Registered before any stream runs: no ACK can be missed.
+            waiter = self._cache.watch(typeurls.ENDPOINT, version, None, generation)
+            earlier = self._endpoint_waiters.get(cluster)
+            if earlier is not None:
+                earlier.supersede(generation)
+            self._endpoint_waiters[cluster] = waiter
+        try:
+            return await self._cache.wait(waiter, timeout_s)
+        finally:
+            if self._endpoint_waiters.get(cluster) is waiter:
+                del self._endpoint_waiters[cluster]
+
+    def _build(
+        self,
+        gateway: Gateway,
+        weights: RouteWeights,
+        options: RouteOptionsByRoute,
+        label: str,
+        endpoints: EndpointsByCluster | None = None,
+    ) -> Snapshot:
+        return build_snapshot(
+            gateway,
+            weights,
+            label=label,
+            options=options,
+            endpoints=self._endpoints if endpoints is None else endpoints,
+        )
