@@ -6,10 +6,15 @@ controller picks it up within its poll interval; commands go through the same st
 and compare-and-set as the controller, so concurrent commands never corrupt a rollout and an
 abort written during a stage transition wins.
 
+Cluster mode (``--namespace``/``-n``, ``--kubeconfig`` or ``--context``): the same commands on
+the ``Rollout`` objects of a cluster (``controller.k8s.store``): ``start`` creates one (RBAC:
+``create rollouts``), the others write its status (``update rollouts/status``), so Kubernetes
+RBAC decides who may start or steer a rollout.
+
 Exit codes: 0 done · 1 the rollout failed (``status --watch`` ending rolled back, aborted or
 failed) · 2 invalid input (a policy that fails validation, a bad option) · 4 refused (the
 command is not allowed in the rollout's phase, the route is busy, the name is taken) · 5 no
-such rollout · 6 the state file cannot be opened.
+such rollout · 6 the state file (or the cluster) cannot be reached.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -74,6 +80,21 @@ StateOption = Annotated[
         help="The controller's state file (`sluice serve --state`).",
     ),
 ]
+NamespaceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--namespace",
+        "-n",
+        envvar="SLUICE_NAMESPACE",
+        help="Cluster mode: the namespace of the Rollout objects (default: the kubeconfig "
+        "context's).",
+    ),
+]
+KubeconfigOption = Annotated[
+    Path | None,
+    typer.Option(help="Cluster mode: the kubeconfig file (default: $KUBECONFIG, ~/.kube/config)."),
+]
+ContextOption = Annotated[str | None, typer.Option(help="Cluster mode: the kubeconfig context.")]
 NameArg = Annotated[str, typer.Argument(help="The rollout's name.", metavar="NAME")]
 ReasonOption = Annotated[str, typer.Option(help="Why, for the history.")]
 ActorOption = Annotated[
@@ -93,21 +114,56 @@ def _actor(actor: str | None) -> str:
     return f"{user}@{socket.gethostname()}"
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where the rollouts are: the controller's state file, or (cluster mode: any of
+    ``namespace``, ``kubeconfig``, ``context`` given) the Rollout objects of a cluster, where
+    Kubernetes RBAC decides who may create (start) and patch (steer) them."""
+
+    state: Path
+    namespace: str | None = None
+    kubeconfig: Path | None = None
+    context: str | None = None
+
+    @property
+    def cluster(self) -> bool:
+        """Cluster mode."""
+        return bool(self.namespace or self.kubeconfig or self.context)
+
+
 @contextmanager
-def _store(path: Path, create: bool = False) -> Iterator[RolloutStore]:
+def _store(target: Target, create: bool = False) -> Iterator[RolloutStore]:
     """Open the rollout store; exit 6 when it cannot be opened (and, unless ``create``, when
-    the file does not exist: a typo must not create an empty state file)."""
-    if not create and not path.exists():
-        typer.echo(
-            f"error: no state file at {path}: pass the controller's --state (or SLUICE_STATE)",
-            err=True,
-        )
-        raise typer.Exit(exitcodes.STATE_UNAVAILABLE)
-    try:
-        store = SqliteRolloutStore(path)
-    except (StoreError, OSError) as exc:
-        typer.echo(f"error: cannot open the state file {path}: {exc}", err=True)
-        raise typer.Exit(exitcodes.STATE_UNAVAILABLE) from exc
+    the state file does not exist: a typo must not create an empty state file)."""
+    close_client: Callable[[], None] = lambda: None  # noqa: E731
+    store: RolloutStore
+    if target.cluster:
+        # Imported only in cluster mode: the kubernetes client takes ~1 s to import.
+        from controller.k8s.client import ClusterError, api_client, namespace_default
+        from controller.k8s.store import KubernetesRolloutStore
+
+        try:
+            namespace = target.namespace or namespace_default(target.kubeconfig, target.context)
+            client = api_client(target.kubeconfig, target.context)
+        except ClusterError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(exitcodes.STATE_UNAVAILABLE) from exc
+        close_client = client.close
+        store = KubernetesRolloutStore(client, namespace, identity=_actor(None))
+    else:
+        path = target.state
+        if not create and not path.exists():
+            typer.echo(
+                f"error: no state file at {path}: pass the controller's --state (or "
+                "SLUICE_STATE), or --namespace/--context for the rollouts of a cluster",
+                err=True,
+            )
+            raise typer.Exit(exitcodes.STATE_UNAVAILABLE)
+        try:
+            store = SqliteRolloutStore(path)
+        except (StoreError, OSError) as exc:
+            typer.echo(f"error: cannot open the state file {path}: {exc}", err=True)
+            raise typer.Exit(exitcodes.STATE_UNAVAILABLE) from exc
     try:
         yield store
     except RolloutNotFoundError as exc:
@@ -118,6 +174,7 @@ def _store(path: Path, create: bool = False) -> Iterator[RolloutStore]:
         raise typer.Exit(exitcodes.STATE_UNAVAILABLE) from exc
     finally:
         store.close()
+        close_client()
 
 
 def _emit(data: Any, output: Output) -> None:
@@ -134,6 +191,9 @@ def start(
         Path, typer.Option("--policy", "-p", help="The policy file (YAML; '-' reads stdin).")
     ],
     state: StateOption = STATE_DEFAULT,
+    namespace: NamespaceOption = None,
+    kubeconfig: KubeconfigOption = None,
+    context: ContextOption = None,
     actor: ActorOption = None,
     output: OutputOption = Output.table,
 ) -> None:
@@ -158,13 +218,14 @@ def start(
     source = policy_source(policy, text)
     now = time.time()
     initial, event = start_state(parsed, now, _actor(actor))
-    if not state.exists():
+    target = Target(state, namespace, kubeconfig, context)
+    if not target.cluster and not state.exists():
         typer.echo(
             f"note: creating a new state file {state}: the rollout starts once `sluice serve "
             f"--state {state}` runs",
             err=True,
         )
-    with _store(state, create=True) as store:
+    with _store(target, create=True) as store:
         try:
             created = store.create(name, parsed, source, initial, event)
         except (RolloutExistsError, RouteBusyError) as exc:
@@ -189,12 +250,15 @@ def start(
 @app.command("list")
 def list_rollouts(
     state: StateOption = STATE_DEFAULT,
+    namespace: NamespaceOption = None,
+    kubeconfig: KubeconfigOption = None,
+    context: ContextOption = None,
     output: OutputOption = Output.table,
     active: Annotated[bool, typer.Option(help="Only active rollouts.")] = False,
 ) -> None:
     """Every rollout: phase, stage, weights, age."""
     now = time.time()
-    with _store(state) as store:
+    with _store(Target(state, namespace, kubeconfig, context)) as store:
         rollouts = store.list(active_only=active)
     rows = [rollout_json(r, now) for r in rollouts]
     if output is not Output.table:
@@ -222,6 +286,9 @@ def list_rollouts(
 def status(
     name: NameArg,
     state: StateOption = STATE_DEFAULT,
+    namespace: NamespaceOption = None,
+    kubeconfig: KubeconfigOption = None,
+    context: ContextOption = None,
     output: OutputOption = Output.table,
     watch: Annotated[
         bool,
@@ -236,7 +303,7 @@ def status(
     ] = 0.5,
 ) -> None:
     """A rollout's stage, weights, bake time left, last verdict and recent history."""
-    with _store(state) as store:
+    with _store(Target(state, namespace, kubeconfig, context)) as store:
         if not watch:
             rollout = store.get(name)
             events = store.history(name, limit=8)
@@ -291,11 +358,14 @@ def _watch(store: RolloutStore, name: str, output: Output, interval: float) -> N
 def history(
     name: NameArg,
     state: StateOption = STATE_DEFAULT,
+    namespace: NamespaceOption = None,
+    kubeconfig: KubeconfigOption = None,
+    context: ContextOption = None,
     output: OutputOption = Output.table,
     limit: Annotated[int | None, typer.Option(help="Only the last N events.", min=1)] = None,
 ) -> None:
     """A rollout's history: every transition, who made it and why."""
-    with _store(state) as store:
+    with _store(Target(state, namespace, kubeconfig, context)) as store:
         store.get(name)
         events = store.history(name, limit=limit)
     rows = [history_json(e) for e in events]
@@ -311,9 +381,9 @@ def history(
 
 
 def _command(
-    kind: CommandKind, name: str, state: Path, reason: str, actor: str | None, output: Output
+    kind: CommandKind, name: str, target: Target, reason: str, actor: str | None, output: Output
 ) -> None:
-    with _store(state) as store:
+    with _store(target) as store:
         try:
             stored, decision = apply_input(
                 store, name, Command(now=time.time(), kind=kind, actor=_actor(actor), reason=reason)
@@ -334,24 +404,30 @@ def _command(
 def pause(
     name: NameArg,
     state: StateOption = STATE_DEFAULT,
+    namespace: NamespaceOption = None,
+    kubeconfig: KubeconfigOption = None,
+    context: ContextOption = None,
     reason: ReasonOption = "",
     actor: ActorOption = None,
     output: OutputOption = Output.table,
 ) -> None:
     """Hold the rollout where it is: the weights stay, nothing moves until resume."""
-    _command("pause", name, state, reason, actor, output)
+    _command("pause", name, Target(state, namespace, kubeconfig, context), reason, actor, output)
 
 
 @app.command()
 def resume(
     name: NameArg,
     state: StateOption = STATE_DEFAULT,
+    namespace: NamespaceOption = None,
+    kubeconfig: KubeconfigOption = None,
+    context: ContextOption = None,
     reason: ReasonOption = "",
     actor: ActorOption = None,
     output: OutputOption = Output.table,
 ) -> None:
     """Continue a paused rollout; the current stage bakes again from now."""
-    _command("resume", name, state, reason, actor, output)
+    _command("resume", name, Target(state, namespace, kubeconfig, context), reason, actor, output)
 
 
 @app.command()
@@ -361,36 +437,52 @@ def promote(
         bool, typer.Option("--full", help="Go straight to the last stage (100%).")
     ] = False,
     state: StateOption = STATE_DEFAULT,
+    namespace: NamespaceOption = None,
+    kubeconfig: KubeconfigOption = None,
+    context: ContextOption = None,
     reason: ReasonOption = "",
     actor: ActorOption = None,
     output: OutputOption = Output.table,
 ) -> None:
     """Leave the current stage now, without waiting for its bake time or a verdict."""
-    _command("promote_full" if full else "promote", name, state, reason, actor, output)
+    _command(
+        "promote_full" if full else "promote",
+        name,
+        Target(state, namespace, kubeconfig, context),
+        reason,
+        actor,
+        output,
+    )
 
 
 @app.command()
 def abort(
     name: NameArg,
     state: StateOption = STATE_DEFAULT,
+    namespace: NamespaceOption = None,
+    kubeconfig: KubeconfigOption = None,
+    context: ContextOption = None,
     reason: ReasonOption = "",
     actor: ActorOption = None,
     output: OutputOption = Output.table,
 ) -> None:
     """Send 0% to the candidate and stop (phase aborted once every Envoy ACKed)."""
-    _command("abort", name, state, reason, actor, output)
+    _command("abort", name, Target(state, namespace, kubeconfig, context), reason, actor, output)
 
 
 @app.command()
 def retry(
     name: NameArg,
     state: StateOption = STATE_DEFAULT,
+    namespace: NamespaceOption = None,
+    kubeconfig: KubeconfigOption = None,
+    context: ContextOption = None,
     reason: ReasonOption = "",
     actor: ActorOption = None,
     output: OutputOption = Output.table,
 ) -> None:
     """Start a rolled back, aborted or failed rollout again from its first stage."""
-    _command("retry", name, state, reason, actor, output)
+    _command("retry", name, Target(state, namespace, kubeconfig, context), reason, actor, output)
 
 
 def _age(seconds: float) -> str:

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from controller.cli import exitcodes
 from controller.cli.files import read_gateway
+
+if TYPE_CHECKING:
+    from controller.runtime.controller import KubernetesMode
 
 DEFAULT_XDS = "127.0.0.1:18000"
 DEFAULT_ADMIN = "127.0.0.1:18001"
@@ -60,11 +65,57 @@ def serve(
             "SLOs. Default: none (run `sluice parity serve` and judge through Prometheus).",
         ),
     ] = None,
+    kubernetes: Annotated[
+        bool,
+        typer.Option(
+            "--kubernetes",
+            envvar="SLUICE_KUBERNETES",
+            help="Keep the rollouts in Rollout objects (rollouts.sluice.dev) and compete for "
+            "the Lease with the other replicas: the holder drives the rollouts, every replica "
+            "serves xDS. Implied by --namespace, --kubeconfig or --context.",
+        ),
+    ] = False,
+    namespace: Annotated[
+        str | None,
+        typer.Option(
+            "--namespace",
+            "-n",
+            envvar="SLUICE_NAMESPACE",
+            help="Namespace of the Rollouts and the Lease (default: the pod's, else the "
+            "kubeconfig context's, else default).",
+        ),
+    ] = None,
+    kubeconfig: Annotated[
+        Path | None,
+        typer.Option(
+            help="kubeconfig file (default: in-cluster, else $KUBECONFIG or ~/.kube/config)."
+        ),
+    ] = None,
+    context: Annotated[str | None, typer.Option(help="kubeconfig context.")] = None,
+    identity: Annotated[
+        str | None,
+        typer.Option(
+            envvar="POD_NAME",
+            help="This replica's name in the Lease (default: hostname and process id).",
+        ),
+    ] = None,
+    lease_duration: Annotated[
+        str, typer.Option(help="How long a leader's Lease lasts without renewal.")
+    ] = "15s",
+    renew_deadline: Annotated[
+        str, typer.Option(help="How long a leader retries renewing before it stops leading.")
+    ] = "10s",
+    retry_period: Annotated[
+        str, typer.Option(help="Time between two attempts to acquire or renew the Lease.")
+    ] = "2s",
 ) -> None:
     """Serve Envoy its configuration over ADS (SotW and Delta) and keep weights durable.
 
     Prints one JSON line with the bound addresses when ready; SIGHUP re-reads the gateway file
     (a file that fails validation changes nothing); stops on SIGINT/SIGTERM.
+
+    With --kubernetes, several replicas share the rollouts: one leads (drives them), the others
+    serve the same weights, and one takes over when the leader goes.
     """
     # Imported here: the xDS stack takes ~1 s to import, which other commands should not pay.
     from controller.runtime.address import split_address
@@ -95,17 +146,70 @@ def serve(
             "envoy_admin",
             {"urls": ",".join(envoy_admin), "scrape_interval": scrape_interval},
         )
+    mode = None
+    if kubernetes or namespace or kubeconfig or context:
+        mode = _kubernetes_mode(
+            namespace, kubeconfig, context, identity, lease_duration, renew_deadline, retry_period
+        )
     config = ServeConfig(
         gw,
         gateway,
         xds_address,
         admin_address,
         state,
+        # Each poll is an API request per rollout: once a second, not four times.
+        poll_s=0.25 if mode is None else 1.0,
         metrics=metrics,
         parity_address=parity_address,
+        kubernetes=mode,
     )
     try:
         asyncio.run(run(config))
     except StartupError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exitcodes.INVALID_INPUT) from exc
+
+
+def _kubernetes_mode(
+    namespace: str | None,
+    kubeconfig: Path | None,
+    context: str | None,
+    identity: str | None,
+    lease_duration: str,
+    renew_deadline: str,
+    retry_period: str,
+) -> KubernetesMode:
+    """The options of ``--kubernetes`` checked; exit 2 naming the bad one."""
+    from controller.k8s.client import ClusterError, namespace_default
+    from controller.k8s.lease import LeaseConfig
+    from controller.policy.units import parse_duration
+    from controller.runtime.controller import KubernetesMode
+
+    try:
+        ns = namespace or namespace_default(kubeconfig, context)
+    except ClusterError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exitcodes.INVALID_INPUT) from exc
+    seconds: dict[str, float] = {}
+    for option, text in (
+        ("--lease-duration", lease_duration),
+        ("--renew-deadline", renew_deadline),
+        ("--retry-period", retry_period),
+    ):
+        try:
+            seconds[option] = parse_duration(text).total_seconds()
+        except ValueError as exc:
+            typer.echo(f"error: {option}: {exc}", err=True)
+            raise typer.Exit(exitcodes.INVALID_INPUT) from exc
+    try:
+        lease = LeaseConfig(
+            identity=identity or f"{socket.gethostname()}-{os.getpid()}",
+            namespace=ns,
+            lease_duration_s=seconds["--lease-duration"],
+            renew_deadline_s=seconds["--renew-deadline"],
+            retry_period_s=seconds["--retry-period"],
+        )
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exitcodes.INVALID_INPUT) from exc
+    return KubernetesMode(namespace=ns, kubeconfig=kubeconfig, context=context, lease=lease)

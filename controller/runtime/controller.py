@@ -17,6 +17,7 @@ import sqlite3
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -30,13 +31,19 @@ from controller.runtime.analyzer import MetricsAnalyzer, StageAnalyzer
 from controller.runtime.parity import LocalParitySource, follow_gateway, follow_rollouts
 from controller.runtime.reconciler import Reconciler, rollout_overlay
 from controller.runtime.reload import GatewayReloader
-from controller.store.rollouts import StoreError
+from controller.runtime.replicas import Leadership, follow_store, lead_or_follow, served_overlay
+from controller.store.rollouts import RolloutStore, StoreError
 from controller.store.sqlite_rollouts import SqliteRolloutStore
 from controller.store.weights import SqliteWeightStore
 from controller.xds.cache import SnapshotCache
 from controller.xds.resources import build_snapshot
 from controller.xds.server import start_server
 from controller.xds.weights import WeightController
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
+
+    from controller.k8s.lease import LeaseConfig
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +69,9 @@ class ServeConfig:
         parity_address: ``host:port`` where the in-process comparator receives the requests
             Envoy mirrors (the policies' ``parity.comparator`` cluster must point there); its
             tallies are the parity SLI. None: no comparator in this process.
+        kubernetes: keep the rollouts in ``Rollout`` objects and compete for the Lease
+            (:class:`KubernetesMode`); None: rollouts in ``state_path`` and this process
+            drives them alone.
     """
 
     gateway: Gateway
@@ -72,6 +82,30 @@ class ServeConfig:
     poll_s: float = 0.25
     metrics: tuple[str, dict[str, str]] | None = None
     parity_address: str | None = None
+    kubernetes: KubernetesMode | None = None
+
+
+@dataclass(frozen=True)
+class KubernetesMode:
+    """Rollouts kept in a cluster (design section 9).
+
+    The rollouts are ``Rollout`` objects of ``namespace`` (their status holds the state);
+    replicas compete for the Lease ``lease`` names, the holder drives the rollouts and the
+    others serve what the store says (:mod:`controller.runtime.replicas`). ``state_path``
+    still keeps weights set by hand (``sluice xds weights``).
+
+    Attributes:
+        namespace: the namespace of the Rollouts and the Lease.
+        kubeconfig: a kubeconfig file; None: in-cluster, else ``$KUBECONFIG`` or
+            ``~/.kube/config`` (:func:`controller.k8s.client.api_client`).
+        context: the kubeconfig's context; None: its current one.
+        lease: the Lease and its timing (its ``namespace`` is this one's).
+    """
+
+    namespace: str
+    kubeconfig: Path | None
+    context: str | None
+    lease: LeaseConfig
 
 
 async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
@@ -83,14 +117,53 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
     try:
         store = SqliteWeightStore(config.state_path)
         persisted = store.load()
-        rollouts = SqliteRolloutStore(config.state_path)
-        active = rollouts.list(active_only=True)
-    except (sqlite3.Error, ValueError, OSError, StoreError) as exc:
+    except (sqlite3.Error, ValueError, OSError) as exc:
         raise StartupError(
             f"cannot read the state file {config.state_path}: {exc}. It holds the served "
             "weights and the rollouts: restore it, or remove it to serve the gateway file's "
             "weights and forget the rollouts."
         ) from exc
+    rollouts: RolloutStore
+    api: ApiClient | None = None
+    try:
+        if config.kubernetes is None:
+            rollouts = SqliteRolloutStore(config.state_path)
+        else:
+            # Imported only when used: the kubernetes client takes ~1 s to import.
+            from controller.k8s.client import ClusterError, api_client
+            from controller.k8s.store import KubernetesRolloutStore
+
+            try:
+                api = api_client(config.kubernetes.kubeconfig, config.kubernetes.context)
+            except ClusterError as exc:
+                raise StoreError(str(exc)) from exc
+            rollouts = KubernetesRolloutStore(
+                api, config.kubernetes.namespace, identity=config.kubernetes.lease.identity
+            )
+        everything = rollouts.list()
+    except (sqlite3.Error, ValueError, OSError, StoreError) as exc:
+        store.close()
+        if api is not None:
+            api.close()  # type: ignore[no-untyped-call]
+        if config.kubernetes is not None:
+            raise StartupError(
+                f"cannot read the Rollouts of namespace {config.kubernetes.namespace}: {exc}. "
+                "Is the CRD installed (deploy/crd.yaml), and may this identity list "
+                "rollouts.sluice.dev there (deploy/rbac.yaml)?"
+            ) from exc
+        raise StartupError(
+            f"cannot read the state file {config.state_path}: {exc}. It holds the served "
+            "weights and the rollouts: restore it, or remove it to serve the gateway file's "
+            "weights and forget the rollouts."
+        ) from exc
+    active = [r for r in everything if r.active]
+
+    def close_state() -> None:
+        store.close()
+        rollouts.close()
+        if api is not None:
+            api.close()  # type: ignore[no-untyped-call]
+
     provider: MetricsProvider | None = None
     analyzer: StageAnalyzer | None = None
     comparator = Comparator(config.gateway) if config.parity_address is not None else None
@@ -103,8 +176,7 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         try:
             provider = make_provider(name, options, PROVIDERS)
         except ValueError as exc:  # unknown provider, or options it refuses
-            store.close()
-            rollouts.close()
+            close_state()
             raise StartupError(f"metrics provider {name}: {exc}") from exc
         starter = getattr(provider, "start", None)
         if starter is not None:
@@ -117,15 +189,18 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
     # state says what Envoy has (or is being sent), whatever a crash left in route_weights.
     # A rollout whose route or clusters left the gateway is not overlaid (its weights, saved
     # with every push, then make build_snapshot refuse to start below, naming the problem).
-    overlay = rollout_overlay(
-        r for r in active if not check_against_gateway(r.policy, config.gateway)
+    # With replicas, ended rollouts count too: a fresh pod has no other record of what they
+    # left on their routes (served_overlay).
+    overlay = (rollout_overlay if config.kubernetes is None else served_overlay)(
+        r
+        for r in (active if config.kubernetes is None else everything)
+        if not check_against_gateway(r.policy, config.gateway)
     )
     persisted.update(overlay.weights)
     try:
         first = build_snapshot(config.gateway, persisted, label="start", options=overlay.options)
     except ValueError as exc:
-        store.close()
-        rollouts.close()
+        close_state()
         if provider is not None:
             await provider.close()
         raise StartupError(
@@ -149,8 +224,7 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
     try:
         server, xds_port = await start_server(cache, config.xds_address)
     except RuntimeError as exc:
-        store.close()
-        rollouts.close()
+        close_state()
         if provider is not None:
             await provider.close()
         raise StartupError(str(exc)) from exc
@@ -173,8 +247,7 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         """Release what started so far (a later listener could not bind)."""
         await server.stop(None)
         await runner.cleanup()
-        store.close()
-        rollouts.close()
+        close_state()
         if provider is not None:
             await provider.close()
 
@@ -247,7 +320,28 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGHUP, schedule_reload)
     reconciler = Reconciler(rollouts, weights, analyzer=analyzer, poll_s=config.poll_s)
-    reconciling = loop.create_task(reconciler.run(stop), name="reconciler")
+    electing: asyncio.Task[None] | None = None
+    if config.kubernetes is None:
+        reconciling = loop.create_task(reconciler.run(stop), name="reconciler")
+    else:
+        from controller.k8s.leader import LeaderElector
+
+        assert api is not None
+        leadership = Leadership()
+        elector = LeaderElector(
+            api,
+            config.kubernetes.lease,
+            on_started=leadership.started,
+            on_stopped=leadership.stopped,
+        )
+
+        async def follow(role_stop: asyncio.Event) -> None:
+            await follow_store(rollouts, weights, role_stop, config.poll_s)
+
+        reconciling = loop.create_task(
+            lead_or_follow(leadership, reconciler.run, follow, stop), name="lead or follow"
+        )
+        electing = loop.create_task(elector.run(stop), name="leader election")
     following = (
         loop.create_task(
             follow_rollouts(comparator, rollouts, stop, config.poll_s), name="parity-routes"
@@ -259,6 +353,11 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         await stop.wait()
     finally:
         log.info("stopping")
+        if electing is not None and config.kubernetes is not None:
+            # The elector stops the lead role, then releases the Lease: another replica
+            # leads at once instead of after the lease duration.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(electing, config.kubernetes.lease.renew_deadline_s)
         reconciling.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reconciling
@@ -275,6 +374,5 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         await runner.cleanup()
         await server.stop(grace=1.0)
         # The store is closed last: a weight change may still be saving in a worker thread.
-        await asyncio.to_thread(store.close)
-        await asyncio.to_thread(rollouts.close)
+        await asyncio.to_thread(close_state)
         print(json.dumps({"event": "stopped"}), file=sys.stderr, flush=True)

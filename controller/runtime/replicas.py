@@ -120,6 +120,8 @@ class Leadership:
     def __init__(self) -> None:
         self._leading = False
         self._changed = asyncio.Event()
+        self._lead_ended = asyncio.Event()
+        self._lead_ended.set()
 
     @property
     def leading(self) -> bool:
@@ -130,9 +132,12 @@ class Leadership:
         """The elector acquired the lease."""
         self._set(True)
 
-    def stopped(self) -> None:
-        """The elector lost (or released) the lease."""
+    async def stopped(self) -> None:
+        """The elector lost the lease, or is about to release it: returns once the lead role
+        (if one runs under :func:`lead_or_follow`) has ended, so that nobody else can lead
+        while this replica still drives a rollout."""
         self._set(False)
+        await self._lead_ended.wait()
 
     def _set(self, leading: bool) -> None:
         if leading != self._leading:
@@ -159,6 +164,8 @@ async def lead_or_follow(
         role_stop = asyncio.Event()
         role = lead if leadership.leading else follow
         name = "lead" if leadership.leading else "follow"
+        if role is lead:
+            leadership._lead_ended.clear()
         task = asyncio.create_task(role(role_stop), name=name)
         changed = asyncio.create_task(leadership.wait_change())
         stopping = asyncio.create_task(stop.wait())
@@ -174,6 +181,7 @@ async def lead_or_follow(
             if not done:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+            leadership._lead_ended.set()
         if not task.cancelled() and (error := task.exception()) is not None:
             log.error("the %s role failed: %r; starting it again", name, error)
             with contextlib.suppress(TimeoutError):

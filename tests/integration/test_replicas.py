@@ -207,7 +207,8 @@ async def test_roles_never_overlap_and_follow_leadership(gateway: Gateway) -> No
     for _ in range(3):
         leadership.started()
         await until_running("lead")
-        leadership.stopped()
+        await leadership.stopped()
+        assert "lead" not in running  # stopped() returns once the lead role ended
         await until_running("follow")
     stop.set()
     await asyncio.wait_for(task, 5)
