@@ -65,6 +65,9 @@ def pending(at: float = 100.0) -> RolloutState:
 class RolloutStoreContract:
     """What every store must do; needs a ``store`` fixture (a fresh, empty store)."""
 
+    updates_per_thread = 20
+    """Compare-and-set updates each of 4 threads makes in the concurrency test."""
+
     def test_create_get_list(self, store: RolloutStore) -> None:
         created = store.create("comments-v2", policy(), SOURCE, pending(), event(100.0))
         store.create(
@@ -205,7 +208,7 @@ class RolloutStoreContract:
 
     def test_threads_sharing_one_store_lose_no_update(self, store: RolloutStore) -> None:
         store.create("c", policy(), SOURCE, pending(), event(100.0))
-        per_thread = 20
+        per_thread = self.updates_per_thread
 
         def work(worker: int) -> None:
             done = 0

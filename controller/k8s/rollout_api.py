@@ -116,9 +116,10 @@ class RolloutApi:
                 _preload_content=False,
                 _request_timeout=self._timeout,
             )
-            release = getattr(response, "release_conn", None)
-            if release is not None:
-                release()
+            # the body unread, its connection must not go back to the pool (the next request
+            # on it would read this reply): read it, then release
+            response.read()  # type: ignore[attr-defined]
+            response.release_conn()  # type: ignore[attr-defined]
 
     def _put(
         self, method: Callable[..., object], name: str, body: dict[str, Any]

@@ -217,7 +217,9 @@ class KubernetesRolloutStore:
                 obj = self._api.get(name)  # decided again above if its revision moved
                 continue
             after = decode(written)
-            self._record_events(written, after.history[-len(events) :] if events else ())
+            # an object that had no status gets the Event of its (synthesized) creation too
+            fresh = len(events) + (0 if record.has_status else len(record.history))
+            self._record_events(written, after.history[-fresh:] if fresh else ())
             return after.rollout
         raise StoreError(
             f"rollout {name!r}: its object kept changing under {METADATA_RETRIES + 1} status "
@@ -234,13 +236,13 @@ class KubernetesRolloutStore:
     ) -> dict[str, Any]:
         """PUT a created (or replaced) object's first status; on 409, retried while the
         object's spec and status are still the ones just written (a metadata edit)."""
-        spec, before = obj.get("spec"), obj.get("status")
+        spec, before = obj.get("spec"), obj.get("status") or None
         for _ in range(METADATA_RETRIES):
             try:
                 return self._api.replace_status(name, {**obj, "status": status})
             except ConflictError:
                 obj = self._api.get(name)
-                if obj.get("spec") != spec or obj.get("status") != before:
+                if obj.get("spec") != spec or (obj.get("status") or None) != before:
                     break
         raise StoreError(f"rollout {name!r} changed while being created; try again")
 
