@@ -120,6 +120,11 @@ class FakeKube:
         ``times=0`` cancels the rules with this method and regex."""
         self._failures.add(method, path_regex, status, times)
 
+    def open_watches(self) -> int:
+        """How many watch streams are open now (registered: events from now on reach them)."""
+        with self.store.cond:
+            return self.store.open_watchers
+
     def objects(self, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
         """The stored objects of ``plural`` (every group serving it), in ``namespace`` or all."""
         return self.store.objects(plural, namespace)

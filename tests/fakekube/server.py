@@ -13,9 +13,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
-from .errors import ApiError
+from .errors import ApiError, expired
 from .resources import PathError, Target, parse_path
 from .selectors import SelectorError, field_selector, label_selector
+from .store import Watcher
 
 if TYPE_CHECKING:
     from . import FakeKube
@@ -174,43 +175,49 @@ class Handler(BaseHTTPRequestHandler):
                 self._event("ERROR", exc.status())
                 self._chunk(b"")
                 return
-            for type_, obj in w.initial:
-                self._event(type_, obj)
-            while True:
-                events, end = store.next_events(w, deadline)
-                for type_, obj in events:
-                    self._event(type_, obj)
-                if end is None:
-                    continue
-                if end == "closed" and kube._cut_abrupt:
-                    # A network cut: no terminating chunk, the connection just goes.
-                    self.close_connection = True
-                    with contextlib.suppress(OSError):
-                        self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                if end == "expired":
-                    self._event("ERROR", _expired_status(w.last, store.floor))
-                if end == "timeout" and params.get("allowWatchBookmarks") in ("true", "1"):
-                    rv = str(store.resource_version)
-                    self._event(
-                        "BOOKMARK",
-                        {
-                            "kind": t.resource.kind,
-                            "apiVersion": t.resource.api_version,
-                            "metadata": {"resourceVersion": rv},
-                        },
-                    )
-                self._chunk(b"")
-                if end == "closed":
-                    self.close_connection = True
-                return
+            try:
+                self._stream(w, t, params, deadline)
+            finally:
+                store.close_watcher(w)
         except OSError:
             self.close_connection = True
 
+    def _stream(self, w: Watcher, t: Target, params: dict[str, str], deadline: float) -> None:
+        kube = self.server.kube
+        store = kube.store
+        for type_, obj in w.initial:
+            self._event(type_, obj)
+        while True:
+            events, end = store.next_events(w, deadline)
+            for type_, obj in events:
+                self._event(type_, obj)
+            if end is None:
+                continue
+            if end == "closed" and kube._cut_abrupt:
+                # A network cut: no terminating chunk, the connection just goes.
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            if end == "expired":
+                self._event("ERROR", _expired_status(w.last, store.floor))
+            if end == "timeout" and params.get("allowWatchBookmarks") in ("true", "1"):
+                rv = str(store.resource_version)
+                self._event(
+                    "BOOKMARK",
+                    {
+                        "kind": t.resource.kind,
+                        "apiVersion": t.resource.api_version,
+                        "metadata": {"resourceVersion": rv},
+                    },
+                )
+            self._chunk(b"")
+            if end == "closed":
+                self.close_connection = True
+            return
+
 
 def _expired_status(requested: int, floor: int) -> dict[str, Any]:
-    from .errors import expired
-
     return expired(requested, floor + 1).status()
 
 

@@ -68,13 +68,16 @@ class Store:
 
     def __init__(self, history_limit: int = 1000) -> None:
         self.cond = threading.Condition()
-        self._rv = 0
+        # etcd's revision starts at 1: an empty cluster's list already has a version, and
+        # "0" stays the watch's "replay the current state" value.
+        self._rv = 1
         self._objects: dict[str, dict[tuple[str, str], Obj]] = {}
         self._history: deque[Change] = deque()
         self._history_limit = history_limit
-        self._floor = 0
+        self._floor = 1
         self.gen = 0
         self.stopping = False
+        self.open_watchers = 0
 
     # -- helpers (lock held) -------------------------------------------------------------
     def _bucket(self, res: ResourceType) -> dict[tuple[str, str], Obj]:
@@ -302,6 +305,7 @@ class Store:
         the retained history."""
         with self.cond:
             w = Watcher(res, ns, pred, self._rv, self.gen)
+            self.open_watchers += 1
             if rv in (None, "", "0"):
                 items, _ = self.list(res, ns, pred)
                 w.initial = [("ADDED", o) for o in items]
@@ -311,9 +315,15 @@ class Store:
             except ValueError:
                 raise ApiError(400, f"invalid resourceVersion {rv!r}") from None
             if n < self._floor:
+                self.open_watchers -= 1
                 raise errors.expired(n, self._floor + 1)
             w.last = n
             return w
+
+    def close_watcher(self, w: Watcher) -> None:
+        """The stream serving ``w`` ended."""
+        with self.cond:
+            self.open_watchers -= 1
 
     def _filter(self, w: Watcher, change: Change) -> tuple[str, Obj] | None:
         if change.resource != w.resource:
