@@ -47,6 +47,7 @@ from controller.store.rollouts import (
     PolicySource,
     RevisionConflictError,
     RolloutExistsError,
+    RolloutNotFoundError,
     RolloutStore,
     RouteBusyError,
     StoredRollout,
@@ -143,7 +144,13 @@ class KubernetesRolloutStore:
             try:
                 obj = self._api.create(name, body)
             except ConflictError as exc:  # created meanwhile by someone else
-                raise RolloutExistsError(name, _summary(self._api.get(name))[1]) from exc
+                try:
+                    phase = _summary(self._api.get(name))[1]
+                except RolloutNotFoundError:
+                    raise StoreError(
+                        f"rollout {name!r} was created and deleted meanwhile; try again"
+                    ) from exc
+                raise RolloutExistsError(name, phase) from exc
             revision, seq = 1, 0
         else:
             old = decode(existing)

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fakekube import FakeKube
 
 from controller.k8s.client import ClusterError, api_client, namespace_default
+from controller.k8s.store import KubernetesRolloutStore
 
 
 def kubeconfig(path: Path, current: str = "one") -> Path:
@@ -110,3 +112,17 @@ def test_in_cluster(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     (sa / "token").unlink()
     with pytest.raises(ClusterError, match="in-cluster"):
         api_client(service_account_dir=sa)
+
+
+def test_a_client_from_a_kubeconfig_reaches_the_server(kube: FakeKube, tmp_path: Path) -> None:
+    path = kube.kubeconfig(tmp_path / "config", context="fake", namespace="team-a")
+    namespace = namespace_default(path)
+    assert namespace == "team-a"
+    client = api_client(path, "fake")
+    try:
+        assert KubernetesRolloutStore(client, namespace).list() == []
+    finally:
+        client.close()  # type: ignore[no-untyped-call]
+    assert any(
+        p == "/apis/sluice.dev/v1alpha1/namespaces/team-a/rollouts" for _, p, _ in kube.requests
+    )

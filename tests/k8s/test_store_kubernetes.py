@@ -13,12 +13,13 @@ from kubernetes import client as k8s_client
 from store_contract import SOURCE, RolloutStoreContract, event, pending, policy
 
 from controller.k8s.crd import GROUP, PLURAL, VERSION
-from controller.k8s.status_codec import parse_time
+from controller.k8s.status_codec import MAX_POLICY_TEXT, parse_time
 from controller.k8s.store import METADATA_RETRIES, KubernetesRolloutStore
 from controller.rollout.machine import start
 from controller.rollout.state import Phase
 from controller.store.rollouts import (
     CorruptRecordError,
+    PolicySource,
     RevisionConflictError,
     RolloutExistsError,
     RolloutNotFoundError,
@@ -135,6 +136,8 @@ def test_an_object_applied_without_status_reads_as_pending(
     )
     assert [e.seq for e in store.history("applied")] == [1, 2]
     assert store.history("applied")[0] == creation
+    reasons = sorted(e["reason"] for e in events_of(kube, "applied"))
+    assert reasons == ["Pending", "Progressing"]  # its creation gets an Event too
 
 
 def test_a_forbidden_status_write_still_creates_a_pending_rollout(
@@ -163,6 +166,49 @@ def test_another_failed_status_write_leaves_nothing(
         store.get("c")
     store.create("c", policy(), SOURCE, pending(), event(200.0))
     assert store.get("c").created_at == 200.0
+
+
+def test_replacing_a_terminal_rollout_keeps_metadata_and_renews_annotations(
+    kube: FakeKube, store: KubernetesRolloutStore
+) -> None:
+    store.create("c", policy(), SOURCE, pending(), event(100.0))
+    objects_api(kube).patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        NS,
+        PLURAL,
+        "c",
+        {"metadata": {"labels": {"team": "web"}, "annotations": {"owner": "bob"}}},
+    )
+    store.update("c", 1, pending().model_copy(update={"phase": Phase.ABORTED}), [event(150.0)])
+    uid = rollout(kube, "c")["metadata"]["uid"]
+    huge = PolicySource(None, None, False, "x" * MAX_POLICY_TEXT)
+    replaced = store.create("c", policy(candidate="comments-rust"), huge, pending(), event(300.0))
+    assert replaced.revision == 3
+    assert replaced.source == PolicySource(None, None, False, "")  # too long to keep
+    obj = rollout(kube, "c")
+    assert obj["metadata"]["uid"] == uid
+    assert obj["metadata"]["labels"] == {"team": "web"}
+    notes = obj["metadata"]["annotations"]
+    assert notes["owner"] == "bob"
+    assert "sluice.dev/policy-text" not in notes  # the old rollout's text is not kept
+    assert "sluice.dev/policy-path" not in notes
+    assert obj["spec"]["candidate"] == {"cluster": "comments-rust"}
+    assert obj["metadata"]["generation"] == 2
+    assert obj["status"]["observedGeneration"] == 2
+    assert obj["status"]["phase"] == "pending"
+    assert sorted(e["metadata"]["name"] for e in events_of(kube, "c")) == [
+        f"c.{uid[:8]}.{n}" for n in (1, 2, 3)
+    ]
+
+
+def test_a_name_taken_between_list_and_create(
+    kube: FakeKube, store: KubernetesRolloutStore
+) -> None:
+    kube.fail_next("POST", rf"/namespaces/{NS}/rollouts$", 409)
+    with pytest.raises(StoreError, match="created and deleted meanwhile"):
+        store.create("c", policy(), SOURCE, pending(), event(100.0))
+    assert kube.objects(PLURAL, NS) == []
 
 
 def test_a_conflict_from_a_metadata_edit_is_retried(
