@@ -79,8 +79,10 @@ class LeaderElector:
     ``on_started`` runs as a task so a slow start does not delay renewals, and is cancelled
     if still running when leadership ends; ``on_stopped`` always follows it, and is awaited
     before the Lease is released or anyone else can lead. Callback errors are logged, not
-    raised. ``clock``: local time in epoch seconds (written as ``acquireTime``/``renewTime``
-    and used to time the lease locally).
+    raised. ``clock``: epoch seconds, written as ``acquireTime``/``renewTime``.
+    ``monotonic``: seconds on a clock that never jumps, which times everything local (when a
+    record was first seen, the renew deadline), as Go's monotonic clock reading does in
+    client-go: a wall clock stepped back must not extend a leader's term.
 
     API errors (5xx, timeouts, connection refused) are logged and retried; they never escape
     :meth:`run`.
@@ -94,6 +96,7 @@ class LeaderElector:
         on_started: Callback,
         on_stopped: Callback,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         # Any: the client's stubs type bodies and results as models, but this module sends
         # and receives raw JSON dicts (_preload_content=False) to keep unknown spec fields.
@@ -102,6 +105,7 @@ class LeaderElector:
         self._on_started = on_started
         self._on_stopped = on_stopped
         self._clock = clock
+        self._mono = monotonic
         self._leading = False
         self._renewed_at = -math.inf
         self._cooldown_until = -math.inf
@@ -111,8 +115,8 @@ class LeaderElector:
     @property
     def is_leader(self) -> bool:
         """True while this replica leads: it won the last write and the renew deadline since
-        that write started has not passed (by ``clock``)."""
-        return self._leading and self._clock() < self._renewed_at + self._cfg.renew_deadline_s
+        that write started has not passed (by ``monotonic``)."""
+        return self._leading and self._mono() < self._renewed_at + self._cfg.renew_deadline_s
 
     @property
     def holder(self) -> str | None:
@@ -129,7 +133,7 @@ class LeaderElector:
             while not stop.is_set():
                 await self._round()
                 if self._leading:
-                    left = self._renewed_at + cfg.renew_deadline_s - self._clock()
+                    left = self._renewed_at + cfg.renew_deadline_s - self._mono()
                     wait = max(0.0, min(cfg.retry_period_s, left))
                 else:
                     wait = cfg.retry_period_s * (1 + random.uniform(0, JITTER_FACTOR))
@@ -141,7 +145,7 @@ class LeaderElector:
 
     async def _round(self) -> None:
         cfg = self._cfg
-        started = self._clock()
+        started = self._mono()
         if self._leading:
             budget = self._renewed_at + cfg.renew_deadline_s - started
             if budget <= 0:
@@ -171,7 +175,7 @@ class LeaderElector:
         holder = self.holder
         if result is not None and holder != cfg.identity:
             await self._step_down(f"the lease is held by {holder!r}")
-        elif self._clock() >= self._renewed_at + cfg.renew_deadline_s:
+        elif self._mono() >= self._renewed_at + cfg.renew_deadline_s:
             await self._step_down("renew deadline passed")
 
     def _attempt(self, budget: float, may_write: bool) -> _Round:
@@ -179,11 +183,11 @@ class LeaderElector:
         cfg = self._cfg
         deadline = time.monotonic() + budget
         obj = self._read(budget)
-        now = self._clock()
+        now = self._mono()
         record = LeaseRecord.from_spec(obj.get("spec")) if obj is not None else None
         rv = obj["metadata"].get("resourceVersion") if obj is not None else None
         obs = observe(self._observation, rv, record, now)
-        decision = decide(record, obs.observed_at, now, cfg)
+        decision = decide(record, obs.observed_at, now, cfg, wall_now=self._clock())
         if decision.write is None or not may_write:
             return _Round(obs, decision, won=False)
         left = deadline - time.monotonic()
@@ -192,8 +196,11 @@ class LeaderElector:
         written = self._write(obj, decision.write, left)
         if written is None:
             return _Round(obs, decision, won=False)
+        # What the server stored (leaseDurationSeconds rounded up), so the next read of an
+        # unchanged Lease compares equal.
+        stored = LeaseRecord.from_spec(written.get("spec"))
         new_rv = written["metadata"].get("resourceVersion")
-        return _Round(Observation(new_rv, decision.write, self._clock()), decision, won=True)
+        return _Round(Observation(new_rv, stored, self._mono()), decision, won=True)
 
     def _read(self, timeout: float) -> dict[str, Any] | None:
         cfg = self._cfg
@@ -259,7 +266,7 @@ class LeaderElector:
             # Probably cut off from the API: a healthy replica may take the lease one lease
             # duration (plus one retry to notice) after our last renewal; stay out of its way
             # for twice that, else our own still-held record would let us renew at once.
-            self._cooldown_until = self._clock() + 2 * cfg.lease_duration_s
+            self._cooldown_until = self._mono() + 2 * cfg.lease_duration_s
         task, self._started_task = self._started_task, None
         if task is not None and not task.done():
             task.cancel()
@@ -283,14 +290,14 @@ class LeaderElector:
         obj = self._read(budget)
         if obj is None:
             return
-        now = self._clock()
-        record = release_record(LeaseRecord.from_spec(obj.get("spec")), now, self._cfg)
+        record = release_record(LeaseRecord.from_spec(obj.get("spec")), self._clock(), self._cfg)
         if record is None:
             return
         written = self._write(obj, record, budget)
         if written is not None:
+            stored = LeaseRecord.from_spec(written.get("spec"))
             rv = written["metadata"].get("resourceVersion")
-            self._observation = Observation(rv, record, now)
+            self._observation = Observation(rv, stored, self._mono())
             log.info(
                 "lease %s/%s: released by %s",
                 self._cfg.namespace,

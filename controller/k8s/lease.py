@@ -190,15 +190,22 @@ class Decision:
 
 
 def decide(
-    record: LeaseRecord | None, observed_at: float, now: float, cfg: LeaseConfig
+    record: LeaseRecord | None,
+    observed_at: float,
+    now: float,
+    cfg: LeaseConfig,
+    *,
+    wall_now: float | None = None,
 ) -> Decision:
     """Decide one election round (client-go ``tryAcquireOrRenew``, without the I/O).
 
     ``record``: the Lease's record, ``None`` when the Lease does not exist. ``observed_at``:
-    local time (epoch s) this replica first saw ``record`` (see :func:`observe`). ``now``:
-    local time (epoch s). The record's own ``lease_duration_s`` (what its holder promised)
-    bounds its validity, counted from ``observed_at``; the record's timestamps are never
-    compared with the local clock.
+    local time (s) this replica first saw ``record`` (see :func:`observe`). ``now``: local
+    time (s) on the same clock. The record's own ``lease_duration_s`` (what its holder
+    promised) bounds its validity, counted from ``observed_at``; the record's timestamps are
+    never compared with the local clock. ``wall_now``: epoch seconds to write as
+    ``acquireTime``/``renewTime`` when ``observed_at``/``now`` come from a monotonic clock
+    (default: ``now``).
 
     - no Lease → acquire (create; transitions 0);
     - held by ``cfg.identity`` → renew (acquire time and transitions kept);
@@ -206,11 +213,12 @@ def decide(
     - held by another, ``now < observed_at + lease_duration`` → follow;
     - held by another, expired → acquire, transitions + 1.
     """
-    mine = LeaseRecord(cfg.identity, cfg.lease_duration_s, now, now, 0)
+    stamp = now if wall_now is None else wall_now
+    mine = LeaseRecord(cfg.identity, cfg.lease_duration_s, stamp, stamp, 0)
     if record is None:
         return Decision("acquire", None, mine)
     if record.holder == cfg.identity:
-        acquired = record.acquire_time if record.acquire_time is not None else now
+        acquired = record.acquire_time if record.acquire_time is not None else stamp
         kept = replace(mine, acquire_time=acquired, transitions=record.transitions)
         return Decision("renew", cfg.identity, kept)
     expires_at = observed_at + record.lease_duration_s

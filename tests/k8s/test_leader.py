@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -95,17 +96,31 @@ class Tracker:
             await asyncio.sleep(0.005)
 
 
+def skewed_time(skew_s: float) -> float:
+    return time.time() + skew_s
+
+
 @contextlib.asynccontextmanager
 async def running(
-    kube: FakeKube, idents: list[str], **timing: float
+    kube: FakeKube,
+    idents: list[str],
+    wall_skew_s: dict[str, float] | None = None,
+    **timing: float,
 ) -> AsyncIterator[tuple[list[Replica], Tracker]]:
+    """Run one elector per identity (odd ones with sync callbacks); ``wall_skew_s`` offsets
+    an elector's wall clock (what it writes as renewTime), never its monotonic clock."""
     tracker = Tracker(kube)
     replicas = []
     for n, ident in enumerate(idents):
         cfg = LeaseConfig(identity=ident, name=NAME, namespace=NS, **(FAST | timing))
         on_started, on_stopped = tracker.callbacks(ident, use_async=n % 2 == 0)
+        skew = (wall_skew_s or {}).get(ident, 0.0)
         elector = LeaderElector(
-            kube.api_client(), cfg, on_started=on_started, on_stopped=on_stopped
+            kube.api_client(),
+            cfg,
+            on_started=on_started,
+            on_stopped=on_stopped,
+            clock=functools.partial(skewed_time, skew),
         )
         stop = asyncio.Event()
         replicas.append(Replica(ident, elector, stop, asyncio.create_task(elector.run(stop))))
@@ -138,7 +153,9 @@ def leaders(replicas: list[Replica]) -> list[Replica]:
 
 
 async def test_one_of_three_leads_and_holds_the_lease(kube: FakeKube) -> None:
-    async with running(kube, ["a", "b", "c"]) as (replicas, tracker):
+    # Wall clocks an hour apart change nothing: expiry is timed on what each one observed.
+    skews = {"a": 3600.0, "b": -3600.0}
+    async with running(kube, ["a", "b", "c"], skews) as (replicas, tracker):
         assert await wait_until(lambda: len(leaders(replicas)) == 1, 10)
         await asyncio.sleep(2)  # several lease durations of renewals and follower rounds
         assert await wait_until(lambda: len(leaders(replicas)) == 1, 10)
@@ -252,3 +269,40 @@ async def test_leader_finding_the_lease_taken_stops_at_once(kube: FakeKube) -> N
         after = lease_spec(kube)
         assert after is not None
         assert after["leaseTransitions"] == 2
+
+
+async def test_slow_or_failing_callbacks_do_not_stop_renewals(kube: FakeKube) -> None:
+    cancelled = asyncio.Event()
+
+    async def start_forever() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    def stop_badly() -> None:
+        raise RuntimeError("on_stopped failed")
+
+    cfg = LeaseConfig(identity="a", name=NAME, namespace=NS, **FAST)
+    elector = LeaderElector(kube.api_client(), cfg, on_started=start_forever, on_stopped=stop_badly)
+    stop = asyncio.Event()
+    task = asyncio.create_task(elector.run(stop))
+    try:
+        assert await wait_until(lambda: elector.is_leader, 10)
+        first = lease_spec(kube)
+        assert first is not None
+        await asyncio.sleep(2)  # longer than the lease: renewals went on meanwhile
+        assert elector.is_leader
+        later = lease_spec(kube)
+        assert later is not None
+        assert parse_micro_time(later["renewTime"]) > parse_micro_time(first["renewTime"])
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)  # the on_stopped error is logged, not raised
+    assert cancelled.is_set()
+    assert not elector.is_leader
+    released = lease_spec(kube)
+    assert released is not None
+    assert "holderIdentity" not in released
+    assert elector.holder is None

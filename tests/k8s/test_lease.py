@@ -83,6 +83,17 @@ def test_holder_clock_skew_does_not_matter(holder_skew_s: float) -> None:
     assert decide(rec, observed_at=T0, now=T0 + 15.5, cfg=CFG).action == "acquire"
 
 
+def test_monotonic_local_time_with_wall_stamps() -> None:
+    # Expiry on a monotonic clock (seconds since boot), stamps in epoch seconds.
+    rec = held_by("b")
+    follow = decide(rec, observed_at=100.0, now=114.0, cfg=CFG, wall_now=T0)
+    assert (follow.action, follow.expires_at) == ("follow", 115.0)
+    take = decide(rec, observed_at=100.0, now=115.0, cfg=CFG, wall_now=T0 + 1)
+    assert take.write == LeaseRecord("a", 15.0, T0 + 1, T0 + 1, 4)
+    own = decide(LeaseRecord("a", 15.0, None, T0, 0), 100.0, 200.0, CFG, wall_now=T0 + 2)
+    assert own.write == LeaseRecord("a", 15.0, T0 + 2, T0 + 2, 0)
+
+
 def test_observation_clock_restarts_only_on_change() -> None:
     rec = held_by("b")
     first = observe(None, "10", rec, T0)
