@@ -40,7 +40,6 @@ from kubernetes import client
 
 from controller.k8s.lease import (
     JITTER_FACTOR,
-    Decision,
     LeaseConfig,
     LeaseRecord,
     Observation,
@@ -66,8 +65,7 @@ _MANAGED = (
 class _Round:
     """What one round's thread found: the new observation, and whether our write landed."""
 
-    observation: Observation | None
-    decision: Decision | None
+    observation: Observation
     won: bool
 
 
@@ -163,7 +161,7 @@ class LeaderElector:
             log.warning("lease %s/%s: round timed out after %.2fs", cfg.namespace, cfg.name, budget)
         except (client.ApiException, urllib3.exceptions.HTTPError, ValueError) as exc:
             log.warning("lease %s/%s: round failed: %s", cfg.namespace, cfg.name, _brief(exc))
-        if result is not None and result.observation is not None:
+        if result is not None:
             self._observation = result.observation
         if result is not None and result.won:
             self._renewed_at = started
@@ -189,18 +187,18 @@ class LeaderElector:
         obs = observe(self._observation, rv, record, now)
         decision = decide(record, obs.observed_at, now, cfg, wall_now=self._clock())
         if decision.write is None or not may_write:
-            return _Round(obs, decision, won=False)
+            return _Round(obs, won=False)
         left = deadline - time.monotonic()
         if left <= 0:
-            return _Round(obs, decision, won=False)
+            return _Round(obs, won=False)
         written = self._write(obj, decision.write, left)
         if written is None:
-            return _Round(obs, decision, won=False)
+            return _Round(obs, won=False)
         # What the server stored (leaseDurationSeconds rounded up), so the next read of an
         # unchanged Lease compares equal.
         stored = LeaseRecord.from_spec(written.get("spec"))
         new_rv = written["metadata"].get("resourceVersion")
-        return _Round(Observation(new_rv, stored, self._mono()), decision, won=True)
+        return _Round(Observation(new_rv, stored, self._mono()), won=True)
 
     def _read(self, timeout: float) -> dict[str, Any] | None:
         cfg = self._cfg
