@@ -31,7 +31,14 @@ from controller.runtime.analyzer import MetricsAnalyzer, StageAnalyzer
 from controller.runtime.parity import LocalParitySource, follow_gateway, follow_rollouts
 from controller.runtime.reconciler import Reconciler, rollout_overlay
 from controller.runtime.reload import GatewayReloader
-from controller.runtime.replicas import Leadership, follow_store, lead_or_follow, served_overlay
+from controller.runtime.replicas import (
+    Leadership,
+    ReplicatedWeights,
+    follow_store,
+    lead_or_follow,
+    publish_reports,
+    served_overlay,
+)
 from controller.store.rollouts import RolloutStore, StoreError
 from controller.store.sqlite_rollouts import SqliteRolloutStore
 from controller.store.weights import SqliteWeightStore
@@ -319,14 +326,31 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
             loop.add_signal_handler(sig, stop.set)
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGHUP, schedule_reload)
-    reconciler = Reconciler(rollouts, weights, analyzer=analyzer, poll_s=config.poll_s)
     electing: asyncio.Task[None] | None = None
+    reporting: asyncio.Task[None] | None = None
     if config.kubernetes is None:
+        reconciler = Reconciler(rollouts, weights, analyzer=analyzer, poll_s=config.poll_s)
         reconciling = loop.create_task(reconciler.run(stop), name="reconciler")
     else:
         from controller.k8s.leader import LeaderElector
+        from controller.k8s.replica_reports import ReplicaReports
 
         assert api is not None
+        lease = config.kubernetes.lease
+        reports = ReplicaReports(api, config.kubernetes.namespace, lease.identity)
+        # Envoys connected to the followers count for the leader's pushes.
+        reconciler = Reconciler(
+            rollouts,
+            ReplicatedWeights(weights, reports.others),
+            analyzer=analyzer,
+            poll_s=config.poll_s,
+        )
+        reporting = loop.create_task(
+            publish_reports(
+                reports.publish, lease.identity, cache, weights, stop, lease.lease_duration_s
+            ),
+            name="replica report",
+        )
         leadership = Leadership()
         elector = LeaderElector(
             api,
@@ -361,6 +385,10 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         reconciling.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reconciling
+        if reporting is not None:
+            reporting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporting
         if following is not None:
             following.cancel()
             with contextlib.suppress(asyncio.CancelledError):

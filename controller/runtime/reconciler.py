@@ -26,8 +26,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from controller.policy.rollout_policy import RolloutPolicy
 from controller.rollout.inputs import AckKind, AckResult, Input, Tick
@@ -37,7 +38,7 @@ from controller.runtime.analyzer import BakeOnlyAnalyzer, StageAnalyzer
 from controller.store.rollouts import RolloutNotFoundError, RolloutStore, StoredRollout
 from controller.store.transitions import apply_input
 from controller.xds.resources import Mirror, RouteOptions
-from controller.xds.weights import PersistError, WeightController
+from controller.xds.weights import PersistError, WeightChange
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,27 @@ def route_options(policy: RolloutPolicy, phase: Phase) -> RouteOptions | None:
     )
 
 
+class WeightPrimitive(Protocol):
+    """What the reconciler needs of the weight primitive: :class:`WeightController`, or
+    :class:`controller.runtime.replicas.ReplicatedWeights` when replicas share the Envoys."""
+
+    def options(self, route: str) -> RouteOptions | None: ...
+
+    def current(self) -> dict[str, dict[str, int]]: ...
+
+    def routes_with_options(self) -> set[str]: ...
+
+    async def set_weights(
+        self,
+        route: str,
+        weights: Mapping[str, int] | None,
+        *,
+        options: RouteOptions | None = None,
+        nodes: Collection[str] | None = None,
+        timeout_s: float = 10.0,
+    ) -> WeightChange: ...
+
+
 @dataclass(frozen=True)
 class Overlay:
     """What active rollouts serve on their routes, for a controller's first snapshot."""
@@ -131,7 +153,7 @@ class Reconciler:
     def __init__(
         self,
         store: RolloutStore,
-        weights: WeightController,
+        weights: WeightPrimitive,
         analyzer: StageAnalyzer | None = None,
         clock: Callable[[], float] = time.time,
         poll_s: float = 0.25,

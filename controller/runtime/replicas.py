@@ -16,14 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-from collections.abc import Callable, Coroutine, Iterable
+import math
+import time
+from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping
 from typing import Any
 
+from controller.k8s.replica_report import ReplicaReport
 from controller.runtime.reconciler import Overlay, route_options
 from controller.store.rollouts import RolloutStore, StoredRollout
+from controller.xds import typeurls
+from controller.xds.cache import SnapshotCache
 from controller.xds.resources import RouteOptions
-from controller.xds.weights import PersistError, WeightController
+from controller.xds.weights import PersistError, WeightChange, WeightController
 
 log = logging.getLogger(__name__)
 
@@ -186,3 +192,121 @@ async def lead_or_follow(
             log.error("the %s role failed: %r; starting it again", name, error)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
+
+
+class ReplicatedWeights:
+    """The leader's weight primitive when replicas share the Envoys.
+
+    A push is confirmed once the leader's own Envoys ACKed it
+    (:meth:`WeightController.set_weights`) *and* every live replica reports that its Envoys
+    hold the same weights on the route (:class:`controller.k8s.replica_reports.ReplicaReport`):
+    an Envoy connected to a follower counts as much as one connected to the leader. Outcomes:
+    ``acked`` when some Envoy anywhere holds it and all do; ``no_nodes`` when no replica has
+    an Envoy; ``timeout`` naming the replicas still behind (or the reports that could not be
+    read) after ``timeout_s``; a local NACK or timeout is returned as it is.
+
+    Args:
+        local: this replica's weight controller.
+        others: returns the other replicas' live reports at an epoch time (blocking: it runs
+            in a worker thread); raises when they cannot be read.
+        clock: epoch seconds (report liveness is judged by ``renewTime``).
+        poll_s: seconds between two readings of the reports while waiting.
+    """
+
+    def __init__(
+        self,
+        local: WeightController,
+        others: Callable[[float], list[ReplicaReport]],
+        clock: Callable[[], float] = time.time,
+        poll_s: float = 0.2,
+    ) -> None:
+        self._local = local
+        self._others = others
+        self._clock = clock
+        self._poll_s = poll_s
+
+    def options(self, route: str) -> RouteOptions | None:
+        """See :meth:`WeightController.options`."""
+        return self._local.options(route)
+
+    def current(self) -> dict[str, dict[str, int]]:
+        """See :meth:`WeightController.current`."""
+        return self._local.current()
+
+    def routes_with_options(self) -> set[str]:
+        """See :meth:`WeightController.routes_with_options`."""
+        return self._local.routes_with_options()
+
+    async def set_weights(
+        self,
+        route: str,
+        weights: Mapping[str, int] | None,
+        *,
+        options: RouteOptions | None = None,
+        nodes: Collection[str] | None = None,
+        timeout_s: float = 10.0,
+    ) -> WeightChange:
+        """:meth:`WeightController.set_weights`, then wait for the other replicas (above).
+
+        Raises:
+            ValueError, PersistError: as :meth:`WeightController.set_weights`.
+        """
+        started = time.monotonic()
+        change = await self._local.set_weights(
+            route, weights, options=options, nodes=nodes, timeout_s=timeout_s
+        )
+        if change.ack.outcome not in ("acked", "no_nodes") or nodes is not None:
+            return change
+        want = self._local.current().get(route, {})
+        behind: list[str] = []
+        while True:
+            try:
+                others = await asyncio.to_thread(self._others, self._clock())
+            except Exception as exc:
+                behind = [f"the replicas' reports ({exc!r})"]
+            else:
+                behind = [r.identity for r in others if not r.holds(route, want)]
+                if not behind:
+                    remote = tuple(f"{r.identity} ({r.nodes} Envoys)" for r in others if r.nodes)
+                    outcome = "acked" if remote else change.ack.outcome
+                    ack = dataclasses.replace(
+                        change.ack, outcome=outcome, acked=change.ack.acked + remote
+                    )
+                    return dataclasses.replace(change, ack=ack)
+            if time.monotonic() - started >= timeout_s:
+                pending = tuple(f"replica {b}" for b in behind)
+                ack = dataclasses.replace(change.ack, outcome="timeout", pending=pending)
+                return dataclasses.replace(change, ack=ack)
+            await asyncio.sleep(self._poll_s)
+
+
+async def publish_reports(
+    publish: Callable[[ReplicaReport], None],
+    identity: str,
+    cache: SnapshotCache,
+    weights: WeightController,
+    stop: asyncio.Event,
+    ttl_s: float,
+    check_s: float = 0.25,
+    clock: Callable[[], float] = time.time,
+) -> None:
+    """Until ``stop``: publish this replica's report (its Envoys, whether they hold its route
+    configuration, its routes' weights) whenever it changes, checked every ``check_s``
+    seconds, and at least every third of ``ttl_s`` so that it stays live. ``publish`` blocks
+    (it runs in a worker thread); its failures are logged and retried at the next check."""
+    last: tuple[int, bool, dict[str, dict[str, int]]] | None = None
+    published_at = -math.inf
+    while not stop.is_set():
+        nodes, held = cache.holding(typeurls.ROUTE)
+        content = (nodes, held, weights.current())
+        now = clock()
+        if content != last or now - published_at >= ttl_s / 3:
+            report = ReplicaReport(identity, now, ttl_s, nodes, held, content[2])
+            try:
+                await asyncio.to_thread(publish, report)
+            except Exception as exc:
+                log.warning("cannot publish this replica's report: %r", exc)
+            else:
+                last, published_at = content, now
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), check_s)

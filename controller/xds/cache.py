@@ -171,6 +171,24 @@ class SnapshotCache:
             return {n.node_id for n in self._nodes.values() if n.stream_ids}
         return {n.node_id for n in self._nodes.values() if n.type_streams.get(type_url)}
 
+    def holding(self, type_url: str) -> tuple[int, bool]:
+        """``(nodes, held)``: how many nodes have an open stream subscribed to ``type_url``,
+        and whether every such stream ACKed the current snapshot's version of it (what a
+        replica reports to the leader: its Envoys hold what it serves)."""
+        version = self.snapshot.version(type_url)
+        nodes = 0
+        held = True
+        for node in self._nodes.values():
+            streams = node.type_streams.get(type_url)
+            if not streams:
+                continue
+            nodes += 1
+            for stream_id in streams:
+                acked = node.stream_acks.get(stream_id, {}).get(type_url)
+                if acked is None or acked[0] != version:
+                    held = False
+        return nodes, held
+
     def watch(
         self,
         type_url: str,

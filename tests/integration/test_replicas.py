@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from controller.k8s.replica_report import ReplicaReport
 from controller.policy.gateway import Gateway
 from controller.policy.loading import load_policy
 from controller.policy.rollout_policy import RolloutPolicy
@@ -25,8 +26,10 @@ from controller.rollout.state import Phase
 from controller.runtime.reconciler import Reconciler
 from controller.runtime.replicas import (
     Leadership,
+    ReplicatedWeights,
     follow_store,
     lead_or_follow,
+    publish_reports,
     served_overlay,
     sync_once,
 )
@@ -214,3 +217,73 @@ async def test_roles_never_overlap_and_follow_leadership(gateway: Gateway) -> No
     await asyncio.wait_for(task, 5)
     assert log == ["follow", "lead", "follow", "lead", "follow", "lead", "follow"]
     assert not running
+
+
+def report(identity: str, nodes: int, routes: dict[str, dict[str, int]]) -> ReplicaReport:
+    return ReplicaReport(identity, time.time(), 30.0, nodes, True, routes)
+
+
+async def test_a_leader_push_waits_for_the_envoys_of_every_live_replica(
+    weights: WeightController,
+) -> None:
+    board: list[ReplicaReport] = []
+    replicated = ReplicatedWeights(weights, lambda _now: list(board), poll_s=0.02)
+    want = {PY: 7_000, GO: 3_000}
+
+    alone = await replicated.set_weights("comments", want, timeout_s=0.5)
+    assert alone.ack.outcome == "no_nodes"  # nobody anywhere: not a confirmation
+
+    board.append(report("b", 2, {"comments": {PY: 10_000, GO: 0}}))
+    behind = await replicated.set_weights("comments", want, timeout_s=0.3)
+    assert behind.ack.outcome == "timeout"
+    assert behind.ack.pending == ("replica b",)
+
+    async def b_catches_up() -> None:
+        await asyncio.sleep(0.1)
+        board[0] = report("b", 2, {"comments": want})
+
+    catching_up = asyncio.create_task(b_catches_up())
+    held = await replicated.set_weights("comments", want, timeout_s=5)
+    await catching_up
+    assert held.ack.outcome == "acked"
+    assert held.ack.acked == ("b (2 Envoys)",)
+    assert replicated.current()["comments"] == want
+
+
+async def test_unreadable_reports_never_confirm_a_push(weights: WeightController) -> None:
+    def broken(_now: float) -> list[ReplicaReport]:
+        raise ConnectionRefusedError("API server down")
+
+    replicated = ReplicatedWeights(weights, broken, poll_s=0.02)
+    change = await replicated.set_weights("comments", {PY: 5_000, GO: 5_000}, timeout_s=0.2)
+    assert change.ack.outcome == "timeout"
+    assert "API server down" in change.ack.pending[0]
+
+
+async def test_a_replica_reports_whether_its_envoys_hold_what_it_serves(
+    ads: Any, cache: SnapshotCache, weights: WeightController
+) -> None:
+    published: list[ReplicaReport] = []
+    stop = asyncio.Event()
+    client = await ads.synced_sotw("edge-1")
+    task = asyncio.create_task(
+        publish_reports(published.append, "a", cache, weights, stop, ttl_s=30.0, check_s=0.02)
+    )
+    try:
+        await ads.eventually(lambda: bool(published))
+        assert (published[-1].nodes, published[-1].held) == (1, True)
+        change = asyncio.create_task(
+            weights.set_weights("comments", {PY: 5_000, GO: 5_000}, timeout_s=5)
+        )
+        resp = await client.recv()  # sent, not ACKed yet: the Envoy does not hold it
+        await ads.eventually(lambda: not published[-1].held)
+        assert published[-1].routes["comments"] == {PY: 5_000, GO: 5_000}
+        await client.ack(resp)
+        await ads.eventually(lambda: published[-1].held)
+        assert (await change).ack.outcome == "acked"
+        count = len(published)
+        await asyncio.sleep(0.2)  # nothing changed: nothing more is written
+        assert len(published) == count
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)

@@ -31,6 +31,7 @@ CONTROLLER_RULES = {
     ("", "events", "create"),
     ("", "events", "patch"),
     ("coordination.k8s.io", "leases", "get"),
+    ("coordination.k8s.io", "leases", "list"),
     ("coordination.k8s.io", "leases", "create"),
     ("coordination.k8s.io", "leases", "update"),
     *(("discovery.k8s.io", "endpointslices", verb) for verb in ("get", "list", "watch")),
@@ -240,7 +241,14 @@ def test_the_controller_deployment() -> None:
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     args = container["args"]
     assert args[0] == "serve"
-    options = dict(arg.removeprefix("--").split("=", 1) for arg in args[1:])
+    # Replicas share the rollouts in the cluster, named from the downward API.
+    assert "--kubernetes" in args
+    options = dict(arg.removeprefix("--").split("=", 1) for arg in args[1:] if "=" in arg)
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+    assert options["namespace"] == "$(POD_NAMESPACE)"
+    assert env["POD_NAMESPACE"] == "metadata.namespace"
+    assert options["identity"] == "$(POD_NAME)"
+    assert env["POD_NAME"] == "metadata.name"
     assert options["xds-address"] == f"0.0.0.0:{ports['xds']}"
     assert options["admin-address"] == f"0.0.0.0:{ports['admin']}"
     # The admin API serves the probes (controller/runtime/admin.py).
