@@ -14,9 +14,10 @@ the status and best effort (a failure is logged, the rollout's write stands).
 
 What Kubernetes cannot give: one transaction over several objects. "One active rollout per
 route" is checked from a fresh list before a write (as the SQLite store does in its
-transaction), so two creators racing on one route with different names can both succeed;
-the controller is the only writer of status, and ``kubectl`` users create rollouts, so the
-window is a person's double start.
+transaction) and, for a new object, again after it: a creator that then sees another active
+rollout on its route withdraws its object (LISTs are linearizable, so of two racing creators
+at least the later one sees the other; both may withdraw, never both stay). A retry making a
+terminal rollout active again is only checked before its write.
 
 Source: Kubernetes API concepts (resourceVersion, optimistic concurrency, status
 subresource), API conventions (Events).
@@ -187,6 +188,8 @@ class KubernetesRolloutStore:
             if existing is None:
                 self._undo_create(name, obj)
             raise
+        if existing is None and state.phase in ACTIVE:
+            self._settle_route_race(name, route, obj)
         record = decode(obj)
         self._record_events(obj, record.history[-1:])
         return record.rollout
@@ -265,6 +268,16 @@ class KubernetesRolloutStore:
                 name,
                 exc,
             )
+
+    def _settle_route_race(self, name: str, route: str, obj: dict[str, Any]) -> None:
+        """After creating: another active rollout on the route now means a creator raced
+        this one past the check before the write. Whoever sees the other after its own write
+        withdraws (deletes its object), so two never both win; both may lose, and retry."""
+        try:
+            self._check_route_free(route, name)
+        except RouteBusyError:
+            self._undo_create(name, obj)
+            raise
 
     def _check_route_free(self, route: str, name: str) -> None:
         for obj in self._api.list():

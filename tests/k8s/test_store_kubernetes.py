@@ -23,6 +23,7 @@ from controller.store.rollouts import (
     RevisionConflictError,
     RolloutExistsError,
     RolloutNotFoundError,
+    RouteBusyError,
     StoreError,
 )
 
@@ -309,6 +310,37 @@ def test_concurrent_store_instances_lose_no_update(kube: FakeKube) -> None:
     assert [e.seq for e in history] == list(range(1, total + 2))  # no gap, no duplicate
     seen = sorted((e.details["worker"], e.details["n"]) for e in history[1:])
     assert seen == [(w, n) for w in range(len(stores)) for n in range(per_thread)]
+
+
+def race(stores: list[KubernetesRolloutStore], route: str) -> list[str]:
+    """Every store creates a rollout of ``route`` at once; what each got."""
+    outcomes: list[str] = []
+    barrier = threading.Barrier(len(stores))
+
+    def create(i: int) -> None:
+        barrier.wait()
+        try:
+            stores[i].create(f"{route}-{i}", policy(route), SOURCE, pending(), event(1.0))
+            outcomes.append("created")
+        except RouteBusyError:
+            outcomes.append("busy")
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(len(stores))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return outcomes
+
+
+def test_racing_creators_never_both_hold_a_route(kube: FakeKube) -> None:
+    stores = [KubernetesRolloutStore(kube.api_client(), NS) for _ in range(3)]
+    for round_ in range(6):
+        route = f"r{round_}"
+        outcomes = race(stores, route)
+        holders = [r.name for r in stores[0].list(active_only=True) if r.route == route]
+        assert len(outcomes) == len(stores)
+        assert outcomes.count("created") == len(holders) <= 1, (outcomes, holders)
 
 
 def test_history_in_status_is_bounded(kube: FakeKube) -> None:
