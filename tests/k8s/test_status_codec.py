@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 from store_contract import SOURCE, event, pending, policy
+from unit.crd_checks import object_validator
 
-from controller.k8s.crd import status_schema
+from controller.k8s.crd import rollout_schema, status_schema
 from controller.k8s.status_codec import (
     CREATED_BY,
     MAX_EVENT_MESSAGE,
@@ -99,6 +100,27 @@ def test_status_round_trips_state_and_history() -> None:
     declared = set(status_schema()["properties"])
     own = {"revision", "createdAt", "historySeq", "history"}
     assert set(status) - own <= declared
+
+
+def test_the_whole_object_fits_the_crd_schema() -> None:
+    """What the store writes passes the CRD's schema as the API server checks it (strict
+    field validation; status keeps its own bookkeeping through preserve-unknown-fields)."""
+    obj = served(rollout_object("c", "ns", policy(), SOURCE, "alice"))
+    state = RolloutState(
+        phase=Phase.ROLLING_BACK,
+        stage=0,
+        desired_weight=0.0,
+        acked_weight=1.0,
+        last_verdict=VerdictRecord(at=5.0, outcome="fail", details={"x": [1, {"y": None}]}),
+        cause="verdict",
+        resume_to=Phase.PROGRESSING,
+    )
+    history = (HistoryEvent(1, "c", 1.0, "alice", "pending", "created", {"n": {"m": 1}}),)
+    obj["status"] = encode_status(
+        state, revision=2, created_at=1.0, generation=1, history=history, history_seq=1
+    )
+    errors = [e.message for e in object_validator(rollout_schema()).iter_errors(obj)]
+    assert errors == []
 
 
 def test_append_history_numbers_on_and_keeps_the_last() -> None:
