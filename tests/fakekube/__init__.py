@@ -24,6 +24,8 @@ from typing import Any
 import kubernetes.client
 import yaml
 
+from .crd import CustomResource, crd_version_schema
+from .resources import parse_path
 from .server import FailureRules, Server
 from .store import Store
 
@@ -104,6 +106,19 @@ class FakeKube:
         return path
 
     # -- controls for tests --------------------------------------------------------------
+    def install_crd(self, crd: dict[str, Any]) -> None:
+        """Install a CustomResourceDefinition (a dict, e.g. ``controller.k8s.crd.rollout_crd()``)
+        for a kind the fake serves: its objects are then pruned, defaulted and validated
+        against the served version's ``openAPIV3Schema`` on every write, as a cluster with
+        the CRD applied does. Without it, objects are stored as sent."""
+        spec = crd["spec"]
+        group, plural = spec["group"], spec["names"]["plural"]
+        for version in spec["versions"]:
+            target = parse_path(f"/apis/{group}/{version['name']}/{plural}")
+            schema = crd_version_schema(crd, version["name"])
+            with self.store.cond:
+                self.store.crds[target.resource.key] = CustomResource(target.resource, schema)
+
     def compact(self) -> None:
         """Forget the watch history: a watch from an older resourceVersion gets 410 Gone."""
         self.store.compact()

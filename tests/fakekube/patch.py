@@ -7,6 +7,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+MERGE_TYPES = ("application/merge-patch+json", "application/strategic-merge-patch+json")
+JSON_PATCH_TYPE = "application/json-patch+json"
+
 
 class PatchError(Exception):
     """The patch cannot be applied (422 / 400 on the real server)."""
@@ -135,3 +138,25 @@ def json_patch(target: Any, operations: Any) -> Any:
         else:
             raise PatchError(f"unknown operation {kind!r}")
     return doc
+
+
+def apply_patch(target: Any, content_type: str, patch: Any) -> Any:
+    """Apply ``patch`` of media type ``content_type`` to a copy of ``target``: ApiError 422
+    if it does not apply, 415 for a type the fake does not serve (server-side apply)."""
+    from .errors import ApiError
+
+    try:
+        if content_type == JSON_PATCH_TYPE:
+            return json_patch(target, patch)
+        if content_type in MERGE_TYPES:
+            if not isinstance(patch, dict):
+                raise PatchError("a merge patch is a JSON object")
+            return merge_patch(target, patch)
+    except PatchError as exc:
+        raise ApiError(422, str(exc)) from exc
+    accepted = ", ".join((JSON_PATCH_TYPE, *MERGE_TYPES))
+    raise ApiError(
+        415,
+        "the body of the request was in an unknown format - accepted media types include: "
+        f"{accepted} (got {content_type!r})",
+    )

@@ -20,6 +20,10 @@ class ResourceType:
     kind: str
     namespaced: bool = True
     status_subresource: bool = False
+    custom: bool = False
+    """A custom resource: its list items carry ``apiVersion`` / ``kind`` and DELETE answers
+    with the deleted object; built-in kinds omit those in lists and answer DELETE with a
+    ``Status`` of ``status: Success``."""
 
     @property
     def api_version(self) -> str:
@@ -36,7 +40,9 @@ class ResourceType:
 
 
 RESOURCES: tuple[ResourceType, ...] = (
-    ResourceType("sluice.dev", "v1alpha1", "rollouts", "Rollout", status_subresource=True),
+    ResourceType(
+        "sluice.dev", "v1alpha1", "rollouts", "Rollout", status_subresource=True, custom=True
+    ),
     ResourceType("coordination.k8s.io", "v1", "leases", "Lease"),
     ResourceType("", "v1", "events", "Event"),
     ResourceType("events.k8s.io", "v1", "events", "Event"),

@@ -111,6 +111,7 @@ class Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str, t: Target, params: dict[str, str], body: Any) -> None:
         store = self.server.kube.store
         res, ns, name, sub = t.resource, t.namespace, t.name, t.subresource
+        strict = params.get("fieldValidation") == "Strict"
         if name is None:
             if method == "GET":
                 pred_l = label_selector(params.get("labelSelector"))
@@ -123,6 +124,10 @@ class Handler(BaseHTTPRequestHandler):
                     self._watch(t, params, pred)
                     return
                 items, rv = store.list(res, ns, pred)
+                if not res.custom:
+                    for item in items:
+                        item.pop("apiVersion", None)
+                        item.pop("kind", None)
                 self._send_json(
                     200,
                     {
@@ -133,19 +138,26 @@ class Handler(BaseHTTPRequestHandler):
                     },
                 )
             elif method == "POST" and (ns is not None or not res.namespaced):
-                self._send_json(201, store.create(res, ns, body))
+                self._send_json(201, store.create(res, ns, body, strict))
             else:
                 raise ApiError(405, f"{method} is not supported on a collection here")
             return
         if method == "GET":
             self._send_json(200, store.get(res, ns, name))
         elif method == "PUT":
-            self._send_json(200, store.replace(res, ns, name, body, sub))
+            self._send_json(200, store.replace(res, ns, name, body, sub, strict))
         elif method == "PATCH":
             ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
-            self._send_json(200, store.patch(res, ns, name, ctype, body, sub))
+            self._send_json(200, store.patch(res, ns, name, ctype, body, sub, strict))
         elif method == "DELETE" and sub is None:
-            self._send_json(200, store.delete(res, ns, name, body))
+            gone = store.delete(res, ns, name, body)
+            if res.custom:
+                self._send_json(200, gone)
+            else:
+                details = {"name": name, "group": res.group, "kind": res.plural}
+                details["uid"] = gone["metadata"]["uid"]
+                status = {"kind": "Status", "apiVersion": "v1", "metadata": {}}
+                self._send_json(200, {**status, "status": "Success", "details": details})
         else:
             raise ApiError(405, f"{method} is not supported here")
 

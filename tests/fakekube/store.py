@@ -14,41 +14,20 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from . import errors
+from .crd import CustomResource
 from .errors import ApiError
-from .patch import PatchError, json_patch, merge_patch
+from .patch import apply_patch
 from .resources import ResourceType
 from .selectors import Predicate
+from .watchers import Change, Watcher, visible
 
 Obj = dict[str, Any]
 _SYSTEM_META = ("uid", "creationTimestamp", "generation", "resourceVersion", "namespace", "name")
 _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
-
-
-@dataclass
-class Change:
-    rv: int
-    resource: ResourceType
-    type: str
-    obj: Obj
-    old: Obj | None
-
-
-@dataclass
-class Watcher:
-    """One open watch: its filter, the last resourceVersion delivered, and the close
-    generation it started in (``close_watches`` moves the store's)."""
-
-    resource: ResourceType
-    namespace: str | None
-    predicate: Predicate
-    last: int
-    gen: int
-    initial: list[tuple[str, Obj]] = field(default_factory=list)
 
 
 def _now() -> str:
@@ -78,6 +57,7 @@ class Store:
         self.gen = 0
         self.stopping = False
         self.open_watchers = 0
+        self.crds: dict[str, CustomResource] = {}
 
     # -- helpers (lock held) -------------------------------------------------------------
     def _bucket(self, res: ResourceType) -> dict[tuple[str, str], Obj]:
@@ -147,7 +127,11 @@ class Store:
             ]
 
     # -- writes --------------------------------------------------------------------------
-    def create(self, res: ResourceType, ns: str | None, body: Any) -> Obj:
+    def _admit(self, res: ResourceType, obj: Obj, strict: bool) -> Obj:
+        crd = self.crds.get(res.key)
+        return obj if crd is None else crd.admit(obj, strict)
+
+    def create(self, res: ResourceType, ns: str | None, body: Any, strict: bool = False) -> Obj:
         obj = self._check_identity(res, ns, copy.deepcopy(body))
         meta = obj["metadata"]
         if meta.get("resourceVersion"):
@@ -170,6 +154,8 @@ class Store:
                 raise errors.already_exists(res, meta["name"])
             if res.status_subresource:
                 obj.pop("status", None)
+            obj = self._admit(res, obj, strict)
+            meta = obj["metadata"]
             self._rv += 1
             meta.update(
                 uid=str(uuid.uuid4()),
@@ -181,7 +167,9 @@ class Store:
             self._record(res, "ADDED", obj, None)
             return copy.deepcopy(obj)
 
-    def _write(self, res: ResourceType, stored: Obj, body: Obj, sub: str | None) -> Obj:
+    def _write(
+        self, res: ResourceType, stored: Obj, body: Obj, sub: str | None, strict: bool
+    ) -> Obj:
         """Replace ``stored`` by ``body`` under the status-subresource rules (lock held,
         preconditions checked)."""
         if sub == "status":
@@ -190,6 +178,7 @@ class Store:
                 new["status"] = copy.deepcopy(body["status"])
             else:
                 new.pop("status", None)
+            new = self._admit(res, new, strict)
         else:
             new = copy.deepcopy(body)
             new["metadata"] = dict(new.get("metadata") or {})
@@ -203,6 +192,7 @@ class Store:
                 else:
                     new["metadata"].pop(key, None)
             new["apiVersion"], new["kind"] = res.api_version, res.kind
+            new = self._admit(res, new, strict)
             if _content(new) != _content(stored):
                 new["metadata"]["generation"] = stored["metadata"].get("generation", 0) + 1
         if new == stored:
@@ -215,7 +205,13 @@ class Store:
         return copy.deepcopy(new)
 
     def replace(
-        self, res: ResourceType, ns: str | None, name: str, body: Any, sub: str | None
+        self,
+        res: ResourceType,
+        ns: str | None,
+        name: str,
+        body: Any,
+        sub: str | None,
+        strict: bool = False,
     ) -> Obj:
         obj = self._check_identity(res, ns, copy.deepcopy(body))
         if obj["metadata"].get("name") != name:
@@ -225,7 +221,7 @@ class Store:
             rv = obj["metadata"].get("resourceVersion")
             if rv and rv != stored["metadata"]["resourceVersion"]:
                 raise errors.conflict(res, name)
-            return self._write(res, stored, obj, sub)
+            return self._write(res, stored, obj, sub, strict)
 
     def patch(
         self,
@@ -235,34 +231,16 @@ class Store:
         content_type: str,
         patch: Any,
         sub: str | None,
+        strict: bool = False,
     ) -> Obj:
         with self.cond:
             stored = self._stored(res, ns, name)
-            try:
-                if content_type == "application/json-patch+json":
-                    patched = json_patch(stored, patch)
-                elif content_type in (
-                    "application/merge-patch+json",
-                    "application/strategic-merge-patch+json",
-                ):
-                    if not isinstance(patch, dict):
-                        raise PatchError("a merge patch is a JSON object")
-                    patched = merge_patch(stored, patch)
-                else:
-                    raise ApiError(
-                        415,
-                        f"the body of the request was in an unknown format - "
-                        f"accepted media types include: application/json-patch+json, "
-                        f"application/merge-patch+json, "
-                        f"application/strategic-merge-patch+json ({content_type})",
-                    )
-            except PatchError as exc:
-                raise ApiError(422, str(exc)) from exc
+            patched = apply_patch(stored, content_type, patch)
             if not isinstance(patched, dict) or not isinstance(patched.get("metadata"), dict):
                 raise ApiError(422, "the patched object is not an object with metadata")
             if patched["metadata"].get("resourceVersion") != stored["metadata"]["resourceVersion"]:
                 raise errors.conflict(res, name)
-            return self._write(res, stored, patched, sub)
+            return self._write(res, stored, patched, sub, strict)
 
     def delete(self, res: ResourceType, ns: str | None, name: str, options: Obj | None) -> Obj:
         with self.cond:
@@ -325,21 +303,6 @@ class Store:
         with self.cond:
             self.open_watchers -= 1
 
-    def _filter(self, w: Watcher, change: Change) -> tuple[str, Obj] | None:
-        if change.resource != w.resource:
-            return None
-        ns = change.obj["metadata"].get("namespace", "")
-        if w.namespace is not None and ns != w.namespace:
-            return None
-        new = w.predicate(change.obj)
-        old = change.old is not None and w.predicate(change.old)
-        if change.type == "MODIFIED" and new != old:
-            # An object entering or leaving the selection is ADDED / DELETED for this watch.
-            return ("ADDED" if new else "DELETED"), copy.deepcopy(change.obj)
-        if (change.type == "DELETED" and old) or (change.type != "DELETED" and new):
-            return change.type, copy.deepcopy(change.obj)
-        return None
-
     def next_events(self, w: Watcher, deadline: float) -> tuple[list[tuple[str, Obj]], str | None]:
         """Block until ``w`` has events or ends; the second item says why it ended:
         "closed" (close_watches / stop), "expired" (410), "timeout" (timeoutSeconds)."""
@@ -353,7 +316,7 @@ class Store:
                     out = [
                         e
                         for c in self._history
-                        if c.rv > w.last and (e := self._filter(w, c)) is not None
+                        if c.rv > w.last and (e := visible(w, c)) is not None
                     ]
                     w.last = self._rv
                     if out:

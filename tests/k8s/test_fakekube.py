@@ -3,6 +3,7 @@ the semantics other tests rely on, as the real API server has them."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -12,9 +13,12 @@ from typing import Any
 import kubernetes.client
 import kubernetes.config
 import pytest
+import yaml
 from fakekube import FakeKube
 from kubernetes import watch
 from kubernetes.client import ApiException
+
+from controller.k8s.crd import rollout_crd
 
 GROUP, VERSION, PLURAL, NS = "sluice.dev", "v1alpha1", "rollouts", "team"
 
@@ -76,8 +80,6 @@ def ro(api: kubernetes.client.CustomObjectsApi) -> Rollouts:
 
 
 def api_error(exc: pytest.ExceptionInfo[ApiException]) -> dict[str, Any]:
-    import json
-
     body = json.loads(exc.value.body)
     assert body["kind"] == "Status"
     assert body["status"] == "Failure"
@@ -281,6 +283,53 @@ def test_json_patch(ro: Rollouts) -> None:
     assert exc.value.status == 422
 
 
+# -- an installed CRD: pruning, defaulting, validation ----------------------------------------
+
+
+def policy_spec(name: str = "search.yaml") -> dict[str, Any]:
+    path = Path(__file__).resolve().parents[2] / "policies" / name
+    spec: dict[str, Any] = yaml.safe_load(path.read_text())["spec"]
+    return spec
+
+
+def test_installed_crd_prunes_defaults_and_validates(kube: FakeKube, ro: Rollouts) -> None:
+    kube.install_crd(rollout_crd())
+    spec = policy_spec()
+    created = ro.create(rollout("a", spec={**spec, "notInSchema": 1}))
+    assert "notInSchema" not in created["spec"]  # pruned, as without fieldValidation=Strict
+    assert set(spec) < set(created["spec"])  # schema defaults filled in
+    assert {k: created["spec"][k] for k in spec} == spec
+    with pytest.raises(ApiException) as exc:
+        ro.api.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            NS,
+            PLURAL,
+            rollout("b", spec={**spec, "notInSchema": 1}),
+            field_validation="Strict",
+        )
+    assert exc.value.status == 400
+    assert 'unknown field "spec.notInSchema"' in api_error(exc)["message"]
+    missing = {k: v for k, v in spec.items() if k != "route"}
+    with pytest.raises(ApiException) as exc:
+        ro.create(rollout("c", spec=missing))
+    body = api_error(exc)
+    assert (exc.value.status, body["reason"]) == (422, "Invalid")
+    assert body["details"]["causes"] == [
+        {"reason": "FieldValueRequired", "message": "Required value", "field": "spec.route"}
+    ]
+    # Status writes are validated against the status schema too.
+    with pytest.raises(ApiException) as exc:
+        ro.patch_status("a", {"status": {"phase": "bogus"}})
+    assert exc.value.status == 422
+    assert api_error(exc)["details"]["causes"][0]["field"] == "status.phase"
+    assert "status" not in ro.get("a")
+
+
+def test_without_installed_crd_objects_are_stored_as_sent(ro: Rollouts) -> None:
+    assert ro.create(rollout("a", spec={"anything": [1]}))["spec"] == {"anything": [1]}
+
+
 # -- leases (CAS), events, endpointslices, services, namespaces --------------------------
 
 
@@ -372,6 +421,23 @@ def test_endpointslices_list_and_watch_with_label_selector(kube: FakeKube) -> No
         )
     ]
     assert seen == [("ADDED", "web-2", ["10.0.0.2"]), ("DELETED", "web-1", ["10.0.0.1"])]
+
+
+def test_builtin_lists_omit_kind_and_delete_answers_status(kube: FakeKube) -> None:
+    """As the real server: items of a built-in kind's list carry no apiVersion/kind (custom
+    resources' do), and DELETE of a built-in answers a Success Status, not the object."""
+    disc = kubernetes.client.DiscoveryV1Api(kube.api_client())
+    disc.create_namespaced_endpoint_slice(NS, slice_body("web-1", "web", "10.0.0.1"))
+    raw = disc.list_namespaced_endpoint_slice(NS, _preload_content=False)
+    listed = json.loads(raw.data)
+    assert listed["kind"] == "EndpointSliceList"
+    assert listed["apiVersion"] == "discovery.k8s.io/v1"
+    assert "kind" not in listed["items"][0]
+    assert "apiVersion" not in listed["items"][0]
+    status = disc.delete_namespaced_endpoint_slice("web-1", NS)  # v37 returns it as a dict
+    assert (status["kind"], status["status"]) == ("Status", "Success")
+    assert status["details"]["name"] == "web-1"
+    assert kube.objects("endpointslices") == []
 
 
 def test_services_and_namespaces(kube: FakeKube) -> None:
@@ -473,6 +539,7 @@ def test_watch_after_abrupt_cut_resumes_without_loss(kube: FakeKube, ro: Rollout
     ro.create(rollout("a"))
     event = next(first)
     assert event["raw_object"]["metadata"]["name"] == "a"
+    assert kube.open_watches() == 1
     kube.close_watches(abrupt=True)
     ro.create(rollout("b"))
     with pytest.raises(Exception):  # noqa: B017, PT011 - urllib3's ProtocolError
@@ -494,8 +561,6 @@ def test_watch_from_compacted_resource_version_is_410(kube: FakeKube, ro: Rollou
     resp = ro.api.list_namespaced_custom_object(
         GROUP, VERSION, NS, PLURAL, watch=True, resource_version=old, _preload_content=False
     )
-    import json
-
     lines = [json.loads(line) for line in resp.read().splitlines() if line]
     assert len(lines) == 1
     assert lines[0]["type"] == "ERROR"
