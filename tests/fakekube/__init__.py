@@ -68,7 +68,7 @@ class FakeKube:
         self._thread.join(timeout=10)
         for client in self._clients:
             with contextlib.suppress(Exception):
-                client.close()
+                client.close()  # type: ignore[no-untyped-call]
 
     def __enter__(self) -> FakeKube:
         return self

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 
 from .errors import ApiError
 from .resources import ResourceType

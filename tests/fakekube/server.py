@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlsplit
 from .errors import ApiError, expired
 from .resources import PathError, Target, parse_path
 from .selectors import SelectorError, field_selector, label_selector
-from .store import Watcher
+from .watchers import Watcher
 
 if TYPE_CHECKING:
     from . import FakeKube
@@ -123,7 +123,7 @@ class Handler(BaseHTTPRequestHandler):
                 if params.get("watch") in ("true", "1"):
                     self._watch(t, params, pred)
                     return
-                items, rv = store.list(res, ns, pred)
+                items, rv = store.select(res, ns, pred)
                 if not res.custom:
                     for item in items:
                         item.pop("apiVersion", None)

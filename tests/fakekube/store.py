@@ -107,7 +107,7 @@ class Store:
         with self.cond:
             return copy.deepcopy(self._stored(res, ns, name))
 
-    def list(self, res: ResourceType, ns: str | None, pred: Predicate) -> tuple[list[Obj], int]:
+    def select(self, res: ResourceType, ns: str | None, pred: Predicate) -> tuple[list[Obj], int]:
         with self.cond:
             items = [
                 copy.deepcopy(o)
@@ -285,7 +285,7 @@ class Store:
             w = Watcher(res, ns, pred, self._rv, self.gen)
             self.open_watchers += 1
             if rv in (None, "", "0"):
-                items, _ = self.list(res, ns, pred)
+                items, _ = self.select(res, ns, pred)
                 w.initial = [("ADDED", o) for o in items]
                 return w
             try:

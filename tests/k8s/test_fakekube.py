@@ -23,6 +23,11 @@ from controller.k8s.crd import rollout_crd
 GROUP, VERSION, PLURAL, NS = "sluice.dev", "v1alpha1", "rollouts", "team"
 
 
+def new_watch() -> Any:
+    """A ``kubernetes.watch.Watch`` (the client does not type it)."""
+    return watch.Watch()  # type: ignore[no-untyped-call]
+
+
 def rollout(name: str, spec: dict[str, Any] | None = None, **meta: Any) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -41,7 +46,7 @@ class Rollouts:
     """Shorthands for the custom-object calls on rollouts in NS."""
 
     def __init__(self, api: kubernetes.client.CustomObjectsApi) -> None:
-        self.api = api
+        self.api: Any = api
 
     def create(self, body: dict[str, Any], ns: str = NS) -> dict[str, Any]:
         return self.api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)  # type: ignore[no-any-return]
@@ -80,6 +85,7 @@ def ro(api: kubernetes.client.CustomObjectsApi) -> Rollouts:
 
 
 def api_error(exc: pytest.ExceptionInfo[ApiException]) -> dict[str, Any]:
+    assert exc.value.body is not None
     body = json.loads(exc.value.body)
     assert body["kind"] == "Status"
     assert body["status"] == "Failure"
@@ -104,7 +110,7 @@ def test_create_sets_metadata_and_drops_status(ro: Rollouts) -> None:
 
 def test_resource_version_is_one_global_counter(kube: FakeKube, ro: Rollouts) -> None:
     a = ro.create(rollout("a"))
-    coord = kubernetes.client.CoordinationV1Api(kube.api_client())
+    coord: Any = kubernetes.client.CoordinationV1Api(kube.api_client())
     lease = coord.create_namespaced_lease(
         NS, kubernetes.client.V1Lease(metadata=kubernetes.client.V1ObjectMeta(name="l"))
     )
@@ -334,7 +340,7 @@ def test_without_installed_crd_objects_are_stored_as_sent(ro: Rollouts) -> None:
 
 
 def test_lease_compare_and_swap(kube: FakeKube) -> None:
-    coord = kubernetes.client.CoordinationV1Api(kube.api_client())
+    coord: Any = kubernetes.client.CoordinationV1Api(kube.api_client())
     spec = kubernetes.client.V1LeaseSpec(holder_identity="a", lease_duration_seconds=15)
     lease = kubernetes.client.V1Lease(
         metadata=kubernetes.client.V1ObjectMeta(name="sluice-controller"), spec=spec
@@ -360,7 +366,7 @@ def test_lease_compare_and_swap(kube: FakeKube) -> None:
 
 def test_events_create_core_and_events_api(kube: FakeKube) -> None:
     client = kube.api_client()
-    core = kubernetes.client.CoreV1Api(client)
+    core: Any = kubernetes.client.CoreV1Api(client)
     ev = kubernetes.client.CoreV1Event(
         metadata=kubernetes.client.V1ObjectMeta(generate_name="a."),
         involved_object=kubernetes.client.V1ObjectReference(kind="Rollout", name="a"),
@@ -371,7 +377,7 @@ def test_events_create_core_and_events_api(kube: FakeKube) -> None:
     created = core.create_namespaced_event(NS, ev)
     assert created.metadata.name.startswith("a.")
     assert created.reason == "Promoted"
-    events_v1 = kubernetes.client.EventsV1Api(client)
+    events_v1: Any = kubernetes.client.EventsV1Api(client)
     ev2 = kubernetes.client.EventsV1Event(
         metadata=kubernetes.client.V1ObjectMeta(name="b"),
         event_time=datetime.now(UTC),
@@ -400,7 +406,7 @@ def slice_body(name: str, service: str, ip: str) -> dict[str, Any]:
 
 
 def test_endpointslices_list_and_watch_with_label_selector(kube: FakeKube) -> None:
-    disc = kubernetes.client.DiscoveryV1Api(kube.api_client())
+    disc: Any = kubernetes.client.DiscoveryV1Api(kube.api_client())
     disc.create_namespaced_endpoint_slice(NS, slice_body("web-1", "web", "10.0.0.1"))
     disc.create_namespaced_endpoint_slice(NS, slice_body("db-1", "db", "10.0.0.9"))
     sel = "kubernetes.io/service-name in (web)"
@@ -412,7 +418,7 @@ def test_endpointslices_list_and_watch_with_label_selector(kube: FakeKube) -> No
     disc.delete_namespaced_endpoint_slice("web-1", NS)
     seen = [
         (e["type"], e["object"].metadata.name, e["object"].endpoints[0].addresses)
-        for e in watch.Watch().stream(
+        for e in new_watch().stream(
             disc.list_namespaced_endpoint_slice,
             NS,
             label_selector=sel,
@@ -426,7 +432,7 @@ def test_endpointslices_list_and_watch_with_label_selector(kube: FakeKube) -> No
 def test_builtin_lists_omit_kind_and_delete_answers_status(kube: FakeKube) -> None:
     """As the real server: items of a built-in kind's list carry no apiVersion/kind (custom
     resources' do), and DELETE of a built-in answers a Success Status, not the object."""
-    disc = kubernetes.client.DiscoveryV1Api(kube.api_client())
+    disc: Any = kubernetes.client.DiscoveryV1Api(kube.api_client())
     disc.create_namespaced_endpoint_slice(NS, slice_body("web-1", "web", "10.0.0.1"))
     raw = disc.list_namespaced_endpoint_slice(NS, _preload_content=False)
     listed = json.loads(raw.data)
@@ -441,7 +447,7 @@ def test_builtin_lists_omit_kind_and_delete_answers_status(kube: FakeKube) -> No
 
 
 def test_services_and_namespaces(kube: FakeKube) -> None:
-    core = kubernetes.client.CoreV1Api(kube.api_client())
+    core: Any = kubernetes.client.CoreV1Api(kube.api_client())
     core.create_namespace(
         kubernetes.client.V1Namespace(metadata=kubernetes.client.V1ObjectMeta(name="sluice"))
     )
@@ -458,15 +464,16 @@ def test_services_and_namespaces(kube: FakeKube) -> None:
 
 
 def stream(ro: Rollouts, **kw: Any) -> Iterator[dict[str, Any]]:
-    return watch.Watch().stream(
+    events: Iterator[dict[str, Any]] = new_watch().stream(
         ro.api.list_namespaced_custom_object, GROUP, VERSION, NS, PLURAL, **kw
     )
+    return events
 
 
 def test_watch_from_zero_replays_then_follows(ro: Rollouts) -> None:
     ro.create(rollout("a"))
     ro.create(rollout("b"))
-    w = watch.Watch()
+    w = new_watch()
     seen: list[tuple[str, str]] = []
     for event in w.stream(
         ro.api.list_namespaced_custom_object, GROUP, VERSION, NS, PLURAL, resource_version="0"
@@ -516,7 +523,7 @@ def test_watch_resumes_after_close_watches(kube: FakeKube, ro: Rollouts) -> None
     event lost or repeated."""
     start = ro.list()["metadata"]["resourceVersion"]
     ro.create(rollout("a"))
-    w = watch.Watch()
+    w = new_watch()
     seen: list[str] = []
     for event in w.stream(
         ro.api.list_namespaced_custom_object, GROUP, VERSION, NS, PLURAL, resource_version=start
@@ -600,7 +607,7 @@ def test_concurrent_watches_all_see_every_event(ro: Rollouts) -> None:
     results: list[list[str]] = [[] for _ in range(5)]
 
     def run(out: list[str]) -> None:
-        w = watch.Watch()
+        w = new_watch()
         for e in w.stream(
             ro.api.list_namespaced_custom_object, GROUP, VERSION, NS, PLURAL, resource_version=start
         ):
@@ -645,10 +652,12 @@ def test_fail_next(kube: FakeKube, ro: Rollouts) -> None:
 
 def test_kubeconfig_loads_with_official_loader(kube: FakeKube, tmp_path: Path) -> None:
     path = kube.kubeconfig(tmp_path / "config", context="ctx", namespace="sluice")
-    client = kubernetes.config.new_client_from_config(config_file=str(path), context="ctx")
+    client = kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=str(path), context="ctx"
+    )
     try:
         assert client.configuration.host == kube.url
-        core = kubernetes.client.CoreV1Api(client)
+        core: Any = kubernetes.client.CoreV1Api(client)
         core.create_namespace(
             kubernetes.client.V1Namespace(metadata=kubernetes.client.V1ObjectMeta(name="x"))
         )

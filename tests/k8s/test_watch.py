@@ -7,7 +7,7 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs
 
 import kubernetes.client
@@ -64,12 +64,19 @@ class Rollouts:
             "metadata": {"name": name, "labels": labels},
             "spec": {"n": 0},
         }
-        return self.api.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, body)  # type: ignore[no-any-return]
+        created: dict[str, Any] = cast(
+            Any, self.api.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, body)
+        )
+        return created
 
     def bump(self, name: str, n: int) -> dict[str, Any]:
-        return self.api.patch_namespaced_custom_object(  # type: ignore[no-any-return]
-            GROUP, VERSION, NS, PLURAL, name, {"spec": {"n": n}}
+        patched: dict[str, Any] = cast(
+            Any,
+            self.api.patch_namespaced_custom_object(
+                GROUP, VERSION, NS, PLURAL, name, {"spec": {"n": n}}
+            ),
         )
+        return patched
 
     def delete(self, name: str) -> None:
         self.api.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
@@ -120,12 +127,8 @@ def test_initial_sync_then_events_in_order(
     ]
     assert set(watch.items()) == {(NS, "a"), (NS, "c")}
     assert watch.items()[(NS, "a")]["spec"] == {"n": 2}
-    assert (
-        watch.resource_version
-        == ro.api.list_namespaced_custom_object(GROUP, VERSION, NS, PLURAL)["metadata"][
-            "resourceVersion"
-        ]
-    )
+    listed: Any = ro.api.list_namespaced_custom_object(GROUP, VERSION, NS, PLURAL)
+    assert watch.resource_version == listed["metadata"]["resourceVersion"]
     assert (watch.relists, watch.resumes) == (0, 0)
 
 
@@ -252,7 +255,7 @@ def test_server_gone_then_back_on_another_port(ro: Rollouts, recorder: Recorder)
 def test_selectors_and_a_typed_list_function(kube: FakeKube, recorder: Recorder) -> None:
     disc = kubernetes.client.DiscoveryV1Api(kube.api_client())
 
-    def slice_(name: str, service: str) -> dict[str, Any]:
+    def slice_(name: str, service: str) -> Any:
         return {
             "apiVersion": "discovery.k8s.io/v1",
             "kind": "EndpointSlice",
