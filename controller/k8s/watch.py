@@ -40,6 +40,7 @@ ObjectKey = tuple[str, str]
 """(namespace, name); namespace is "" for cluster-scoped kinds."""
 
 _CONNECT_TIMEOUT_S = 10.0
+_LIST_TIMEOUT_S = 60.0
 _READ_MARGIN_S = 30.0
 """A watch read waits up to ``timeout_s`` + this before the connection counts as hung: the
 server ends the stream at ``timeoutSeconds`` itself."""
@@ -194,7 +195,9 @@ class ObjectWatch:
             except Exception as exc:
                 if self._stopping.is_set():
                     break
-                if isinstance(exc, ApiException) and exc.status == 410:
+                if isinstance(exc, ApiException) and exc.status == 410 and not need_list:
+                    # Some servers answer a too old watch with HTTP 410 instead of an ERROR
+                    # event; a 410 on the list itself is an error like any other.
                     self.relists += 1
                     need_list = True
                     continue
@@ -202,15 +205,24 @@ class ObjectWatch:
                 self._stopping.wait(self._retry_s)
 
     def _list(self) -> None:
-        resp = self._list_fn(**self._kwargs, _preload_content=False)
+        resp = self._list_fn(
+            **self._kwargs,
+            _preload_content=False,
+            _request_timeout=(_CONNECT_TIMEOUT_S, _LIST_TIMEOUT_S),
+        )
         try:
             body = json.loads(resp.data)
         finally:
             with contextlib.suppress(Exception):
                 resp.release_conn()
-        fresh: dict[ObjectKey, dict[str, Any]] = {
-            object_key(item): item for item in body.get("items") or []
-        }
+        items = body.get("items") or []
+        # A built-in kind's list items carry no apiVersion/kind (its watch events do): fill
+        # them in from the list so every cached object has the same shape.
+        kind = str(body.get("kind") or "").removesuffix("List")
+        for item in items:
+            item.setdefault("apiVersion", body.get("apiVersion"))
+            item.setdefault("kind", kind)
+        fresh: dict[ObjectKey, dict[str, Any]] = {object_key(item): item for item in items}
         with self._lock:
             old = self._cache
             self._cache = fresh

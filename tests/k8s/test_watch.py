@@ -184,6 +184,22 @@ def test_relist_after_410_delivers_the_difference(
     assert len(recorder.events) == 7
 
 
+def test_http_410_on_resume_relists(
+    kube: FakeKube, ro: Rollouts, recorder: Recorder, watch: ObjectWatch
+) -> None:
+    """A server answering a too old watch with HTTP 410 (not an ERROR event) is re-listed too."""
+    ro.create("a")
+    watch.start()
+    assert recorder.wait(1) == [("ADDED", "a")]
+    wait_for(lambda: kube.open_watches() == 1)
+    kube.fail_next("GET", COLLECTION, 410)
+    kube.close_watches()
+    ro.create("b")
+    assert recorder.wait(2) == [("ADDED", "a"), ("ADDED", "b")]
+    wait_for(lambda: watch.relists == 1)
+    assert set(watch.items()) == {(NS, "a"), (NS, "b")}
+
+
 def test_expired_watch_without_a_cut_relists(ro: Rollouts, recorder: Recorder) -> None:
     """A watch that falls behind the server's history (history_limit) gets 410 and re-lists."""
     with FakeKube.start(history_limit=2) as kube:
@@ -278,10 +294,13 @@ def test_selectors_and_a_typed_list_function(kube: FakeKube, recorder: Recorder)
         disc.create_namespaced_endpoint_slice(NS, slice_("db-2", "db"))
         disc.create_namespaced_endpoint_slice(NS, slice_("web-2", "web"))
         assert recorder.wait(2) == [("ADDED", "web-1"), ("ADDED", "web-2")]
-        # Plain JSON dicts (camelCase), not client models.
-        item = w.items()[(NS, "web-2")]
-        assert isinstance(item, dict)
-        assert item["addressType"] == "IPv4"
+        # Plain JSON dicts (camelCase), not client models, of one shape whether they came
+        # from the list (web-1: the server omits apiVersion/kind there) or a watch event.
+        for key in ((NS, "web-1"), (NS, "web-2")):
+            item = w.items()[key]
+            assert isinstance(item, dict)
+            assert item["addressType"] == "IPv4"
+            assert (item["apiVersion"], item["kind"]) == ("discovery.k8s.io/v1", "EndpointSlice")
         query = parse_qs(watch_requests(kube)[0])
         assert query["labelSelector"] == ["kubernetes.io/service-name=web"]
     finally:
