@@ -116,7 +116,12 @@ class WeightController:
                 out[name] = {w.cluster: w.weight for w in eff}
         return out
 
-    async def replace_gateway(self, gateway: Gateway, timeout_s: float = 10.0) -> GatewayChange:
+    async def replace_gateway(
+        self,
+        gateway: Gateway,
+        timeout_s: float = 10.0,
+        endpoints: EndpointsByCluster | None = None,
+    ) -> GatewayChange:
         """Serve another gateway with the current weights (a gateway file reload) and wait for
         the connected nodes to ACK every type it changes.
 
@@ -125,15 +130,19 @@ class WeightController:
 
         Live endpoints are kept for the ``kubernetes`` clusters whose Service (name, namespace,
         port) is the same in the new gateway; the others are dropped (a new Service's
-        endpoints come from its own watch through :meth:`set_endpoints`).
+        endpoints come from its own watch through :meth:`set_endpoints`). ``endpoints``
+        (the new gateway's ``kubernetes`` clusters, e.g. from a source already synced on the
+        new gateway) are served with it, over the kept ones: no 503 window for a new Service.
 
         Raises:
-            ValueError: the current weights name a route or cluster the new gateway lacks;
-                nothing changes then.
+            ValueError: the current weights name a route or cluster the new gateway lacks, or
+                ``endpoints`` a cluster that is not one of its ``kubernetes`` clusters; nothing
+                changes then.
         """
         async with self._lock:
             old_gateway, old, old_endpoints = self._gateway, self._cache.snapshot, self._endpoints
             kept = kept_endpoints(old_gateway, gateway, self._endpoints)
+            kept.update((c, tuple(e)) for c, e in (endpoints or {}).items())
             snapshot = build_snapshot(
                 gateway,
                 self._weights,

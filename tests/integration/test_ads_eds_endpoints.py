@@ -116,3 +116,28 @@ async def test_a_later_change_of_the_cluster_supersedes_an_unanswered_one(
     assert _hosts(ads, resp, "comments-go") == [("10.0.0.1", 8080)]
     await client.ack(resp)
     assert (await second).outcome == "acked"
+
+
+async def test_a_nacked_reload_restores_the_previous_endpoints(
+    ads: Any, weights: WeightController, gateway: Gateway
+) -> None:
+    client = await _synced(ads)
+    push = asyncio.create_task(weights.set_endpoints("comments-go", AB, timeout_s=2))
+    good = await client.recv()
+    await client.ack(good)
+    assert (await push).outcome == "acked"
+
+    data = yaml.safe_load(GATEWAY_YAML)
+    data["spec"]["clusters"][1]["kubernetes"]["service"] = "comments-go-v2"
+    v2 = Gateway.model_validate(data)
+    reload = asyncio.create_task(
+        weights.replace_gateway(v2, timeout_s=2, endpoints={"comments-go": A})
+    )
+    resp = await client.recv()
+    assert resp.type_url == EDS  # the Service changed, the Cluster message did not
+    assert _hosts(ads, resp, "comments-go") == [("10.0.0.1", 8080)]
+    await client.nack(resp, "rejected for the test", last_good=good.version_info)
+    change = await reload
+    assert change.reverted
+    assert weights.gateway is gateway
+    assert weights.endpoints() == {"comments-go": AB}

@@ -195,3 +195,18 @@ async def test_a_controller_starts_from_given_endpoints() -> None:
     cache = SnapshotCache(build_snapshot(gw, {}, label="test"))
     WeightController(gw, cache, endpoints={"comments-go": A})
     assert _hosts(cache.snapshot, "comments-go") == [("10.0.0.1", 8080)]
+
+
+async def test_a_reload_may_bring_the_endpoints_of_its_new_services() -> None:
+    ctl, cache = _controller()
+    await ctl.set_endpoints("comments-go", AB, timeout_s=0.1)
+    v2 = _gateway({"kubernetes": {"service": "comments-go-v2", "port": "http"}})
+    await ctl.replace_gateway(v2, timeout_s=0.1, endpoints={"comments-go": A})
+    assert _hosts(cache.snapshot, "comments-go") == [("10.0.0.1", 8080)]
+    assert ctl.endpoints() == {"comments-go": A}
+
+    before = cache.snapshot
+    with pytest.raises(ValueError, match="not kubernetes clusters"):
+        await ctl.replace_gateway(_gateway(), timeout_s=0.1, endpoints={"comments-python": A})
+    assert cache.snapshot is before
+    assert ctl.gateway is v2
