@@ -23,6 +23,7 @@ from .errors import ApiError
 from .patch import apply_patch
 from .resources import ResourceType
 from .selectors import Predicate
+from .times import normalize_times
 from .watchers import Change, Watcher, visible
 
 Obj = dict[str, Any]
@@ -128,8 +129,12 @@ class Store:
 
     # -- writes --------------------------------------------------------------------------
     def _admit(self, res: ResourceType, obj: Obj, strict: bool) -> Obj:
+        """The object as it is stored: the CRD's pruning, defaults and validation, if one is
+        installed; time fields re-encoded."""
         crd = self.crds.get(res.key)
-        return obj if crd is None else crd.admit(obj, strict)
+        admitted = obj if crd is None else crd.admit(obj, strict)
+        normalize_times(res, admitted)
+        return admitted
 
     def create(self, res: ResourceType, ns: str | None, body: Any, strict: bool = False) -> Obj:
         obj = self._check_identity(res, ns, copy.deepcopy(body))

@@ -364,6 +364,33 @@ def test_lease_compare_and_swap(kube: FakeKube) -> None:
     assert patched.spec.holder_identity == "b"
 
 
+def test_time_fields_are_reencoded_as_the_server_stores_them(kube: FakeKube) -> None:
+    """MicroTime comes back with six fractional digits in UTC, Time in whole seconds; a value
+    that is not RFC 3339 with a zone is refused (400)."""
+    coord: Any = kubernetes.client.CoordinationV1Api(kube.api_client())
+    body = {
+        "metadata": {"name": "l"},
+        "spec": {"holderIdentity": "a", "renewTime": "2026-11-22T01:00:00.5+01:00"},
+    }
+    created = coord.create_namespaced_lease(NS, body, _preload_content=False)
+    assert json.loads(created.data)["spec"]["renewTime"] == "2026-11-22T00:00:00.500000Z"
+    with pytest.raises(ApiException) as exc:
+        coord.patch_namespaced_lease("l", NS, {"spec": {"acquireTime": "1700000000"}})
+    assert exc.value.status == 400
+    with pytest.raises(ApiException) as exc:
+        coord.patch_namespaced_lease("l", NS, {"spec": {"acquireTime": "2026-11-22T00:00:00"}})
+    assert exc.value.status == 400
+    core: Any = kubernetes.client.CoreV1Api(kube.api_client())
+    event = {
+        "metadata": {"name": "e"},
+        "involvedObject": {"kind": "Rollout", "name": "a"},
+        "firstTimestamp": "2026-11-22T00:00:00.987654Z",
+    }
+    core.create_namespaced_event(NS, event)
+    (stored,) = kube.objects("events", NS)
+    assert stored["firstTimestamp"] == "2026-11-22T00:00:00Z"
+
+
 def test_events_create_core_and_events_api(kube: FakeKube) -> None:
     client = kube.api_client()
     core: Any = kubernetes.client.CoreV1Api(client)
