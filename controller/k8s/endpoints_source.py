@@ -13,9 +13,13 @@ even when empty, so the receiver knows the set is real and not "not known yet".
 
 Wiring (the runtime's part): ``on_endpoints`` runs in the worker thread, so an asyncio
 controller hands it over with :func:`forward_to`, which schedules
-``WeightController.set_endpoints`` on the event loop. On a gateway reload, stop this source
-and start one for the new gateway (``WeightController.replace_gateway`` keeps the live
-endpoints of clusters that follow the same Service meanwhile).
+``WeightController.set_endpoints`` on the event loop. So that a (re)started controller never
+serves empty assignments it could have filled, start the source without a callback, wait for
+:meth:`EndpointsSource.wait_synced`, build the ``WeightController`` with
+``endpoints=source.endpoints()``, then :meth:`EndpointsSource.forward` to it (which replays the
+current sets: nothing seen in between is lost). On a gateway reload, do the same with a source
+for the new gateway and ``replace_gateway(new, endpoints=new_source.endpoints())``, then stop
+the old source.
 """
 
 from __future__ import annotations
@@ -59,7 +63,8 @@ class EndpointsSource:
             ignored; a gateway without any starts no watch).
         namespace: the controller's namespace, for clusters whose ``kubernetes.namespace`` is
             unset.
-        on_endpoints: the callback (see :data:`OnEndpoints`); its exceptions are logged and
+        on_endpoints: the callback (see :data:`OnEndpoints`), or None to only keep
+            :meth:`endpoints` up to date until :meth:`forward`; its exceptions are logged and
             the cluster is reported again at the next change.
         debounce_s: seconds from the first change of a burst to the report.
         timeout_s: each watch request's ``timeoutSeconds``; retry_s: the pause after an API
@@ -71,7 +76,7 @@ class EndpointsSource:
         api_client: ApiClient,
         gateway: Gateway,
         namespace: str,
-        on_endpoints: OnEndpoints,
+        on_endpoints: OnEndpoints | None,
         *,
         debounce_s: float = 0.1,
         timeout_s: int = 300,
@@ -105,7 +110,9 @@ class EndpointsSource:
         self._stopping = False
         self._synced: set[str] = set()
         self._all_synced = threading.Event()
-        self._reported: dict[str, tuple[Endpoint, ...]] = {}
+        self._current: dict[str, tuple[Endpoint, ...]] = {}  # last computed, by cluster
+        self._delivered: dict[str, tuple[Endpoint, ...]] = {}  # last taken by the callback
+        self._replay = False
         self._worker: threading.Thread | None = None
 
     # -- public --------------------------------------------------------------------------
@@ -127,16 +134,25 @@ class EndpointsSource:
         if self._worker is not None:
             self._worker.join()
 
+    def forward(self, on_endpoints: OnEndpoints) -> None:
+        """Report to ``on_endpoints`` from now on, starting with every known cluster's current
+        set (from the worker thread, before any later change)."""
+        with self._changed:
+            self._on_endpoints = on_endpoints
+            self._delivered.clear()
+            self._replay = True
+            self._changed.notify_all()
+
     def wait_synced(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds until every cluster was reported once (every
-        namespace listed); True then."""
+        """Wait up to ``timeout`` seconds until every cluster's set is known (every namespace
+        listed, and reported when there is a callback); True then."""
         return self._all_synced.wait(timeout)
 
     def endpoints(self) -> dict[str, tuple[Endpoint, ...]]:
-        """The last reported endpoints, by cluster (clusters not reported yet are left out):
-        what to start a ``WeightController`` with after :meth:`wait_synced`."""
+        """The current ready endpoints, by cluster (clusters whose namespace is not listed yet
+        are left out): what to start a ``WeightController`` with after :meth:`wait_synced`."""
         with self._changed:
-            return dict(self._reported)
+            return dict(self._current)
 
     def namespaces(self) -> list[str]:
         """The namespaces watched, sorted."""
@@ -186,6 +202,9 @@ class EndpointsSource:
         ]
         self._synced.update(newly)
         due = set(newly)
+        if self._replay:
+            due |= self._synced
+            self._replay = False
         if self._first_dirty_at is not None and (
             time.monotonic() >= self._first_dirty_at + self._debounce_s
         ):
@@ -202,15 +221,18 @@ class EndpointsSource:
             mine = [s for s in slices if service_of(s) == (ns, source.service)]
             endpoints = ready_endpoints(mine, source.port)
             with self._changed:
-                if self._reported.get(cluster) == endpoints and cluster in self._reported:
+                self._current[cluster] = endpoints
+                callback = self._on_endpoints
+                if callback is None or self._delivered.get(cluster, None) == endpoints:
                     continue
             try:
-                self._on_endpoints(cluster, endpoints)
+                callback(cluster, endpoints)
             except Exception:
                 log.exception("on_endpoints failed for cluster %s", cluster)
                 continue
             with self._changed:
-                self._reported[cluster] = endpoints
+                if self._on_endpoints is callback:
+                    self._delivered[cluster] = endpoints
 
 
 def forward_to(

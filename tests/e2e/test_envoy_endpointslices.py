@@ -101,12 +101,16 @@ class Controlplane:
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
         gateway = _gateway()
+        # As a controller starts: the source synced first, the weights from what it knows.
+        self.source = EndpointsSource(kube.api_client(), gateway, NAMESPACE, None).start()
+        if not self.source.wait_synced(10):
+            self.source.stop()
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            raise AssertionError("the EndpointSlices were not listed within 10 s")
         self.cache = SnapshotCache(build_snapshot(gateway, {}, label="e2e"))
-        self.weights = WeightController(gateway, self.cache)
+        self.weights = WeightController(gateway, self.cache, endpoints=self.source.endpoints())
+        self.source.forward(forward_to(self.weights, self.loop))
         self.server, self.port = self._run(start_server(self.cache, "127.0.0.1:0"))
-        self.source = EndpointsSource(
-            kube.api_client(), gateway, NAMESPACE, forward_to(self.weights, self.loop)
-        ).start()
 
     def _run(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
@@ -159,7 +163,6 @@ def test_envoy_follows_the_endpointslices(
     plane = Controlplane(kube)
     envoy = None
     try:
-        assert plane.source.wait_synced(10)
         envoy = Envoy.start(tmp_path, node_id="eds-e2e", xds_port=plane.port, protocol="sotw")
         envoy.wait_live()
         url = f"http://127.0.0.1:{envoy.listener_port()}{ROUTE_PREFIX}/1"

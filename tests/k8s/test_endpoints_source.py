@@ -279,23 +279,53 @@ def test_a_gateway_without_kubernetes_clusters_watches_nothing(
     assert not [r for r in kube.requests if "endpointslices" in r[1]]
 
 
+def test_without_a_callback_then_forward_replays_the_current_sets(
+    kube: FakeKube, slices: kubernetes.client.DiscoveryV1Api
+) -> None:
+    slices.create_namespaced_endpoint_slice(
+        "shop", _slice("go-1", "comments-go", {"10.0.0.1": True})
+    )
+    source = EndpointsSource(kube.api_client(), GATEWAY_GW, "shop", None, retry_s=0.1).start()
+    try:
+        assert source.wait_synced(WAIT_S)
+        assert source.endpoints() == {"comments-go": _eps("10.0.0.1"), "search": ()}
+        # A change before anyone listens is not lost: forward replays the current sets.
+        slices.create_namespaced_endpoint_slice(
+            "shop", _slice("go-2", "comments-go", {"10.0.0.2": True})
+        )
+        reports = Reports()
+        source.forward(reports)
+        reports.wait_for("comments-go", _eps("10.0.0.1", "10.0.0.2"))
+        reports.wait_for("search", ())
+    finally:
+        source.stop()
+
+
 async def test_forward_to_serves_reports_through_the_weight_controller(
     slices: kubernetes.client.DiscoveryV1Api, kube: FakeKube
 ) -> None:
-    cache = SnapshotCache(build_snapshot(GATEWAY_GW, {}, label="test"))
-    weights = WeightController(GATEWAY_GW, cache)
-    rds = cache.snapshot.version(typeurls.ROUTE)
-    source = EndpointsSource(
-        kube.api_client(), GATEWAY_GW, "shop", forward_to(weights, asyncio.get_running_loop())
-    ).start()
+    """The wiring a controller uses: sync first, start the WeightController from what the
+    source knows (no empty assignment served for known endpoints), then forward."""
+    await asyncio.to_thread(
+        slices.create_namespaced_endpoint_slice,
+        "shop",
+        _slice("go-1", "comments-go", {"10.0.0.1": True}),
+    )
+    source = EndpointsSource(kube.api_client(), GATEWAY_GW, "shop", None).start()
     try:
+        assert await asyncio.to_thread(source.wait_synced, WAIT_S)
+        cache = SnapshotCache(build_snapshot(GATEWAY_GW, {}, label="test"))
+        weights = WeightController(GATEWAY_GW, cache, endpoints=source.endpoints())
+        assert weights.endpoints() == {"comments-go": _eps("10.0.0.1"), "search": ()}
+        rds = cache.snapshot.version(typeurls.ROUTE)
+        source.forward(forward_to(weights, asyncio.get_running_loop()))
         await asyncio.to_thread(
             slices.create_namespaced_endpoint_slice,
             "shop",
-            _slice("go-1", "comments-go", {"10.0.0.1": True}),
+            _slice("go-2", "comments-go", {"10.0.0.2": True}),
         )
         deadline = time.monotonic() + WAIT_S
-        while weights.endpoints().get("comments-go") != _eps("10.0.0.1"):
+        while weights.endpoints().get("comments-go") != _eps("10.0.0.1", "10.0.0.2"):
             assert time.monotonic() < deadline, f"not served: {weights.endpoints()}"
             await asyncio.sleep(0.02)
         assert cache.snapshot.version(typeurls.ROUTE) == rds
