@@ -154,6 +154,28 @@ def test_resume_after_dropped_stream_loses_and_repeats_nothing(
     assert len(recorder.events) == 4
 
 
+def test_server_timeout_resumes_and_bookmarks_advance_the_version(
+    kube: FakeKube, ro: Rollouts, recorder: Recorder
+) -> None:
+    """timeoutSeconds ends each stream; the BOOKMARK sent before the end carries the server's
+    resourceVersion (moved here by another kind), the next watch starts from it."""
+    w = ObjectWatch(ro.list_fn(), on_event=recorder, timeout_s=1, retry_s=0.05).start()
+    try:
+        assert w.wait_synced(10)
+        coord: Any = kubernetes.client.CoordinationV1Api(kube.api_client())
+        lease = coord.create_namespaced_lease(NS, {"metadata": {"name": "other-kind"}})
+        wait_for(lambda: w.resource_version == lease.metadata.resource_version)
+        resumed = f"resourceVersion={lease.metadata.resource_version}&"
+        wait_for(lambda: any(resumed in q for q in watch_requests(kube)))
+        assert w.resumes >= 1
+        ro.create("a")
+        assert recorder.wait(1) == [("ADDED", "a")]
+        assert w.relists == 0
+    finally:
+        w.stop()
+    assert recorder.events == [("ADDED", "a")]
+
+
 def test_relist_after_410_delivers_the_difference(
     kube: FakeKube, ro: Rollouts, recorder: Recorder, watch: ObjectWatch
 ) -> None:
