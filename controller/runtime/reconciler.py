@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from controller.policy.rollout_policy import RolloutPolicy
+from controller.rollout.actions import RecordEvent
 from controller.rollout.inputs import AckKind, AckResult, Input, Tick
 from controller.rollout.machine import analysis_due, next_due
 from controller.rollout.state import Phase, RolloutState
@@ -148,6 +149,9 @@ class Reconciler:
         analyzer: judges stages (default: :class:`BakeOnlyAnalyzer`).
         clock: wall-clock seconds since the epoch (bake clocks survive restarts).
         poll_s: how often the store is re-read for new rollouts and operators' commands.
+        on_events: called on the event loop with the rollout as stored and the events of
+            every transition the reconciler stores (e.g. notifications); it must not block.
+            Operators' commands are stored by their own processes and do not come here.
     """
 
     def __init__(
@@ -157,8 +161,10 @@ class Reconciler:
         analyzer: StageAnalyzer | None = None,
         clock: Callable[[], float] = time.time,
         poll_s: float = 0.25,
+        on_events: Callable[[StoredRollout, tuple[RecordEvent, ...]], None] | None = None,
     ) -> None:
         self._store = store
+        self._on_events = on_events
         self._weights = weights
         self._analyzer = analyzer or BakeOnlyAnalyzer()
         self._clock = clock
@@ -246,6 +252,11 @@ class Reconciler:
         stored, decision = await asyncio.to_thread(apply_input, self._store, name, event)
         for record in decision.events:
             log.info("rollout %s: %s: %s", name, record.transition, record.reason)
+        if decision.events and self._on_events is not None:
+            try:
+                self._on_events(stored, decision.events)
+            except Exception:  # stored already: a listener's failure must not stop the rollout
+                log.exception("rollout %s: an event listener failed", name)
         return stored
 
     async def _push(self, rollout: StoredRollout) -> AckResult | None:
