@@ -36,6 +36,7 @@ from controller.rollout.inputs import AckKind, AckResult, Input, Tick
 from controller.rollout.machine import analysis_due, next_due
 from controller.rollout.state import Phase, RolloutState
 from controller.runtime.analyzer import BakeOnlyAnalyzer, StageAnalyzer
+from controller.runtime.metrics import ControllerMetrics
 from controller.store.rollouts import RolloutNotFoundError, RolloutStore, StoredRollout
 from controller.store.transitions import apply_input
 from controller.xds.resources import Mirror, RouteOptions
@@ -152,6 +153,7 @@ class Reconciler:
         on_events: called on the event loop with the rollout as stored and the events of
             every transition the reconciler stores (e.g. notifications); it must not block.
             Operators' commands are stored by their own processes and do not come here.
+        metrics: counts the verdicts and transitions applied and observes push-to-ACK times.
     """
 
     def __init__(
@@ -162,7 +164,9 @@ class Reconciler:
         clock: Callable[[], float] = time.time,
         poll_s: float = 0.25,
         on_events: Callable[[StoredRollout, tuple[RecordEvent, ...]], None] | None = None,
+        metrics: ControllerMetrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._store = store
         self._on_events = on_events
         self._weights = weights
@@ -230,6 +234,8 @@ class Reconciler:
                     continue
                 if analysis_due(state, rollout.policy, now):
                     verdict = await self._analyzer.judge(rollout, now)
+                    if self._metrics is not None:
+                        self._metrics.verdict(name, verdict.outcome)
                     await self._apply(name, verdict)
                     continue
                 after = await self._apply(name, Tick(now))
@@ -252,6 +258,8 @@ class Reconciler:
         stored, decision = await asyncio.to_thread(apply_input, self._store, name, event)
         for record in decision.events:
             log.info("rollout %s: %s: %s", name, record.transition, record.reason)
+        if self._metrics is not None:
+            self._metrics.transitions(decision.events)
         if decision.events and self._on_events is not None:
             try:
                 self._on_events(stored, decision.events)
@@ -294,6 +302,8 @@ class Reconciler:
             return _result(state, now, "invalid", str(exc))
         except PersistError as exc:
             return _result(state, now, "unsaved", str(exc))
+        if self._metrics is not None:
+            self._metrics.push(outcome)
         ack = outcome.ack
         if ack.outcome == "acked":
             return _result(state, now, "acked")

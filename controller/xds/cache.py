@@ -27,6 +27,8 @@ class SnapshotCache:
             starts from the gateway and the persisted weights).
         clock: wall-clock seconds (``time.time``), for status timestamps.
         monotonic: monotonic seconds, for timeouts and elapsed times.
+        on_nack: called with the type URL of every NACK received (the controller's
+            ``sluice_xds_nacks_total``); it must not raise or block.
     """
 
     def __init__(
@@ -34,8 +36,10 @@ class SnapshotCache:
         snapshot: Snapshot,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        on_nack: Callable[[str], None] | None = None,
     ) -> None:
         self._snapshot = snapshot
+        self.on_nack = on_nack
         self._clock = clock
         self._monotonic = monotonic
         self._wakeups: set[asyncio.Event] = set()
@@ -152,6 +156,8 @@ class SnapshotCache:
         log.warning(
             "node %s NACKed %s version %s: %s", node_id, short_name(type_url), version, message
         )
+        if self.on_nack is not None:
+            self.on_nack(type_url)
         for waiter in list(self._waiters):
             waiter.on_nack(node_id, stream_id, type_url, version, generation, message)
 
