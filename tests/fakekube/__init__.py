@@ -1,13 +1,20 @@
 """A fake Kubernetes API server for tests, driven through the official ``kubernetes`` client.
 
 Serves ``rollouts`` (sluice.dev/v1alpha1, status subresource), ``leases``
-(coordination.k8s.io/v1), ``events`` (core v1 and events.k8s.io/v1), ``endpointslices``
-(discovery.k8s.io/v1), ``services`` and ``namespaces`` (core v1) with the real server's
-semantics for resourceVersion (one global counter), 409 Conflict / AlreadyExists, 404
-NotFound, the status subresource, merge / JSON / strategic-merge patches, label and field
-selectors, and watches (ADDED replay from "0", resume from N, 410 Expired once N is older
-than the retained history). Not served: authentication, admission, finalizers, server-side
-apply, namespace existence checks, pagination (``limit`` / ``continue`` are ignored).
+(coordination.k8s.io/v1), ``events`` (core v1 and events.k8s.io/v1, stored apart),
+``endpointslices`` (discovery.k8s.io/v1), ``services`` and ``namespaces`` (core v1) with the
+real server's semantics for resourceVersion (one global counter, from 1 as etcd's revision),
+409 Conflict / AlreadyExists, 404 NotFound, the status subresource, merge / JSON /
+strategic-merge patches (strategic as merge), label and field selectors, time fields
+(MicroTime / Time re-encoded), and watches (ADDED replay from "0" or unset, resume from N,
+an ERROR event with a 410 Expired Status once N is older than the retained history, selector
+entry/exit as ADDED/DELETED, BOOKMARK before a ``timeoutSeconds`` end). ``install_crd`` adds
+the CRD's pruning, defaulting and validation. Built-in kinds' list items omit
+apiVersion/kind and their DELETE answers a Success ``Status``, as the real server's do.
+
+Not served: authentication and authorization (use ``fail_next(..., 403)``), admission,
+finalizers and graceful deletion, server-side apply, namespace existence checks, pagination
+(``limit`` / ``continue`` ignored), ``resourceVersionMatch`` on lists, deletecollection.
 
 Source: https://kubernetes.io/docs/reference/using-api/api-concepts/
 """
