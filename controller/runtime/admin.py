@@ -1,6 +1,8 @@
 """The controller's admin HTTP API (aiohttp), used by the CLI and by operators' scripts.
 
-Routes (JSON):
+Routes (JSON, except /metrics):
+    GET  /metrics                     the controller's Prometheus metrics (text exposition,
+                                      :mod:`controller.runtime.metrics`), when given
     GET  /healthz                     liveness
     GET  /readyz                      readiness (the xDS server is serving)
     GET  /v1/xds/status               served versions per type, and every node's ACK/NACK state
@@ -23,8 +25,10 @@ import asyncio
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from controller.runtime.metrics import ControllerMetrics
 from controller.runtime.reload import GatewayReloader
 from controller.store.rollouts import RolloutStore
 from controller.xds.cache import SnapshotCache
@@ -87,9 +91,11 @@ def make_app(
     weights: WeightController,
     reloader: GatewayReloader | None = None,
     rollouts: RolloutStore | None = None,
+    metrics: ControllerMetrics | None = None,
 ) -> web.Application:
     """The admin application over the running controller's cache, weights and gateway; with
-    ``rollouts``, manual weight changes of a route under an active rollout are refused."""
+    ``rollouts``, manual weight changes of a route under an active rollout are refused; with
+    ``metrics``, ``GET /metrics`` serves its registry (and manual changes are observed)."""
     app = web.Application()
 
     async def owned(route: str) -> web.Response | None:
@@ -128,6 +134,8 @@ def make_app(
             return web.json_response({"error": str(exc)}, status=400)
         except PersistError as exc:
             return web.json_response({"error": f"{exc}; nothing changed"}, status=503)
+        if metrics is not None:
+            metrics.push(done)
         body = change_to_json(done)
         body["weights"] = weights.current().get(route, {}) if asked is None else done.weights
         return web.json_response(body, status=_STATUS[done.ack.outcome])
@@ -160,6 +168,14 @@ def make_app(
             return web.json_response({"reloaded": False, "error": error}, status=422)
         return web.json_response({"reloaded": True, **reloader.to_json()})
 
+    async def exposition(_: web.Request) -> web.Response:
+        assert metrics is not None
+        await metrics.refresh()  # the store is listed off the event loop, the rest read on it
+        body = generate_latest(metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    if metrics is not None:
+        app.router.add_get("/metrics", exposition)
     app.router.add_get("/healthz", healthz)
     app.router.add_delete("/v1/routes/{route}/weights", reset_weights)
     app.router.add_post("/v1/gateway/reload", reload_gateway)

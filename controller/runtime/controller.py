@@ -28,6 +28,7 @@ from controller.policy.rollout_checks import check_against_gateway
 from controller.runtime.address import split_address
 from controller.runtime.admin import make_app
 from controller.runtime.analyzer import MetricsAnalyzer, StageAnalyzer
+from controller.runtime.metrics import ControllerMetrics
 from controller.runtime.parity import LocalParitySource, follow_gateway, follow_rollouts
 from controller.runtime.reconciler import Reconciler, rollout_overlay
 from controller.runtime.reload import GatewayReloader
@@ -214,7 +215,9 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
             f"the weights persisted in {config.state_path} do not fit the gateway: {exc}. "
             "Refusing to serve a default in their place; fix the gateway or remove the state file."
         ) from exc
-    cache = SnapshotCache(first)
+    metrics = ControllerMetrics(rollouts)
+    cache = SnapshotCache(first, on_nack=metrics.nack)
+    metrics.cache = cache
     weights = WeightController(
         config.gateway, cache, persisted, persist=store.put, options=overlay.options
     )
@@ -241,11 +244,13 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         weights,
         on_loaded=follow_gateway(comparator) if comparator is not None else None,
     )
-    app = make_app(cache, weights, reloader, rollouts)
+    app = make_app(cache, weights, reloader, rollouts, metrics)
     if comparator is not None:
         # `sluice parity diff` asks the controller's admin API, as it would a standalone
         # comparator's.
-        app.router.add_routes(comparator.admin_routes())
+        # Its metrics join the controller's: one /metrics serves both.
+        app.router.add_routes(r for r in comparator.admin_routes() if r.path != "/metrics")
+        metrics.join(comparator.registry)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, admin_host, admin_port)
@@ -329,7 +334,9 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
     electing: asyncio.Task[None] | None = None
     reporting: asyncio.Task[None] | None = None
     if config.kubernetes is None:
-        reconciler = Reconciler(rollouts, weights, analyzer=analyzer, poll_s=config.poll_s)
+        reconciler = Reconciler(
+            rollouts, weights, analyzer=analyzer, poll_s=config.poll_s, metrics=metrics
+        )
         reconciling = loop.create_task(reconciler.run(stop), name="reconciler")
     else:
         from controller.k8s.leader import LeaderElector
@@ -344,6 +351,7 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
             ReplicatedWeights(weights, reports.others),
             analyzer=analyzer,
             poll_s=config.poll_s,
+            metrics=metrics,
         )
         reporting = loop.create_task(
             publish_reports(
@@ -352,6 +360,7 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
             name="replica report",
         )
         leadership = Leadership()
+        metrics.leading = lambda: leadership.leading
         elector = LeaderElector(
             api,
             config.kubernetes.lease,

@@ -154,6 +154,17 @@ class _StateCollector(Collector):
         yield build
 
 
+class _Joined(Collector):
+    """Another registry's metrics, exported through this one."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        """Everything ``registry`` collects."""
+        yield from self._registry.collect()
+
+
 class ControllerMetrics:
     """One controller's registry (:attr:`registry`) and its event hooks.
 
@@ -208,6 +219,11 @@ class ControllerMetrics:
             registry=self.registry,
         )
         self.registry.register(_StateCollector(self))
+
+    def join(self, registry: CollectorRegistry) -> None:
+        """Export ``registry``'s metrics too (the in-process comparator's ``sluice_parity_*``),
+        so that one ``/metrics`` serves both. Its names must not collide with these."""
+        self.registry.register(_Joined(registry))
 
     # -- hooks --------------------------------------------------------------------------------
 
