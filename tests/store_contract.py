@@ -16,8 +16,9 @@ import pytest
 
 from controller.policy.rollout_policy import RolloutPolicy
 from controller.rollout.actions import RecordEvent
-from controller.rollout.state import Phase, RolloutState
+from controller.rollout.state import Phase, RolloutState, VerdictRecord
 from controller.store.rollouts import (
+    AnalysisPoint,
     PolicySource,
     RevisionConflictError,
     RolloutExistsError,
@@ -25,6 +26,7 @@ from controller.store.rollouts import (
     RolloutStore,
     RouteBusyError,
     StoreError,
+    WeightStep,
 )
 
 
@@ -136,6 +138,60 @@ class RolloutStoreContract:
         assert [e.transition for e in store.history("c", limit=3)] == ["t3b", "t4a", "t4b"]
         assert store.history("c", limit=0) == []
         assert len(store.history("c", limit=100)) == 9
+
+    def test_analysis_log_records_each_new_verdict_and_weight_change(
+        self, store: RolloutStore
+    ) -> None:
+        store.create("c", policy(), SOURCE, pending(), event(100.0))
+        pushed = pending(110.0).model_copy(
+            update={"phase": Phase.PROGRESSING, "stage": 0, "desired_weight": 1.0}
+        )
+        store.update("c", 1, pushed, [event(110.0, "pending → progressing")])
+        acked = pushed.model_copy(update={"acked_weight": 1.0, "updated_at": 111.0})
+        store.update("c", 2, acked, [event(111.0, "progressing")])
+        figures = {"latency_p99": {"baseline": 12.5, "candidate": 14.0, "unit": "ms"}}
+        first = VerdictRecord(at=120.0, outcome="inconclusive", reason="<b>few</b>")
+        second = VerdictRecord(at=130.0, outcome="pass", reason="ok", details=figures)
+        judged = acked.model_copy(update={"last_verdict": first, "updated_at": 120.0})
+        store.update("c", 3, judged, [])  # a verdict writes no history event
+        # a write that keeps the verdict (another field changed) appends nothing
+        store.update("c", 4, judged.model_copy(update={"passes": 1}), [])
+        # a conflicting write appends nothing either
+        with pytest.raises(RevisionConflictError):
+            store.update("c", 4, judged.model_copy(update={"last_verdict": second}), [])
+        store.update("c", 5, judged.model_copy(update={"last_verdict": second}), [])
+        points = store.analyses("c")
+        assert points == [
+            AnalysisPoint(seq=points[0].seq, at=120.0, stage=0, weight=1.0,
+                          outcome="inconclusive", reason="<b>few</b>", details={}),
+            AnalysisPoint(seq=points[1].seq, at=130.0, stage=0, weight=1.0, outcome="pass",
+                          reason="ok", details=figures),
+        ]  # fmt: skip
+        assert points[0].seq < points[1].seq
+        assert store.analyses("c", limit=1) == points[1:]
+        assert store.analyses("c", limit=0) == []
+        steps = store.weight_steps("c")
+        assert [(s.at, s.stage, s.desired, s.acked, s.phase) for s in steps] == [
+            (100.0, -1, 0.0, None, "pending"),
+            (110.0, 0, 1.0, None, "progressing"),
+            (111.0, 0, 1.0, 1.0, "progressing"),
+        ]
+        assert all(isinstance(s, WeightStep) for s in steps)
+        assert steps[-1].seq < points[0].seq  # one numbering, in write order
+        assert store.weight_steps("c", limit=2) == steps[1:]
+        # a name reused by a new rollout continues its log
+        ended = judged.model_copy(update={"phase": Phase.ABORTED, "last_verdict": second})
+        store.update("c", 6, ended, [])
+        store.create("c", policy(), SOURCE, pending(300.0), event(300.0))
+        assert store.analyses("c") == points
+        assert [(s.at, s.phase) for s in store.weight_steps("c")[-2:]] == [
+            (120.0, "aborted"),
+            (300.0, "pending"),
+        ]
+        with pytest.raises(RolloutNotFoundError):
+            store.analyses("nope")
+        with pytest.raises(RolloutNotFoundError):
+            store.weight_steps("nope")
 
     def test_unknown_rollout(self, store: RolloutStore) -> None:
         with pytest.raises(RolloutNotFoundError, match="no rollout named 'nope'"):

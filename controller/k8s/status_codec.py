@@ -10,7 +10,9 @@ What the Kubernetes rollout store (:mod:`controller.k8s.store`) writes and reads
 - ``status`` (the status subresource): the :class:`~controller.rollout.state.RolloutState`
   with camelCase keys (as :func:`controller.k8s.crd.status_schema`), ``observedGeneration``,
   and the store's bookkeeping: ``revision`` (the protocol's revision), ``createdAt`` (epoch
-  seconds), ``historySeq`` (the last history number given) and ``history`` (the last events).
+  seconds), ``historySeq`` (the last history number given), ``history`` (the last events),
+  ``analysisSeq`` and ``analyses`` (the last :data:`ANALYSIS_LIMIT` entries of the analysis
+  log, compact: :func:`controller.store.analysis_log.encode_entry`).
 - An object without a status (applied with kubectl, or whose creator may not write status)
   reads as a new pending rollout: :func:`controller.rollout.machine.start` at its
   ``creationTimestamp``, by the :data:`CREATED_BY` annotation's actor, revision 1.
@@ -33,6 +35,13 @@ from controller.policy.rollout_policy import RolloutPolicy
 from controller.rollout.actions import RecordEvent
 from controller.rollout.machine import start
 from controller.rollout.state import Phase, RolloutState
+from controller.store.analysis_log import (
+    LogEntry,
+    decode_entry,
+    encode_entry,
+    log_entries,
+    numbered,
+)
 from controller.store.rollouts import CorruptRecordError, HistoryEvent, PolicySource, StoredRollout
 
 POLICY_NAME = "sluice.dev/policy-name"
@@ -48,6 +57,8 @@ MAX_POLICY_TEXT = 64 * 1024
 """Policy texts of this many UTF-8 bytes or more are not kept (annotation budget)."""
 MAX_EVENT_MESSAGE = 1024
 """A Kubernetes Event's message is cut to this many UTF-8 bytes."""
+ANALYSIS_LIMIT = 500
+"""Analysis log entries kept in ``status.analyses`` (verdicts and weight steps together)."""
 WARNING_PHASES = frozenset({Phase.ROLLING_BACK, Phase.ROLLED_BACK, Phase.FAILED, Phase.PAUSED})
 """Target phases recorded as ``type: Warning`` Events (the rest are ``Normal``)."""
 
@@ -66,6 +77,8 @@ class RolloutRecord:
         uid: ``metadata.uid``; resource_version: ``metadata.resourceVersion`` (the CAS token);
         generation: ``metadata.generation`` (1 if absent).
         has_status: False when the object had no status (read as new and pending).
+        analyses: the analysis log entries kept in status (oldest first).
+        analysis_seq: the number of the last analysis log entry ever recorded.
     """
 
     rollout: StoredRollout
@@ -75,6 +88,8 @@ class RolloutRecord:
     resource_version: str
     generation: int
     has_status: bool
+    analyses: tuple[LogEntry, ...] = ()
+    analysis_seq: int = 0
 
 
 def rollout_object(
@@ -110,10 +125,12 @@ def encode_status(
     generation: int,
     history: Sequence[HistoryEvent],
     history_seq: int,
+    analyses: Sequence[LogEntry] = (),
+    analysis_seq: int = 0,
 ) -> dict[str, Any]:
     """The ``status`` of a rollout: state (camelCase, nulls left out: the schema's fields are
-    optional), ``observedGeneration``, ``revision``, ``createdAt`` (epoch s), ``historySeq``
-    and ``history``."""
+    optional), ``observedGeneration``, ``revision``, ``createdAt`` (epoch s), ``historySeq``,
+    ``history``, ``analysisSeq`` and ``analyses`` (these two only once there is a log)."""
     status = {to_camel(k): v for k, v in state.model_dump(mode="json").items() if v is not None}
     status.update(
         observedGeneration=generation,
@@ -132,6 +149,8 @@ def encode_status(
             for e in history
         ],
     )
+    if analysis_seq:  # left out until there is a log, as nulls are
+        status.update(analysisSeq=analysis_seq, analyses=[encode_entry(e) for e in analyses])
     return status
 
 
@@ -147,6 +166,19 @@ def append_history(
     )
     kept = (record.history + added)[-limit:] if limit > 0 else ()
     return kept, record.history_seq + len(added)
+
+
+def append_analyses(
+    record: RolloutRecord | None, state: RolloutState, limit: int = ANALYSIS_LIMIT
+) -> tuple[tuple[LogEntry, ...], int]:
+    """The analysis log of ``record`` (None: a new rollout) with the entries of writing
+    ``state`` appended (:func:`controller.store.analysis_log.log_entries`), cut to the last
+    ``limit``; and the new ``analysisSeq``. A record without status had no log: its state
+    counts as new."""
+    kept, seq = (record.analyses, record.analysis_seq) if record is not None else ((), 0)
+    old = record.rollout.state if record is not None and record.has_status else None
+    added = tuple(numbered(log_entries(old, state), seq))
+    return (kept + added)[-limit:] if limit > 0 else (), seq + len(added)
 
 
 def decode(obj: Mapping[str, Any]) -> RolloutRecord:
@@ -190,6 +222,10 @@ def decode(obj: Mapping[str, Any]) -> RolloutRecord:
         history_seq = _int(status.get("historySeq", 0))
         field = "status.history"
         history = tuple(_decode_entry(name, e) for e in status.get("history") or ())
+        field = "status.analysisSeq"
+        analysis_seq = _int(status.get("analysisSeq", 0))
+        field = "status.analyses"
+        analyses = tuple(decode_entry(e) for e in status.get("analyses") or ())
         field = "status"
         fields = {_STATE_KEYS[k]: v for k, v in status.items() if k in _STATE_KEYS}
         state = RolloutState.model_validate(fields)
@@ -202,7 +238,15 @@ def decode(obj: Mapping[str, Any]) -> RolloutRecord:
         raise CorruptRecordError(f"{where}: {field} cannot be read ({_summary(exc)})") from exc
     rollout = StoredRollout(name, policy.spec.route, policy, source, state, revision, created)
     return RolloutRecord(
-        rollout, history, history_seq, str(meta.get("uid", "")), _rv(meta), generation, True
+        rollout,
+        history,
+        history_seq,
+        str(meta.get("uid", "")),
+        _rv(meta),
+        generation,
+        True,
+        analyses,
+        analysis_seq,
     )
 
 

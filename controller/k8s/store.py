@@ -8,6 +8,9 @@ is re-read, never overwritten: when the rollout's own ``status.revision`` moved,
 must re-decide (:class:`RevisionConflictError`); when only the resourceVersion moved (a label
 or annotation edit), the same write is retried on the new version.
 
+The analysis log (every verdict, every weight change) is ``status.analyses``, its last
+:data:`~controller.k8s.status_codec.ANALYSIS_LIMIT` entries, written with the state.
+
 History: the last ``history_limit`` events stay in ``status.history``; each event also becomes
 a ``core/v1`` Event (kept by the cluster for its event TTL, an hour by default), written after
 the status and best effort (a failure is logged, the rollout's write stands).
@@ -28,12 +31,15 @@ from __future__ import annotations
 import builtins
 import logging
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import replace
+from typing import Any, TypeVar
 
 from kubernetes import client as k8s_client
 
 from controller.k8s.rollout_api import ConflictError, ForbiddenError, RolloutApi
 from controller.k8s.status_codec import (
+    RolloutRecord,
+    append_analyses,
     append_history,
     decode,
     encode_status,
@@ -44,6 +50,7 @@ from controller.policy.rollout_policy import RolloutPolicy
 from controller.rollout.actions import RecordEvent
 from controller.rollout.state import ACTIVE, Phase, RolloutState
 from controller.store.rollouts import (
+    AnalysisPoint,
     HistoryEvent,
     PolicySource,
     RevisionConflictError,
@@ -53,9 +60,11 @@ from controller.store.rollouts import (
     RouteBusyError,
     StoredRollout,
     StoreError,
+    WeightStep,
 )
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 METADATA_RETRIES = 5
 """How often a write is retried when only the object's resourceVersion moved."""
@@ -111,6 +120,21 @@ class KubernetesRolloutStore:
             events = events[len(events) - limit :] if limit else []
         return events
 
+    def analyses(self, name: str, limit: int | None = None) -> builtins.list[AnalysisPoint]:
+        """See :meth:`controller.store.rollouts.RolloutStore.analyses`; the entries kept in
+        status (:data:`~controller.k8s.status_codec.ANALYSIS_LIMIT`)."""
+        points = [e for e in self._log(name, limit) if isinstance(e, AnalysisPoint)]
+        return _last(points, limit)
+
+    def weight_steps(self, name: str, limit: int | None = None) -> builtins.list[WeightStep]:
+        """See :meth:`controller.store.rollouts.RolloutStore.weight_steps`."""
+        return _last([e for e in self._log(name, limit) if isinstance(e, WeightStep)], limit)
+
+    def _log(self, name: str, limit: int | None) -> tuple[AnalysisPoint | WeightStep, ...]:
+        if limit is not None and limit < 0:
+            raise ValueError("limit must not be negative")
+        return decode(self._api.get(name)).analyses
+
     # -- writes --------------------------------------------------------------------------
 
     def create(
@@ -141,6 +165,7 @@ class KubernetesRolloutStore:
                 raise RouteBusyError(route, other, phase)
         body = rollout_object(name, self._api.namespace, policy, source, event.actor)
         history: tuple[HistoryEvent, ...] = ()
+        old: RolloutRecord | None = None
         if existing is None:
             try:
                 obj = self._api.create(name, body)
@@ -163,6 +188,9 @@ class KubernetesRolloutStore:
                     f"rollout {name!r} changed while being replaced; nothing was written, try again"
                 ) from exc
             revision, history, seq = old.rollout.revision + 1, old.history, old.history_seq
+        analyses, analysis_seq = append_analyses(
+            None if old is None else replace(old, has_status=False), state
+        )
         first = HistoryEvent(
             seq + 1, name, event.at, event.actor, event.transition, event.reason, event.details
         )
@@ -173,6 +201,8 @@ class KubernetesRolloutStore:
             generation=int(obj["metadata"].get("generation", 1)),
             history=(*history, first)[-self._history_limit :],
             history_seq=seq + 1,
+            analyses=analyses,
+            analysis_seq=analysis_seq,
         )
         try:
             obj = self._write_first_status(name, obj, status)
@@ -213,6 +243,7 @@ class KubernetesRolloutStore:
             if record.rollout.state.phase not in ACTIVE and state.phase in ACTIVE:
                 self._check_route_free(record.rollout.route, name)
             history, seq = append_history(record, events, self._history_limit)
+            analyses, analysis_seq = append_analyses(record, state)
             obj["status"] = encode_status(
                 state,
                 revision=expected_revision + 1,
@@ -220,6 +251,8 @@ class KubernetesRolloutStore:
                 generation=record.generation,
                 history=history,
                 history_seq=seq,
+                analyses=analyses,
+                analysis_seq=analysis_seq,
             )
             try:
                 written = self._api.replace_status(name, obj)
@@ -292,6 +325,12 @@ class KubernetesRolloutStore:
                 self._api.create_event(event_body(obj, event, self._identity))
             except StoreError as exc:
                 log.warning("rollout %r: Event %d not recorded: %s", event.rollout, event.seq, exc)
+
+
+def _last(items: builtins.list[_T], limit: int | None) -> builtins.list[_T]:
+    if limit is None:
+        return items
+    return items[len(items) - limit :] if limit else []
 
 
 def _summary(obj: dict[str, Any]) -> tuple[str, Phase, str]:

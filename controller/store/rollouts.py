@@ -22,7 +22,7 @@ from typing import Protocol
 
 from controller.policy.rollout_policy import RolloutPolicy
 from controller.rollout.actions import RecordEvent
-from controller.rollout.state import ACTIVE, RolloutState
+from controller.rollout.state import ACTIVE, RolloutState, VerdictOutcome
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,57 @@ class HistoryEvent:
     transition: str
     reason: str
     details: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AnalysisPoint:
+    """One analysis of a rollout: a verdict as the machine stored it in ``last_verdict``.
+
+    Stores append one whenever a write changes the state's ``last_verdict`` (in the same
+    transaction), so the figures of every interval are kept without an event per interval.
+
+    Attributes:
+        seq: the entry's number in this rollout's analysis log (shared with
+            :class:`WeightStep`: increasing in write order, with gaps between verdicts).
+        at: when the verdict was given (epoch seconds).
+        stage: the stage judged (index into the policy's ``stages``, 0-based).
+        weight: the candidate's desired share at the time, in percent (0-100).
+        outcome: pass, fail or inconclusive.
+        reason: one line for people.
+        details: per SLO figures as the analyzer gave them (free-form JSON values).
+    """
+
+    seq: int
+    at: float
+    stage: int
+    weight: float
+    outcome: VerdictOutcome
+    reason: str = ""
+    details: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WeightStep:
+    """A change of a rollout's weights, stage or phase, as stored (the weight chart's steps).
+
+    Stores append one whenever a write changes ``stage``, ``phase``, ``desired_weight`` or
+    ``acked_weight`` (creation included), in the same transaction.
+
+    Attributes:
+        seq: the entry's number in the rollout's analysis log (see :class:`AnalysisPoint`).
+        at: when the state changed (``state.updated_at``, epoch seconds).
+        stage: the stage index (0-based; -1 before the first).
+        desired: the candidate share the controller serves or pushes, in percent.
+        acked: the candidate share every Envoy last ACKed, in percent (None: not known).
+        phase: the rollout's phase after the change.
+    """
+
+    seq: int
+    at: float
+    stage: int
+    desired: float
+    acked: float | None
+    phase: str
 
 
 class StoreError(Exception):
@@ -220,6 +271,27 @@ class RolloutStore(Protocol):
 
         Raises:
             RolloutNotFoundError: no rollout has this name.
+        """
+        ...
+
+    def analyses(self, name: str, limit: int | None = None) -> builtins.list[AnalysisPoint]:
+        """The rollout's analysis log (every verdict), oldest first; with ``limit``, only the
+        last ``limit``. A name reused by a new rollout continues its log (compare ``at`` with
+        ``created_at``). A backend may keep only the most recent entries (Kubernetes: 500).
+
+        Raises:
+            RolloutNotFoundError: no rollout has this name.
+            CorruptRecordError: the log cannot be read back.
+        """
+        ...
+
+    def weight_steps(self, name: str, limit: int | None = None) -> builtins.list[WeightStep]:
+        """The rollout's weight, stage and phase changes, oldest first; with ``limit``, only
+        the last ``limit``. Kept with the analysis log (same numbering and retention).
+
+        Raises:
+            RolloutNotFoundError: no rollout has this name.
+            CorruptRecordError: the log cannot be read back.
         """
         ...
 

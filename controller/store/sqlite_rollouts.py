@@ -8,6 +8,9 @@ Tables (own to this store; the weight store's ``route_weights`` shares the file)
   (JSON), creation and update times.
 - ``rollout_events``: the append-only history, numbered per rollout (``seq``); triggers refuse
   updates and deletes.
+- ``rollout_log``: the analysis log (every verdict, every weight change), appended in the
+  transaction writing the state (:mod:`controller.store.sqlite_log`; added in version 2: a
+  version 1 file is migrated when opened).
 - ``sluice_schema``: one version per component (``rollouts``), so the weight store and this
   one can evolve apart in one file (``PRAGMA user_version`` is one number for the file).
 
@@ -26,14 +29,17 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
 from controller.policy.rollout_policy import RolloutPolicy
 from controller.rollout.actions import RecordEvent
 from controller.rollout.state import ACTIVE, RolloutState
+from controller.store import sqlite_log
+from controller.store.analysis_log import LogEntry, log_entries
 from controller.store.rollouts import (
+    AnalysisPoint,
     CorruptRecordError,
     HistoryEvent,
     PolicySource,
@@ -44,9 +50,10 @@ from controller.store.rollouts import (
     RouteBusyError,
     StoredRollout,
     StoreError,
+    WeightStep,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Version of this store's tables, recorded in ``sluice_schema`` under ``rollouts``."""
 
 BUSY_TIMEOUT_S = 5.0
@@ -85,8 +92,12 @@ _SCHEMA = (
     "BEGIN SELECT RAISE(ABORT, 'rollout history is append-only'); END",
     "CREATE TRIGGER rollout_events_no_delete BEFORE DELETE ON rollout_events "
     "BEGIN SELECT RAISE(ABORT, 'rollout history is append-only'); END",
+    *sqlite_log.TABLES,
 )
-"""Version 1, created in one transaction with its ``sluice_schema`` row."""
+"""Version 2, created in one transaction with its ``sluice_schema`` row."""
+
+_MIGRATIONS: dict[int, tuple[str, ...]] = {1: sqlite_log.TABLES}
+"""Statements taking the tables from version ``key`` to ``key + 1``."""
 
 
 _COLUMNS = "name, route, policy, source, state, revision, created_at"
@@ -139,6 +150,14 @@ class SqliteRolloutStore:
                     "INSERT INTO sluice_schema (component, version) VALUES ('rollouts', ?)",
                     (SCHEMA_VERSION,),
                 )
+            elif found[0] in _MIGRATIONS:  # an older file: migrated in this transaction
+                for version in range(found[0], SCHEMA_VERSION):
+                    for statement in _MIGRATIONS[version]:
+                        db.execute(statement)
+                db.execute(
+                    "UPDATE sluice_schema SET version = ? WHERE component = 'rollouts'",
+                    (SCHEMA_VERSION,),
+                )
             elif found[0] != SCHEMA_VERSION:
                 raise StoreError(
                     f"rollout store {self._path}: its rollout tables are at schema version "
@@ -186,6 +205,32 @@ class SqliteRolloutStore:
         if exists is None:
             raise RolloutNotFoundError(name)
         return [_decode_event(name, row) for row in reversed(rows)]
+
+    def analyses(self, name: str, limit: int | None = None) -> builtins.list[AnalysisPoint]:
+        """See :meth:`controller.store.rollouts.RolloutStore.analyses`."""
+        return [e for e in self._read_log(name, "verdict", limit) if isinstance(e, AnalysisPoint)]
+
+    def weight_steps(self, name: str, limit: int | None = None) -> builtins.list[WeightStep]:
+        """See :meth:`controller.store.rollouts.RolloutStore.weight_steps`."""
+        return [e for e in self._read_log(name, "weights", limit) if isinstance(e, WeightStep)]
+
+    def _read_log(
+        self, name: str, kind: Literal["verdict", "weights"], limit: int | None
+    ) -> builtins.list[LogEntry]:
+        if limit is not None and limit < 0:
+            raise ValueError("limit must not be negative")
+        with self._lock, _translated(self._path):
+            self._db.execute("BEGIN")  # one snapshot for both reads
+            try:
+                exists = self._db.execute(
+                    "SELECT 1 FROM rollouts WHERE name = ?", (name,)
+                ).fetchone()
+                entries = sqlite_log.read(self._db, name, kind, limit)
+            finally:
+                self._db.execute("COMMIT")
+        if exists is None:
+            raise RolloutNotFoundError(name)
+        return entries
 
     # -- writes --------------------------------------------------------------------------
 
@@ -247,6 +292,7 @@ class SqliteRolloutStore:
                         values,
                     )
             _append_events(db, name, revision, events)
+            sqlite_log.append(db, name, log_entries(None, state))
         return StoredRollout(name, route, policy, source, state, revision, event.at)
 
     def update(
@@ -283,6 +329,7 @@ class SqliteRolloutStore:
                     ),
                 )
             _append_events(db, name, revision, encoded)
+            sqlite_log.append(db, name, log_entries(stored.state, state))
         return StoredRollout(
             name, stored.route, stored.policy, stored.source, state, revision, stored.created_at
         )
