@@ -15,6 +15,7 @@ from controller.cli import exitcodes
 from controller.cli.files import read_gateway
 
 if TYPE_CHECKING:
+    from controller.rollout.notifications import NotifyFormat
     from controller.runtime.controller import KubernetesMode
 
 DEFAULT_XDS = "127.0.0.1:18000"
@@ -108,6 +109,19 @@ def serve(
     retry_period: Annotated[
         str, typer.Option(help="Time between two attempts to acquire or renew the Lease.")
     ] = "2s",
+    notify: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="SLUICE_NOTIFY",
+            help="POST rollout events (stage started, stage passed, rollback, promotion) to "
+            "this webhook URL (repeat per URL; SLUICE_NOTIFY: URLs separated by spaces). A "
+            "Slack webhook URL is a secret: pass it in the environment, not in a policy.",
+        ),
+    ] = None,
+    notify_format: Annotated[
+        str,
+        typer.Option(help='Webhook payload: json (one object per event) or slack ({"text": ...}).'),
+    ] = "json",
 ) -> None:
     """Serve Envoy its configuration over ADS (SotW and Delta) and keep weights durable.
 
@@ -130,6 +144,7 @@ def serve(
         except ValueError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(exitcodes.INVALID_INPUT) from exc
+    fmt = _check_notify(notify or [], notify_format)
     if prometheus_url and envoy_admin:
         typer.echo(
             "error: --prometheus-url (or SLUICE_PROMETHEUS_URL) and --envoy-admin name two "
@@ -162,12 +177,33 @@ def serve(
         metrics=metrics,
         parity_address=parity_address,
         kubernetes=mode,
+        notify=tuple(notify or ()),
+        notify_format=fmt,
     )
     try:
         asyncio.run(run(config))
     except StartupError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exitcodes.INVALID_INPUT) from exc
+
+
+def _check_notify(urls: list[str], fmt: str) -> NotifyFormat:
+    """The --notify-format checked; exit 2 on an unknown one or a --notify URL that is not
+    http(s)."""
+    from controller.rollout.notifications import FORMATS
+    from controller.runtime.notify import check_url
+
+    known = next((f for f in FORMATS if f == fmt), None)
+    if known is None:
+        typer.echo(f"error: --notify-format must be one of {', '.join(FORMATS)}", err=True)
+        raise typer.Exit(exitcodes.INVALID_INPUT)
+    for url in urls:
+        try:
+            check_url(url)
+        except ValueError as exc:
+            typer.echo(f"error: --notify: {exc}", err=True)
+            raise typer.Exit(exitcodes.INVALID_INPUT) from exc
+    return known
 
 
 def _kubernetes_mode(

@@ -25,10 +25,12 @@ from controller.analysis.providers.base import MetricsProvider, make_provider
 from controller.parity.comparator import Comparator
 from controller.policy.gateway import Gateway
 from controller.policy.rollout_checks import check_against_gateway
+from controller.rollout.notifications import NotifyFormat
 from controller.runtime.address import split_address
 from controller.runtime.admin import make_app
 from controller.runtime.analyzer import MetricsAnalyzer, StageAnalyzer
 from controller.runtime.metrics import ControllerMetrics
+from controller.runtime.notify import Notifier
 from controller.runtime.parity import LocalParitySource, follow_gateway, follow_rollouts
 from controller.runtime.reconciler import Reconciler, rollout_overlay
 from controller.runtime.reload import GatewayReloader
@@ -80,6 +82,9 @@ class ServeConfig:
         kubernetes: keep the rollouts in ``Rollout`` objects and compete for the Lease
             (:class:`KubernetesMode`); None: rollouts in ``state_path`` and this process
             drives them alone.
+        notify: webhook URLs told of stage starts and passes, rollbacks and promotions
+            (:mod:`controller.runtime.notify`); empty: none.
+        notify_format: their payload, ``json`` or ``slack``.
     """
 
     gateway: Gateway
@@ -91,6 +96,8 @@ class ServeConfig:
     metrics: tuple[str, dict[str, str]] | None = None
     parity_address: str | None = None
     kubernetes: KubernetesMode | None = None
+    notify: tuple[str, ...] = ()
+    notify_format: NotifyFormat = "json"
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,10 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
     Raises:
         StartupError: the persisted weights do not fit the gateway, or an address is in use.
     """
+    try:
+        notifier = Notifier(config.notify, config.notify_format) if config.notify else None
+    except ValueError as exc:
+        raise StartupError(f"notifications: {exc}") from exc
     try:
         store = SqliteWeightStore(config.state_path)
         persisted = store.load()
@@ -333,9 +344,17 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         loop.add_signal_handler(signal.SIGHUP, schedule_reload)
     electing: asyncio.Task[None] | None = None
     reporting: asyncio.Task[None] | None = None
+    if notifier is not None:
+        await notifier.start()
+    on_events = notifier.on_events if notifier is not None else None
     if config.kubernetes is None:
         reconciler = Reconciler(
-            rollouts, weights, analyzer=analyzer, poll_s=config.poll_s, metrics=metrics
+            rollouts,
+            weights,
+            analyzer=analyzer,
+            poll_s=config.poll_s,
+            metrics=metrics,
+            on_events=on_events,
         )
         reconciling = loop.create_task(reconciler.run(stop), name="reconciler")
     else:
@@ -352,6 +371,7 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
             analyzer=analyzer,
             poll_s=config.poll_s,
             metrics=metrics,
+            on_events=on_events,
         )
         reporting = loop.create_task(
             publish_reports(
@@ -394,6 +414,8 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         reconciling.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reconciling
+        if notifier is not None:
+            await notifier.stop()  # after the reconciler: its last events are queued
         if reporting is not None:
             reporting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
