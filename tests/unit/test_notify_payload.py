@@ -228,7 +228,8 @@ def test_the_slack_payload_is_one_summary_line_and_the_reason() -> None:
     summary, quote = text.split("\n")
     assert summary.startswith(":rotating_light: *comments*: rolling back `comments-go` to 0%")
     assert "(cause: verdict)" in summary
-    assert quote.startswith(">") and "p99 &lt;310ms&gt; &amp; worse" in quote
+    assert quote.startswith(">")
+    assert "p99 &lt;310ms&gt; &amp; worse" in quote
     (ended,) = walk.ack(13.0)
     assert "rolled back" in slack_text(ended).split("\n")[0]
     assert "(fail verdict: p99 &lt;310ms&gt; &amp; worse)" in slack_text(ended)
