@@ -188,6 +188,18 @@ class RolloutStoreContract:
             (120.0, "aborted"),
             (300.0, "pending"),
         ]
+        # a verdict the written state no longer holds (a pass ending a stage), carried by
+        # its event, is logged at the stage it judged
+        store.update("c", 8, pushed, [])
+        final = VerdictRecord(at=350.0, outcome="pass", reason="baked", details=figures)
+        moved = pushed.model_copy(update={"stage": 1, "desired_weight": 100.0, "updated_at": 350})
+        carried = event(350.0, "progressing", verdict=final.model_dump(mode="json"))
+        store.update("c", 9, moved, [carried])
+        last = store.analyses("c")[-1]
+        assert (last.at, last.stage, last.weight, last.outcome, last.details) == (
+            350.0, 0, 1.0, "pass", figures
+        )  # fmt: skip
+        assert len(store.analyses("c")) == 3
         with pytest.raises(RolloutNotFoundError):
             store.analyses("nope")
         with pytest.raises(RolloutNotFoundError):

@@ -169,15 +169,18 @@ def append_history(
 
 
 def append_analyses(
-    record: RolloutRecord | None, state: RolloutState, limit: int = ANALYSIS_LIMIT
+    record: RolloutRecord | None,
+    state: RolloutState,
+    events: Sequence[RecordEvent] = (),
+    limit: int = ANALYSIS_LIMIT,
 ) -> tuple[tuple[LogEntry, ...], int]:
     """The analysis log of ``record`` (None: a new rollout) with the entries of writing
-    ``state`` appended (:func:`controller.store.analysis_log.log_entries`), cut to the last
-    ``limit``; and the new ``analysisSeq``. A record without status had no log: its state
-    counts as new."""
+    ``state`` and ``events`` appended (:func:`controller.store.analysis_log.log_entries`),
+    cut to the last ``limit``; and the new ``analysisSeq``. A record without status had no
+    log: its state counts as new."""
     kept, seq = (record.analyses, record.analysis_seq) if record is not None else ((), 0)
     old = record.rollout.state if record is not None and record.has_status else None
-    added = tuple(numbered(log_entries(old, state), seq))
+    added = tuple(numbered(log_entries(old, state, events), seq))
     return (kept + added)[-limit:] if limit > 0 else (), seq + len(added)
 
 

@@ -189,7 +189,7 @@ class KubernetesRolloutStore:
                 ) from exc
             revision, history, seq = old.rollout.revision + 1, old.history, old.history_seq
         analyses, analysis_seq = append_analyses(
-            None if old is None else replace(old, has_status=False), state
+            None if old is None else replace(old, has_status=False), state, [event]
         )
         first = HistoryEvent(
             seq + 1, name, event.at, event.actor, event.transition, event.reason, event.details
@@ -243,7 +243,7 @@ class KubernetesRolloutStore:
             if record.rollout.state.phase not in ACTIVE and state.phase in ACTIVE:
                 self._check_route_free(record.rollout.route, name)
             history, seq = append_history(record, events, self._history_limit)
-            analyses, analysis_seq = append_analyses(record, state)
+            analyses, analysis_seq = append_analyses(record, state, events)
             obj["status"] = encode_status(
                 state,
                 revision=expected_revision + 1,

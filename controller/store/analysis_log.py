@@ -12,11 +12,14 @@ where space counts (a Kubernetes object's status): one-letter keys, nulls left o
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, cast, get_args
 
-from controller.rollout.state import RolloutState, VerdictOutcome
+from pydantic import ValidationError
+
+from controller.rollout.actions import RecordEvent
+from controller.rollout.state import RolloutState, VerdictOutcome, VerdictRecord
 from controller.store.rollouts import AnalysisPoint, WeightStep
 
 LogEntry = AnalysisPoint | WeightStep
@@ -25,23 +28,30 @@ LogEntry = AnalysisPoint | WeightStep
 _OUTCOMES: frozenset[str] = frozenset(get_args(VerdictOutcome))
 
 
-def log_entries(old: RolloutState | None, new: RolloutState) -> list[LogEntry]:
-    """The entries to append when ``new`` replaces ``old`` (None: the rollout is created),
-    with ``seq`` 0 (the backend numbers them): the new verdict, then the new weights."""
+VERDICT_DETAIL = "verdict"
+"""An event's ``details`` key carrying a verdict the new state no longer holds (a
+:class:`~controller.rollout.state.VerdictRecord` as JSON): the pass that ends a stage is
+cleared from ``last_verdict`` by the move to the next stage in the same write."""
+
+
+def log_entries(
+    old: RolloutState | None, new: RolloutState, events: Sequence[RecordEvent] = ()
+) -> list[LogEntry]:
+    """The entries to append when ``new`` replaces ``old`` (None: the rollout is created)
+    with ``events``, with ``seq`` 0 (the backend numbers them): the verdicts the events carry
+    (:data:`VERDICT_DETAIL`, judged at ``old``'s stage and weight), the new verdict, then
+    the new weights. A verdict already stored is not appended again."""
     entries: list[LogEntry] = []
+    seen = [old.last_verdict] if old is not None and old.last_verdict is not None else []
+    where = old if old is not None else new
+    for event in events:
+        carried = _carried(event)
+        if carried is not None and carried not in seen:
+            seen.append(carried)
+            entries.append(_point(carried, where.stage, where.desired_weight))
     verdict = new.last_verdict
-    if verdict is not None and (old is None or verdict != old.last_verdict):
-        entries.append(
-            AnalysisPoint(
-                seq=0,
-                at=verdict.at,
-                stage=new.stage,
-                weight=new.desired_weight,
-                outcome=verdict.outcome,
-                reason=verdict.reason,
-                details=dict(verdict.details),
-            )
-        )
+    if verdict is not None and verdict not in seen:
+        entries.append(_point(verdict, new.stage, new.desired_weight))
     if old is None or _weights(old) != _weights(new):
         entries.append(
             WeightStep(
@@ -54,6 +64,28 @@ def log_entries(old: RolloutState | None, new: RolloutState) -> list[LogEntry]:
             )
         )
     return entries
+
+
+def _point(verdict: VerdictRecord, stage: int, weight: float) -> AnalysisPoint:
+    return AnalysisPoint(
+        seq=0,
+        at=verdict.at,
+        stage=stage,
+        weight=weight,
+        outcome=verdict.outcome,
+        reason=verdict.reason,
+        details=dict(verdict.details),
+    )
+
+
+def _carried(event: RecordEvent) -> VerdictRecord | None:
+    raw = event.details.get(VERDICT_DETAIL)
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return VerdictRecord.model_validate(raw)
+    except ValidationError:
+        return None  # another shape under that key: not a verdict of the machine's
 
 
 def numbered(entries: list[LogEntry], last_seq: int) -> list[LogEntry]:

@@ -292,7 +292,7 @@ class SqliteRolloutStore:
                         values,
                     )
             _append_events(db, name, revision, events)
-            sqlite_log.append(db, name, log_entries(None, state))
+            sqlite_log.append(db, name, log_entries(None, state, [event]))
         return StoredRollout(name, route, policy, source, state, revision, event.at)
 
     def update(
@@ -329,7 +329,7 @@ class SqliteRolloutStore:
                     ),
                 )
             _append_events(db, name, revision, encoded)
-            sqlite_log.append(db, name, log_entries(stored.state, state))
+            sqlite_log.append(db, name, log_entries(stored.state, state, events))
         return StoredRollout(
             name, stored.route, stored.policy, stored.source, state, revision, stored.created_at
         )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from controller.rollout.actions import RecordEvent
 from controller.rollout.state import Phase, RolloutState, VerdictRecord
 from controller.store import sqlite_log
 from controller.store.analysis_log import decode_entry, encode_entry, log_entries, numbered
@@ -28,6 +29,25 @@ def test_entries_for_a_verdict_and_a_weight_change() -> None:
     assert log_entries(new, new) == []
     assert log_entries(new, new.model_copy(update={"passes": 3})) == []
     assert [e.seq for e in numbered([point, step], 7)] == [8, 9]
+
+
+def test_a_verdict_carried_by_an_event_is_logged_once() -> None:
+    old = RolloutState(phase=Phase.PROGRESSING, stage=0, desired_weight=5.0, acked_weight=5.0)
+    passed = VerdictRecord(at=9.0, outcome="pass", reason="baked", details={"slos": {}})
+    carried = RecordEvent(
+        9.0, "controller", "progressing", "next", {"verdict": passed.model_dump()}
+    )
+    new = old.model_copy(update={"stage": 1, "desired_weight": 50.0, "updated_at": 9.0})
+    point, step = log_entries(old, new, [carried])
+    assert point == AnalysisPoint(0, 9.0, 0, 5.0, "pass", "baked", {"slos": {}})
+    assert isinstance(step, WeightStep)
+    # already stored (or held by the new state): not again
+    assert log_entries(old.model_copy(update={"last_verdict": passed}), old, [carried]) == []
+    kept = old.model_copy(update={"last_verdict": passed})
+    assert len(log_entries(old, kept, [carried])) == 1
+    # something else under the key is not a verdict
+    odd = RecordEvent(9.0, "x", "progressing", "", {"verdict": {"what": 1}})
+    assert log_entries(old, old, [odd]) == []
 
 
 @pytest.mark.parametrize(
