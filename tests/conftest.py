@@ -1,5 +1,6 @@
 """Suite-wide pytest options and fixtures: ``--e2e`` enables the end-to-end suite
-(``tests/e2e``); ``prometheus_factory`` starts a real Prometheus."""
+(``tests/e2e``); ``prometheus_factory`` starts a real Prometheus; ``kube`` a fake Kubernetes
+API server."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import prometheus_fixture
 import pytest
+from fakekube import FakeKube
 from prometheus_fixture import Prometheus
 
 
@@ -63,3 +65,17 @@ def pytest_runtest_makereport(
             if index >= first or instance.proc.alive():
                 report.sections.append((f"log tail: {instance.proc.name}", instance.logs(60)))
     return report
+
+
+# --- a fake Kubernetes API server (tests/fakekube) ---------------------------------------------
+
+
+@pytest.fixture
+def kube() -> Iterator[FakeKube]:
+    """A fake Kubernetes API server for one test (driven through the official client), stopped
+    after it."""
+    server = FakeKube.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -72,7 +72,8 @@ def check_parity_against_gateway(policy: RolloutPolicy, gateway: Gateway) -> lis
     sister clusters must be declared there (Envoy mirrors to the comparator's cluster, and the
     comparator forwards to the clusters' endpoints); the clusters the comparator forwards to
     (baseline, candidate, secondary, sisters) must speak HTTP/1.1, the only protocol its
-    client speaks. Empty without ``spec.parity``."""
+    client speaks, and have static endpoints (it does not follow EndpointSlices). Empty
+    without ``spec.parity``."""
     parity = policy.spec.parity
     if parity is None:
         return []
@@ -102,6 +103,17 @@ def check_parity_against_gateway(policy: RolloutPolicy, gateway: Gateway) -> lis
         )
         for path, cluster in forwarded
         if protocols.get(cluster, "http1") != "http1"
+    )
+    followed = gateway.kubernetes_clusters()
+    problems.extend(
+        (
+            path,
+            f"cluster {cluster!r} takes its endpoints from the Kubernetes Service "
+            f"{followed[cluster].service!r} in gateway {gateway.metadata.name!r}: the "
+            "comparator forwards to static endpoints only, so parity cannot be compared there",
+        )
+        for path, cluster in forwarded
+        if cluster in followed
     )
     return problems
 

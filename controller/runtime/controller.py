@@ -23,7 +23,7 @@ from aiohttp import web
 
 from controller.analysis.providers.base import MetricsProvider, make_provider
 from controller.parity.comparator import Comparator
-from controller.policy.gateway import Gateway
+from controller.policy.gateway import Endpoint, Gateway
 from controller.policy.rollout_checks import check_against_gateway
 from controller.rollout.notifications import NotifyFormat
 from controller.runtime.address import split_address
@@ -33,7 +33,7 @@ from controller.runtime.metrics import ControllerMetrics
 from controller.runtime.notify import Notifier
 from controller.runtime.parity import LocalParitySource, follow_gateway, follow_rollouts
 from controller.runtime.reconciler import Reconciler, rollout_overlay
-from controller.runtime.reload import GatewayReloader
+from controller.runtime.reload import GatewayReloader, unfollowed_clusters
 from controller.runtime.replicas import (
     Leadership,
     ReplicatedWeights,
@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
     from controller.k8s.lease import LeaseConfig
+    from controller.runtime.endpoints import KubernetesEndpoints
 
 log = logging.getLogger(__name__)
 
@@ -177,12 +178,26 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         ) from exc
     active = [r for r in everything if r.active]
 
+    kube_endpoints: KubernetesEndpoints | None = None
+
     def close_state() -> None:
+        if kube_endpoints is not None:
+            kube_endpoints.stop()
         store.close()
         rollouts.close()
         if api is not None:
             api.close()  # type: ignore[no-untyped-call]
 
+    live: dict[str, tuple[Endpoint, ...]] = {}
+    if config.kubernetes is not None:
+        from controller.runtime.endpoints import KubernetesEndpoints
+
+        assert api is not None
+        kube_endpoints = KubernetesEndpoints(api, config.kubernetes.namespace)
+        live = await kube_endpoints.start(config.gateway)
+    elif (unfollowed := unfollowed_clusters(config.gateway)) is not None:
+        close_state()
+        raise StartupError(unfollowed)
     provider: MetricsProvider | None = None
     analyzer: StageAnalyzer | None = None
     comparator = Comparator(config.gateway) if config.parity_address is not None else None
@@ -217,7 +232,9 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
     )
     persisted.update(overlay.weights)
     try:
-        first = build_snapshot(config.gateway, persisted, label="start", options=overlay.options)
+        first = build_snapshot(
+            config.gateway, persisted, label="start", options=overlay.options, endpoints=live
+        )
     except ValueError as exc:
         close_state()
         if provider is not None:
@@ -230,8 +247,15 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
     cache = SnapshotCache(first, on_nack=metrics.nack)
     metrics.cache = cache
     weights = WeightController(
-        config.gateway, cache, persisted, persist=store.put, options=overlay.options
+        config.gateway,
+        cache,
+        persisted,
+        persist=store.put,
+        options=overlay.options,
+        endpoints=live,
     )
+    if kube_endpoints is not None:
+        kube_endpoints.serve(weights)
     if persisted:
         log.info("serving persisted weights: %s", persisted)
     for rollout in active:
@@ -254,6 +278,7 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         config.gateway_path,
         weights,
         on_loaded=follow_gateway(comparator) if comparator is not None else None,
+        endpoints=kube_endpoints,
     )
     app = make_app(cache, weights, reloader, rollouts, metrics)
     if comparator is not None:

@@ -12,15 +12,39 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from controller.policy.gateway import Gateway
+from controller.policy.gateway import Endpoint, Gateway
 from controller.policy.source import DocumentError
 from controller.runtime.gatewayfile import load_gateway_file
 from controller.xds.typeurls import short_name
 from controller.xds.weights import WeightController
 
 log = logging.getLogger(__name__)
+
+
+class EndpointsFollower(Protocol):
+    """What a reload needs of the EndpointSlices watch
+    (:class:`controller.runtime.endpoints.KubernetesEndpoints`)."""
+
+    async def prepare(self, gateway: Gateway) -> dict[str, tuple[Endpoint, ...]]: ...
+
+    def commit(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+def unfollowed_clusters(gateway: Gateway) -> str | None:
+    """Why ``gateway`` cannot be served without Kubernetes (its clusters that name a Service),
+    or None."""
+    followed = gateway.kubernetes_clusters()
+    if not followed:
+        return None
+    names = ", ".join(sorted(followed))
+    return (
+        f"cluster(s) {names} take their endpoints from Kubernetes Services: serve with "
+        "--kubernetes, or give them static endpoints"
+    )
 
 
 @dataclass
@@ -37,6 +61,8 @@ class GatewayReloader:
             and the nodes that had not answered in time.
         on_loaded: called with the new gateway after a reload Envoy accepted (the in-process
             comparator follows the clusters' endpoints with it).
+        endpoints: the EndpointSlices watch of the gateway's ``kubernetes`` clusters (Kubernetes
+            mode); None: a gateway with such clusters is refused (nothing would fill them).
     """
 
     path: Path | None
@@ -46,6 +72,7 @@ class GatewayReloader:
     last_error: str | None = None
     last_acks: dict[str, dict[str, Any]] = field(default_factory=dict)
     on_loaded: Callable[[Gateway], None] | None = None
+    endpoints: EndpointsFollower | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     async def reload(self) -> bool:
@@ -64,7 +91,12 @@ class GatewayReloader:
             return False
         try:
             gateway = load_gateway_file(self.path)
-            change = await self.weights.replace_gateway(gateway, self.ack_timeout_s)
+            live = None
+            if self.endpoints is not None:
+                live = await self.endpoints.prepare(gateway)
+            elif followed := unfollowed_clusters(gateway):
+                raise ValueError(followed)
+            change = await self.weights.replace_gateway(gateway, self.ack_timeout_s, live)
         except DocumentError as exc:
             self.last_error = "; ".join(str(i) for i in exc.issues)
         except ValueError as exc:
@@ -75,6 +107,8 @@ class GatewayReloader:
                 for t, a in change.acks.items()
             }
             if not change.nacks:
+                if self.endpoints is not None:
+                    self.endpoints.commit()
                 self.last_error = None
                 self.loaded_at = time.time()
                 if self.on_loaded is not None:
@@ -90,6 +124,8 @@ class GatewayReloader:
             self.last_error = f"Envoy rejected {self.path} ({rejected})" + (
                 "; the previous gateway is served again" if change.reverted else ""
             )
+        if self.endpoints is not None:
+            self.endpoints.abort()
         log.error("gateway reload failed, still serving the previous one: %s", self.last_error)
         return False
 

@@ -124,15 +124,6 @@ class Controlplane:
 
 
 @pytest.fixture
-def kube() -> Iterator[FakeKube]:
-    server = FakeKube.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
 def pods(tmp_path: Path) -> Iterator[dict[str, Upstream]]:
     started: dict[str, Upstream] = {}
     try:

@@ -15,7 +15,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +44,6 @@ spec:
   analysis: {{interval: 500ms, slos: []}}
   ackTimeout: 5s
 """
-
-
-@pytest.fixture
-def kube() -> Iterator[FakeKube]:
-    server = FakeKube.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def lease_holder(kube: FakeKube) -> str | None:

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from controller.cli.app import app
 from controller.policy.gateway import Gateway
+from controller.policy.gateway_kubernetes import KubernetesService
 from controller.policy.loading import load_gateway, load_policy
 from controller.policy.parity import ParityPolicy
 from controller.policy.rollout_policy import ParitySlo, RolloutPolicy
@@ -251,6 +252,26 @@ def test_parity_refuses_clusters_the_comparator_cannot_speak_to() -> None:
     ]
     assert "speaks http2" in issues[0][2]
     assert "HTTP/1.1 only" in issues[0][2]
+
+
+def test_parity_refuses_clusters_whose_endpoints_come_from_kubernetes() -> None:
+    # The comparator forwards to static endpoints only (it does not watch EndpointSlices).
+    gateway = _gateway()
+    followed = [
+        c.model_copy(
+            update={"endpoints": (), "kubernetes": KubernetesService(service="comments", port=80)}
+        )
+        if c.name == "comments-go"
+        else c
+        for c in gateway.spec.clusters
+    ]
+    gateway = gateway.model_copy(
+        update={"spec": gateway.spec.model_copy(update={"clusters": tuple(followed)})}
+    )
+    issues = _issues(SHADOW, gateway)
+    assert [field for _, field, _ in issues] == ["spec.candidate.cluster"]
+    assert "Kubernetes Service 'comments'" in issues[0][2]
+    assert "static endpoints only" in issues[0][2]
 
 
 def test_the_cli_reports_file_line_and_field(tmp_path: Path) -> None:
