@@ -37,7 +37,8 @@ NAMESPACE = "sluice"
 SERVICE = "comments-go"
 
 
-def candidate_slice(port: int, ready: bool) -> dict[str, Any]:
+def candidate_slice(port: int, ready: bool) -> Any:
+    """An EndpointSlice body (Any: the client's stubs want a V1EndpointSlice; it takes dicts)."""
     return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
