@@ -543,3 +543,12 @@ async def test_sluice_serve_notifies_every_url_of_its_environment(
         ]
         assert receiver.paths == ["/hook/T0KEN/secret"] * 5
     assert "T0KEN" not in (tmp_path / "serve.err").read_text()  # the secret path is not logged
+
+
+def test_the_readme_command_table_documents_the_options() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    row = next(
+        line for line in readme.splitlines() if line.startswith("| `sluice serve [--gateway")
+    )
+    assert "[--notify URL... [--notify-format json\\|slack]]" in row
+    assert "SLUICE_NOTIFY" in readme
