@@ -243,7 +243,8 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
             f"the weights persisted in {config.state_path} do not fit the gateway: {exc}. "
             "Refusing to serve a default in their place; fix the gateway or remove the state file."
         ) from exc
-    metrics = ControllerMetrics(rollouts)
+    # Replicas report no leadership until the elector says so (below).
+    metrics = ControllerMetrics(rollouts, leading=lambda: config.kubernetes is None)
     cache = SnapshotCache(first, on_nack=metrics.nack)
     metrics.cache = cache
     weights = WeightController(

@@ -23,7 +23,9 @@ Exported:
   ``protocol`` ``sotw`` or ``delta``.
 * ``sluice_xds_push_ack_seconds{outcome}`` (histogram, seconds): from a weight change being
   served to its outcome (``acked``, ``nacked``, ``timeout``, ``no_nodes``, ``superseded``;
-  :class:`controller.xds.acks.AckResult`), for every change the controller waited on.
+  :class:`controller.xds.acks.AckResult`), for every push of the reconciler and every manual
+  change through the admin API (not the removal of a finished rollout's route options, nor
+  gateway reloads).
 * ``sluice_xds_nacks_total{type}`` (counter): NACKs received, by type short name (``RDS``...).
 * ``sluice_leader`` (gauge, 0/1): this replica drives the rollouts (always 1 outside
   Kubernetes mode).
