@@ -380,6 +380,42 @@ def history(
     Console().print(table)
 
 
+@app.command()
+def report(
+    name: NameArg,
+    state: StateOption = STATE_DEFAULT,
+    namespace: NamespaceOption = None,
+    kubeconfig: KubeconfigOption = None,
+    context: ContextOption = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="The HTML file to write (default: NAME-report.html)."),
+    ] = None,
+    parity_admin: Annotated[
+        str | None,
+        typer.Option(
+            help="The comparator's admin API (http://host:port): include its parity mismatch "
+            "samples for the rollout's route."
+        ),
+    ] = None,
+) -> None:
+    """Write a rollout's report: one self-contained HTML file (no network needed to view it)
+    with its summary, the candidate's weight and every SLO over time with each verdict,
+    every decision with its reason, and the parity mismatch samples. Prints the file's path."""
+    # Imported here: plotly takes a while to import, and only this command needs it.
+    from controller.report.collect import collect, write_report
+
+    with _store(Target(state, namespace, kubeconfig, context)) as store:
+        data = collect(store, name, parity_admin)
+    path = out if out is not None else Path(f"{name}-report.html")
+    try:
+        write_report(data, path)
+    except OSError as exc:
+        typer.echo(f"error: cannot write the report to {path}: {exc}", err=True)
+        raise typer.Exit(exitcodes.FAILED) from exc
+    typer.echo(str(path))
+
+
 def _command(
     kind: CommandKind, name: str, target: Target, reason: str, actor: str | None, output: Output
 ) -> None:
