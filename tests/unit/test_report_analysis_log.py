@@ -3,17 +3,35 @@
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from controller.k8s.status_codec import RolloutRecord
 from controller.rollout.actions import RecordEvent
 from controller.rollout.state import Phase, RolloutState, VerdictRecord
 from controller.store import sqlite_log
-from controller.store.analysis_log import decode_entry, encode_entry, log_entries, numbered
-from controller.store.rollouts import AnalysisPoint, WeightStep
+from controller.store.analysis_log import (
+    LogEntry,
+    decode_entry,
+    encode_entry,
+    log_entries,
+    numbered,
+)
+from controller.store.rollouts import AnalysisPoint, StoredRollout, WeightStep
 from controller.store.sqlite_rollouts import _SCHEMA, SCHEMA_VERSION, SqliteRolloutStore
 from tests.store_contract import SOURCE, event, pending, policy
+
+
+def _record(
+    stored: StoredRollout,
+    entries: tuple[LogEntry, ...] = (),
+    seq: int = 0,
+    state: RolloutState | None = None,
+) -> RolloutRecord:
+    rollout = replace(stored, state=state or stored.state)
+    return RolloutRecord(rollout, (), 1, "uid", "1", 1, True, entries, seq)
 
 
 def test_entries_for_a_verdict_and_a_weight_change() -> None:
@@ -96,3 +114,39 @@ def test_a_version_1_file_is_migrated_and_keeps_its_rollouts(tmp_path: Path) -> 
             db.execute("DELETE FROM rollout_log")
     finally:
         db.close()
+
+
+def test_kubernetes_status_keeps_the_last_entries_compact() -> None:
+    from controller.k8s.status_codec import ANALYSIS_LIMIT, append_analyses, decode, encode_status
+
+    assert ANALYSIS_LIMIT == 500
+    rollout = SqliteRolloutStore(":memory:")
+    try:
+        stored = rollout.create("c", policy(), SOURCE, pending(), event(100.0))
+    finally:
+        rollout.close()
+    record = _record(stored)
+    entries, seq = append_analyses(None, stored.state, [], limit=3)
+    assert seq == 1
+    state = stored.state
+    for i in range(5):
+        new = state.model_copy(
+            update={"last_verdict": VerdictRecord(at=200.0 + i, outcome="pass"), "updated_at": 1}
+        )
+        record = _record(stored, entries, seq, state)
+        entries, seq = append_analyses(record, new, [], limit=3)
+        state = new
+    assert seq == 6
+    assert [e.seq for e in entries] == [4, 5, 6]
+    status = encode_status(state, revision=2, created_at=100.0, generation=1, history=(),
+                           history_seq=0, analyses=entries, analysis_seq=seq)  # fmt: skip
+    assert status["analysisSeq"] == 6
+    assert status["analyses"][-1] == {"s": 6, "t": 204.0, "g": -1, "w": 0.0, "o": "pass"}
+    obj = {"metadata": {"name": "c", "namespace": "n", "creationTimestamp": "2026-01-01T00:00:00Z"},
+           "spec": policy().model_dump(mode="json", by_alias=True, exclude_none=True)["spec"],
+           "status": status}  # fmt: skip
+    assert decode(obj).analyses == entries
+    # without a log yet, status has neither key (as nulls are left out)
+    bare = encode_status(state, revision=1, created_at=1.0, generation=1, history=(), history_seq=0)
+    assert "analyses" not in bare
+    assert "analysisSeq" not in bare
