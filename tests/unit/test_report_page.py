@@ -8,6 +8,7 @@ import json
 import re
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -188,3 +189,20 @@ def test_cli_writes_the_report_and_prints_its_path(
     result = runner.invoke(app, ["rollout", "report", "nope", "--state", str(state)])
     assert result.exit_code == exitcodes.NOT_FOUND
     assert "no rollout named 'nope'" in result.output
+
+
+def test_a_rollout_with_nothing_logged_still_renders(state: Path) -> None:
+    """A Kubernetes object without status (or written before the log existed) has no steps
+    and no analyses: the page says so and draws an empty weight chart."""
+    store = _store(state)
+    try:
+        data = collect(store, "comments-v2", now=T0 + 5000)
+    finally:
+        store.close()
+    bare = replace(data, history=[], analyses=[], steps=[], parity_samples=[], parity_note="")
+    page = render(bare)
+    assert 'id="chart-weight"' in page
+    assert page.count('id="chart-slo-') == 3
+    assert "No analysis was recorded." in page
+    assert "The comparator had no mismatch samples for this route." in page
+    assert "<tr data-seq=" not in page
