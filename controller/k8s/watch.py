@@ -259,6 +259,11 @@ class ObjectWatch:
         finally:
             with self._lock:
                 self._resp = None
+            # Closed, not only released: a stream left unread (stopped, or failed mid-way)
+            # would go back to the client's pool while the server still streams on it, and
+            # the next request on that connection would never get an answer.
+            with contextlib.suppress(Exception):
+                resp.close()
             with contextlib.suppress(Exception):
                 resp.release_conn()
 
