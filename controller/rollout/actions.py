@@ -45,6 +45,12 @@ class RecordEvent:
 
 Action = SetWeights | AwaitAck | RecordEvent
 
+VERDICT_DETAIL = "verdict"
+"""A :class:`RecordEvent`'s ``details`` key carrying the verdict that caused it (a
+:class:`~controller.rollout.state.VerdictRecord` as JSON) when the new state no longer holds
+it: the pass that ends a stage is cleared from ``last_verdict`` as the next stage starts, and
+the analysis log (``controller.store.analysis_log``) reads it from there."""
+
 
 @dataclass(frozen=True)
 class Decision:

@@ -31,12 +31,20 @@ to push, what to await and what to record.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
 from controller.policy.rollout_policy import RolloutPolicy
 from controller.policy.units import format_duration
-from controller.rollout.actions import Action, AwaitAck, Decision, RecordEvent, SetWeights
+from controller.rollout.actions import (
+    VERDICT_DETAIL,
+    Action,
+    AwaitAck,
+    Decision,
+    RecordEvent,
+    SetWeights,
+)
 from controller.rollout.inputs import AckResult, Command, Input, Tick, Verdict
 from controller.rollout.state import (
     Phase,
@@ -370,7 +378,7 @@ class _Step:
         self.state = s.model_copy(update=changes)
         moved = self._progress(verdict.now)
         if moved.changed:
-            return moved
+            return _carrying(moved, record)
         return Decision(state=self.state, changed=True)
 
     # -- push outcomes ----------------------------------------------------------------------
@@ -554,3 +562,18 @@ def _hold_reason(result: AckResult) -> str:
     if result.outcome == "unsaved":
         return f"the weights could not be saved: {result.message}"
     return f"Envoy rejected the rollback weights (NACK: {result.message})"
+
+
+def _carrying(decision: Decision, verdict: VerdictRecord) -> Decision:
+    """``decision`` with ``verdict`` in its first event's details (:data:`VERDICT_DETAIL`):
+    the move it caused starts the next stage without a verdict, so the stored state never
+    holds the one that ended the stage."""
+    events = decision.events
+    if not events:
+        return decision
+    first = events[0]
+    carried = replace(
+        first, details={**first.details, VERDICT_DETAIL: verdict.model_dump(mode="json")}
+    )
+    actions = tuple(carried if a is first else a for a in decision.actions)
+    return replace(decision, actions=actions)

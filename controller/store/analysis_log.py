@@ -18,7 +18,7 @@ from typing import Any, cast, get_args
 
 from pydantic import ValidationError
 
-from controller.rollout.actions import RecordEvent
+from controller.rollout.actions import VERDICT_DETAIL, RecordEvent
 from controller.rollout.state import RolloutState, VerdictOutcome, VerdictRecord
 from controller.store.rollouts import AnalysisPoint, WeightStep
 
@@ -26,12 +26,6 @@ LogEntry = AnalysisPoint | WeightStep
 """One entry of a rollout's analysis log."""
 
 _OUTCOMES: frozenset[str] = frozenset(get_args(VerdictOutcome))
-
-
-VERDICT_DETAIL = "verdict"
-"""An event's ``details`` key carrying a verdict the new state no longer holds (a
-:class:`~controller.rollout.state.VerdictRecord` as JSON): the pass that ends a stage is
-cleared from ``last_verdict`` by the move to the next stage in the same write."""
 
 
 def log_entries(

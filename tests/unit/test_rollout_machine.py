@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 from controller.policy.rollout_policy import RolloutPolicy
-from controller.rollout.actions import AwaitAck, Decision, RecordEvent, SetWeights
+from controller.rollout.actions import VERDICT_DETAIL, AwaitAck, Decision, RecordEvent, SetWeights
 from controller.rollout.inputs import AckResult, Command, Input, Tick, Verdict
 from controller.rollout.machine import advance, analysis_due, next_due, start
 from controller.rollout.state import Phase, RolloutState, VerdictRecord
@@ -909,3 +909,21 @@ def test_a_verdict_judged_before_a_resume_does_not_count() -> None:
     assert not stale.changed
     assert run.state.phase == Phase.PROGRESSING
     assert run.state.last_verdict is None
+
+
+def test_the_pass_that_ends_a_stage_travels_on_its_event() -> None:
+    """The next stage starts without a verdict, so the one that ended the stage is kept on the
+    move's event (the analysis log and the report read it there); a verdict that moves nothing
+    is only in the state."""
+    policy = make_policy(
+        [{"weight": "10%", "bake": "60s"}, {"weight": "100%", "bake": "60s"}], interval="10s"
+    )
+    run = baking_at(policy, 0, 100.0)
+    early = run.verdict(130.0, "pass")  # baking still: nothing moves
+    assert all(VERDICT_DETAIL not in e.details for e in early.events)
+    moved = run.verdict(160.0, "pass")
+    assert run.state.stage == 1
+    assert run.state.last_verdict is None
+    carried = moved.events[0].details[VERDICT_DETAIL]
+    assert carried == {"at": 160.0, "outcome": "pass", "reason": "pass", "details": {}}
+    assert all(VERDICT_DETAIL not in e.details for e in moved.events[1:])
