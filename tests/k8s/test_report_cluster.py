@@ -38,6 +38,6 @@ def test_report_of_a_rollout_in_a_cluster(kube: FakeKube, tmp_path: Path) -> Non
     assert result.output.strip() == str(out)
     page = out.read_text(encoding="utf-8")
     assert page.count("<tr data-seq=") == len(history)
-    assert page.count('<td class="outcome-') == len(analyses) == 2
+    assert page.count('<td class="outcome-') == len(analyses) == 3  # the stage-ending pass too
     assert "&lt;script&gt;alert" in page
     assert "<script>alert" not in page

@@ -96,6 +96,7 @@ def test_series_in_display_units(state: Path) -> None:
     assert (latency.title, latency.unit) == ("p99 latency", "ms")
     assert [(p.baseline, p.candidate, p.outcome) for p in latency.points] == [
         (20.0, 20.0, "pass"),
+        (20.0, 20.0, "pass"),  # the pass that ended stage 1 (carried by its event)
         (20.0, 45.0, "fail"),
     ]
     assert latency.limit == 22.0
@@ -103,7 +104,7 @@ def test_series_in_display_units(state: Path) -> None:
     assert errors.points[0].candidate == pytest.approx(0.2)  # a ratio 0.002 is 0.2%
     assert errors.limit == pytest.approx(0.21)
     assert parity.title == "parity match rate"
-    assert [p.baseline for p in parity.points] == [None, None]
+    assert [p.baseline for p in parity.points] == [None, None, None]
     assert parity.points[0].candidate == pytest.approx(100.0)  # mismatch 0 → match 100%
     assert parity.limit == pytest.approx(99.0)
     # the weight chart's steps and stage starts
