@@ -42,7 +42,13 @@ from controller.store.analysis_log import (
     log_entries,
     numbered,
 )
-from controller.store.rollouts import CorruptRecordError, HistoryEvent, PolicySource, StoredRollout
+from controller.store.rollouts import (
+    CorruptRecordError,
+    HistoryEvent,
+    PolicySource,
+    StoredRollout,
+    record_problem,
+)
 
 POLICY_NAME = "sluice.dev/policy-name"
 POLICY_PATH = "sluice.dev/policy-path"
@@ -236,9 +242,13 @@ def decode(obj: Mapping[str, Any]) -> RolloutRecord:
         loc = exc.errors()[0]["loc"]
         if field == "status" and loc:  # name the camelCase key the object holds
             field = f"status.{to_camel(str(loc[0]))}"
-        raise CorruptRecordError(f"{where}: {field} cannot be read ({_summary(exc)})") from exc
+        raise CorruptRecordError(
+            f"{where}: {field} cannot be read ({record_problem(exc)})"
+        ) from exc
     except (KeyError, TypeError, ValueError) as exc:
-        raise CorruptRecordError(f"{where}: {field} cannot be read ({_summary(exc)})") from exc
+        raise CorruptRecordError(
+            f"{where}: {field} cannot be read ({record_problem(exc)})"
+        ) from exc
     rollout = StoredRollout(name, policy.spec.route, policy, source, state, revision, created)
     return RolloutRecord(
         rollout,
@@ -324,7 +334,7 @@ def _decode_policy(
     try:
         policy = RolloutPolicy.model_validate(document, by_alias=True)
     except ValidationError as exc:
-        raise CorruptRecordError(f"{where}: {_summary(exc)}") from exc
+        raise CorruptRecordError(f"{where}: {record_problem(exc)}") from exc
     return policy
 
 
@@ -368,15 +378,3 @@ def _cut(text: str, limit: int) -> str:
     if len(raw) <= limit:
         return text
     return raw[: limit - 3].decode(errors="ignore") + "..."
-
-
-def _summary(exc: Exception) -> str:
-    """One line: a pydantic error's first problem with its path, else the exception's text."""
-    if isinstance(exc, ValidationError):
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "<root>"
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        return f"{where}: {first['msg']}{more}"
-    if isinstance(exc, KeyError):
-        return f"missing field {exc}"
-    return str(exc)

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from pydantic import ValidationError
+
 from controller.policy.rollout_policy import RolloutPolicy
 from controller.rollout.actions import RecordEvent
 from controller.rollout.state import ACTIVE, RolloutState, VerdictOutcome
@@ -201,6 +203,19 @@ class RevisionConflictError(StoreError):
 
 class CorruptRecordError(StoreError):
     """A stored record cannot be read back (damaged, or written by an incompatible version)."""
+
+
+def record_problem(exc: Exception) -> str:
+    """Why a stored record cannot be read, in one line for people: a pydantic error's first
+    problem with its path (and how many more), a missing key, else the exception's text."""
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "<root>"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        return f"{where}: {first['msg']}{more}"
+    if isinstance(exc, KeyError):
+        return f"missing field {exc}"
+    return str(exc)
 
 
 class RolloutStore(Protocol):

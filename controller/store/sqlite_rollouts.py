@@ -31,8 +31,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ValidationError
-
 from controller.policy.rollout_policy import RolloutPolicy
 from controller.rollout.actions import RecordEvent
 from controller.rollout.state import ACTIVE, RolloutState
@@ -51,6 +49,7 @@ from controller.store.rollouts import (
     StoredRollout,
     StoreError,
     WeightStep,
+    record_problem,
 )
 
 SCHEMA_VERSION = 2
@@ -433,7 +432,7 @@ def _decode_rollout(row: tuple[Any, ...]) -> StoredRollout:
         state = RolloutState.model_validate_json(state_json)
     except (ValueError, TypeError, KeyError) as exc:  # ValidationError, JSONDecodeError
         raise CorruptRecordError(
-            f"rollout {name!r}: its stored {what} cannot be read ({_summary(exc)}); "
+            f"rollout {name!r}: its stored {what} cannot be read ({record_problem(exc)}); "
             "the store is damaged or was written by an incompatible Sluice"
         ) from exc
     return StoredRollout(name, route, policy, source, state, revision, created_at)
@@ -447,7 +446,7 @@ def _decode_event(name: str, row: tuple[Any, ...]) -> HistoryEvent:
             raise TypeError(f"details is a JSON {type(details).__name__}, not an object")
     except (ValueError, TypeError) as exc:
         raise CorruptRecordError(
-            f"rollout {name!r}: history event {seq} cannot be read ({_summary(exc)})"
+            f"rollout {name!r}: history event {seq} cannot be read ({record_problem(exc)})"
         ) from exc
     return HistoryEvent(seq, name, at, actor, transition, reason, details)
 
@@ -456,15 +455,3 @@ def _optional_str(value: object) -> str | None:
     if value is None or isinstance(value, str):
         return value
     raise TypeError(f"expected a string or null, got {type(value).__name__}")
-
-
-def _summary(exc: Exception) -> str:
-    """One line for people: a pydantic error's first problem, else the exception's text."""
-    if isinstance(exc, ValidationError):
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "<root>"
-        more = f" and {exc.error_count() - 1} more" if exc.error_count() > 1 else ""
-        return f"{where}: {first['msg']}{more}"
-    if isinstance(exc, KeyError):
-        return f"missing field {exc}"
-    return str(exc)
