@@ -60,7 +60,17 @@ def spec_schema() -> dict[str, Any]:
     spec["description"] = (
         "The rollout policy: the `spec` of a RolloutPolicy file (`sluice policy schema`)."
         f" {limits.replace('`sluice policy validate` only', 'the controller only')}"
+        " It cannot change once created: abort the rollout and start a new one."
     ).strip()
+    # A rollout's state is derived from its spec: an edit would carry the state of one policy
+    # over to another (a candidate swapped mid-stage would get that stage's weight untested).
+    # A CEL transition rule (Kubernetes 1.25+) refuses it at the API server.
+    spec["x-kubernetes-validations"] = [
+        {
+            "rule": "self == oldSelf",
+            "message": "a rollout's spec cannot change: abort it and start a new rollout",
+        }
+    ]
     return spec
 
 

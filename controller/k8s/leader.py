@@ -161,6 +161,10 @@ class LeaderElector:
             log.warning("lease %s/%s: round timed out after %.2fs", cfg.namespace, cfg.name, budget)
         except (client.ApiException, urllib3.exceptions.HTTPError, ValueError) as exc:
             log.warning("lease %s/%s: round failed: %s", cfg.namespace, cfg.name, _brief(exc))
+        except Exception:
+            # Anything else (a malformed reply, a credential refresh failing) is a failed
+            # round too: an elector that died would never compete again, unnoticed.
+            log.exception("lease %s/%s: round failed", cfg.namespace, cfg.name)
         if result is not None:
             self._observation = result.observation
         if result is not None and result.won:

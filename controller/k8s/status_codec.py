@@ -23,7 +23,7 @@ Source: Kubernetes API conventions (metadata, spec/status, Event fields of ``cor
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -238,6 +238,21 @@ def decode(obj: Mapping[str, Any]) -> RolloutRecord:
         field = "status"
         fields = {_STATE_KEYS[k]: v for k, v in status.items() if k in _STATE_KEYS}
         state = RolloutState.model_validate(fields)
+        field = "status.observedGeneration"
+        observed = status.get("observedGeneration")
+        if observed is not None and _int(observed) != generation:
+            # The state was derived from another spec (a replaced rollout whose new status is
+            # not written yet, or a spec edited despite the CRD's rule): it says nothing about
+            # this policy. Read as this policy's new pending rollout; its history goes on.
+            actor = str(annotations.get(CREATED_BY) or DEFAULT_ACTOR)
+            state, first = start(policy, created, actor)
+            first = replace(
+                first,
+                reason=f"{first.reason} (the spec changed: generation {generation}, the state "
+                f"was of generation {_int(observed)})",
+            )
+            history_seq += 1
+            history = (*history, _history_event(name, history_seq, first))
     except ValidationError as exc:
         loc = exc.errors()[0]["loc"]
         if field == "status" and loc:  # name the camelCase key the object holds

@@ -51,6 +51,7 @@ from controller.rollout.actions import RecordEvent
 from controller.rollout.state import ACTIVE, Phase, RolloutState
 from controller.store.rollouts import (
     AnalysisPoint,
+    CorruptRecordError,
     HistoryEvent,
     PolicySource,
     RevisionConflictError,
@@ -104,8 +105,16 @@ class KubernetesRolloutStore:
         return decode(self._api.get(name)).rollout
 
     def list(self, active_only: bool = False) -> builtins.list[StoredRollout]:
-        """See :meth:`controller.store.rollouts.RolloutStore.list`."""
-        rollouts = [decode(obj).rollout for obj in self._api.list()]
+        """See :meth:`controller.store.rollouts.RolloutStore.list`, except that an object that
+        cannot be read is logged and left out instead of failing the whole list: anyone
+        allowed to create Rollouts could otherwise stop every controller (its start, the
+        reconciler's supervision, the followers); :meth:`get` of that name still raises."""
+        rollouts: builtins.list[StoredRollout] = []
+        for obj in self._api.list():
+            try:
+                rollouts.append(decode(obj).rollout)
+            except CorruptRecordError as exc:
+                log.warning("left out of the rollouts: %s", exc)
         if active_only:
             rollouts = [r for r in rollouts if r.active]
         return sorted(rollouts, key=lambda r: r.name)

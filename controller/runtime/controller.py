@@ -35,6 +35,7 @@ from controller.runtime.parity import LocalParitySource, follow_gateway, follow_
 from controller.runtime.reconciler import Reconciler, rollout_overlay
 from controller.runtime.reload import GatewayReloader, unfollowed_clusters
 from controller.runtime.replicas import (
+    ROLE_STOP_S,
     Leadership,
     ReplicatedWeights,
     follow_store,
@@ -196,7 +197,7 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         kube_endpoints = KubernetesEndpoints(api, config.kubernetes.namespace)
         live = await kube_endpoints.start(config.gateway)
     elif (unfollowed := unfollowed_clusters(config.gateway)) is not None:
-        close_state()
+        await asyncio.to_thread(close_state)
         raise StartupError(unfollowed)
     provider: MetricsProvider | None = None
     analyzer: StageAnalyzer | None = None
@@ -210,11 +211,15 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         try:
             provider = make_provider(name, options, PROVIDERS)
         except ValueError as exc:  # unknown provider, or options it refuses
-            close_state()
+            await asyncio.to_thread(close_state)
             raise StartupError(f"metrics provider {name}: {exc}") from exc
         starter = getattr(provider, "start", None)
         if starter is not None:
-            await starter()
+            try:
+                await starter()
+            except Exception as exc:
+                await asyncio.to_thread(close_state)
+                raise StartupError(f"metrics provider {name} cannot start: {exc}") from exc
         analyzer = MetricsAnalyzer(provider, parity=parity)
         log.info("judging stages with the %s metrics provider (%s)", name, options)
     else:
@@ -236,7 +241,7 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
             config.gateway, persisted, label="start", options=overlay.options, endpoints=live
         )
     except ValueError as exc:
-        close_state()
+        await asyncio.to_thread(close_state)
         if provider is not None:
             await provider.close()
         raise StartupError(
@@ -270,7 +275,7 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
     try:
         server, xds_port = await start_server(cache, config.xds_address)
     except RuntimeError as exc:
-        close_state()
+        await asyncio.to_thread(close_state)
         if provider is not None:
             await provider.close()
         raise StartupError(str(exc)) from exc
@@ -296,7 +301,7 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         """Release what started so far (a later listener could not bind)."""
         await server.stop(None)
         await runner.cleanup()
-        close_state()
+        await asyncio.to_thread(close_state)
         if provider is not None:
             await provider.close()
 
@@ -390,21 +395,6 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         assert api is not None
         lease = config.kubernetes.lease
         reports = ReplicaReports(api, config.kubernetes.namespace, lease.identity)
-        # Envoys connected to the followers count for the leader's pushes.
-        reconciler = Reconciler(
-            rollouts,
-            ReplicatedWeights(weights, reports.others),
-            analyzer=analyzer,
-            poll_s=config.poll_s,
-            metrics=metrics,
-            on_events=on_events,
-        )
-        reporting = loop.create_task(
-            publish_reports(
-                reports.publish, lease.identity, cache, weights, stop, lease.lease_duration_s
-            ),
-            name="replica report",
-        )
         leadership = Leadership()
         metrics.leading = lambda: leadership.leading
         elector = LeaderElector(
@@ -413,12 +403,35 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
             on_started=leadership.started,
             on_stopped=leadership.stopped,
         )
+        # Envoys connected to the followers count for the leader's pushes; the elector's own
+        # clock fences every push and write (a leader past its renew deadline stops at once).
+        reconciler = Reconciler(
+            rollouts,
+            ReplicatedWeights(weights, reports.others),
+            analyzer=analyzer,
+            poll_s=config.poll_s,
+            metrics=metrics,
+            on_events=on_events,
+            may_act=lambda: elector.is_leader,
+        )
+        reporting = loop.create_task(
+            publish_reports(
+                reports.publish, lease.identity, cache, weights, stop, lease.lease_duration_s
+            ),
+            name="replica report",
+        )
 
         async def follow(role_stop: asyncio.Event) -> None:
             await follow_store(rollouts, weights, role_stop, config.poll_s)
 
+        async def lead(role_stop: asyncio.Event) -> None:
+            await asyncio.gather(
+                reconciler.run(role_stop),
+                follow_store(rollouts, weights, role_stop, config.poll_s, idle_only=True),
+            )
+
         reconciling = loop.create_task(
-            lead_or_follow(leadership, reconciler.run, follow, stop), name="lead or follow"
+            lead_or_follow(leadership, lead, follow, stop), name="lead or follow"
         )
         electing = loop.create_task(elector.run(stop), name="leader election")
     following = (
@@ -435,8 +448,11 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         if electing is not None and config.kubernetes is not None:
             # The elector stops the lead role, then releases the Lease: another replica
             # leads at once instead of after the lease duration.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(electing, config.kubernetes.lease.renew_deadline_s)
+            budget = config.kubernetes.lease.renew_deadline_s + ROLE_STOP_S
+            try:
+                await asyncio.wait_for(electing, budget)
+            except Exception:  # the rest of the shutdown must run whatever happened there
+                log.exception("the leader election did not end cleanly")
         reconciling.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reconciling

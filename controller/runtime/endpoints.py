@@ -45,6 +45,7 @@ class KubernetesEndpoints:
         self._current: EndpointsSource | None = None
         self._pending: EndpointsSource | None = None
         self._weights: WeightController | None = None
+        self._stopping: set[asyncio.Future[None]] = set()
 
     async def start(self, gateway: Gateway) -> dict[str, tuple[Endpoint, ...]]:
         """Start following ``gateway``'s Services; returns the ready endpoints known once the
@@ -75,13 +76,20 @@ class KubernetesEndpoints:
         if self._weights is not None:
             self._current.forward(forward_to(self._weights, asyncio.get_running_loop()))
         if old is not None:
-            old.stop()
+            self._stop_later(old)
 
     def abort(self) -> None:
         """The prepared gateway is not served: stop its source."""
         if self._pending is not None:
-            self._pending.stop()
+            self._stop_later(self._pending)
             self._pending = None
+
+    def _stop_later(self, source: EndpointsSource) -> None:
+        """Stop ``source`` in a worker thread: stopping joins its threads, which must not
+        hold the event loop (and the xDS streams on it) while a request of theirs ends."""
+        stopping = asyncio.get_running_loop().run_in_executor(None, source.stop)
+        self._stopping.add(stopping)
+        stopping.add_done_callback(self._stopping.discard)
 
     def stop(self) -> None:
         """Stop every source (no callback runs after this returns)."""

@@ -95,6 +95,11 @@ def route_options(policy: RolloutPolicy, phase: Phase) -> RouteOptions | None:
     )
 
 
+class NotLeadingError(Exception):
+    """This replica may no longer act on rollouts (it is not, or may no longer be, the
+    leader): nothing was pushed or written."""
+
+
 class WeightPrimitive(Protocol):
     """What the reconciler needs of the weight primitive: :class:`WeightController`, or
     :class:`controller.runtime.replicas.ReplicatedWeights` when replicas share the Envoys."""
@@ -150,6 +155,8 @@ class Reconciler:
         analyzer: judges stages (default: :class:`BakeOnlyAnalyzer`).
         clock: wall-clock seconds since the epoch (bake clocks survive restarts).
         poll_s: how often the store is re-read for new rollouts and operators' commands.
+        may_act: checked before every push and every write (a replica's leadership: a leader
+            whose lease may have passed to another stops at once, before its role is told).
         on_events: called on the event loop with the rollout as stored and the events of
             every transition the reconciler stores (e.g. notifications); it must not block.
             Operators' commands are stored by their own processes and do not come here.
@@ -165,7 +172,9 @@ class Reconciler:
         poll_s: float = 0.25,
         on_events: Callable[[StoredRollout, tuple[RecordEvent, ...]], None] | None = None,
         metrics: ControllerMetrics | None = None,
+        may_act: Callable[[], bool] = lambda: True,
     ) -> None:
+        self._may_act = may_act
         self._metrics = metrics
         self._store = store
         self._on_events = on_events
@@ -219,6 +228,8 @@ class Reconciler:
     async def _drive(self, name: str) -> None:
         try:
             while True:
+                if not self._may_act():
+                    return  # no longer the leader: another replica drives (the supervisor ends)
                 rollout = await asyncio.to_thread(self._store.get, name)
                 state = rollout.state
                 if state.terminal:
@@ -244,7 +255,7 @@ class Reconciler:
                 due = next_due(after.state, after.policy)
                 wait = self._poll_s if due is None else min(self._poll_s, max(0.0, due - now))
                 await asyncio.sleep(wait)
-        except RolloutNotFoundError:
+        except (RolloutNotFoundError, NotLeadingError):
             return
         except asyncio.CancelledError:
             raise
@@ -254,7 +265,13 @@ class Reconciler:
             await asyncio.sleep(self._poll_s)
 
     async def _apply(self, name: str, event: Input) -> StoredRollout:
-        """Feed ``event`` to the machine and store the result (:func:`apply_input`)."""
+        """Feed ``event`` to the machine and store the result (:func:`apply_input`).
+
+        Raises:
+            NotLeadingError: ``may_act`` says no (nothing is written).
+        """
+        if not self._may_act():
+            raise NotLeadingError(name)
         stored, decision = await asyncio.to_thread(apply_input, self._store, name, event)
         for record in decision.events:
             log.info("rollout %s: %s: %s", name, record.transition, record.reason)
@@ -274,6 +291,8 @@ class Reconciler:
         route = policy.spec.route
         lock = self._route_locks.setdefault(route, asyncio.Lock())
         async with lock:
+            if not self._may_act():
+                raise NotLeadingError(rollout.name)
             change = asyncio.create_task(
                 self._weights.set_weights(
                     route,
@@ -340,7 +359,7 @@ class Reconciler:
         again by now (checked under the route's lock, which every push of the route takes)."""
         lock = self._route_locks.setdefault(route, asyncio.Lock())
         async with lock:
-            if self._weights.options(route) is None:
+            if self._weights.options(route) is None or not self._may_act():
                 return
             try:
                 active = await asyncio.to_thread(self._store.list, True)

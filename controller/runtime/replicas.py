@@ -39,25 +39,28 @@ Only for the log: the leader's decision stands either way, and the next poll cop
 
 
 def served_overlay(rollouts: Iterable[StoredRollout]) -> Overlay:
-    """What each route serves according to the store: the newest rollout of each route (by
-    ``created_at``), terminal or not, serves its ``state.served_weight`` (a promoted route
-    stays at 100%, a rolled back one at 0%); route options only while it is active (the
-    forcing header, sticky hashing and mirror of :func:`route_options`).
+    """What each route serves according to the store: the active rollout of the route (at most
+    one) serves its ``state.served_weight`` and, while progressing or paused, its route options
+    (the forcing header, sticky hashing and mirror of :func:`route_options`); a route with no
+    active rollout serves what the rollout that ended last left there (a promoted route stays
+    at 100%, a rolled back one at 0%). Rollouts that pushed nothing (pending, or ended before
+    their first push) leave their route to the others, or to the gateway file.
 
     Unlike :func:`controller.runtime.reconciler.rollout_overlay`, ended rollouts count: a
     replica has no other record of what a finished rollout left on its route.
     """
-    newest: dict[str, StoredRollout] = {}
+    chosen: dict[str, StoredRollout] = {}
     for rollout in rollouts:
-        seen = newest.get(rollout.route)
-        if seen is None or (rollout.created_at, rollout.name) > (seen.created_at, seen.name):
-            newest[rollout.route] = rollout
+        if rollout.state.served_weight is None:
+            continue
+        seen = chosen.get(rollout.route)
+        if seen is None or _decides_before(rollout, seen):
+            chosen[rollout.route] = rollout
     weights: dict[str, dict[str, int]] = {}
     options: dict[str, RouteOptions] = {}
-    for route, rollout in newest.items():
+    for route, rollout in chosen.items():
         served = rollout.state.served_weight
-        if served is None:
-            continue
+        assert served is not None
         weights[route] = rollout.policy.envoy_weights(served)
         own = route_options(rollout.policy, rollout.state.phase)
         if own is not None:
@@ -65,13 +68,29 @@ def served_overlay(rollouts: Iterable[StoredRollout]) -> Overlay:
     return Overlay(weights=weights, options=options)
 
 
-async def sync_once(store: RolloutStore, weights: WeightController) -> list[str]:
+def _decides_before(one: StoredRollout, other: StoredRollout) -> bool:
+    """Whether ``one`` decides its route's weights rather than ``other``: an active rollout
+    over an ended one, else the one whose state changed last."""
+    return (one.active, one.state.updated_at, one.name) > (
+        other.active,
+        other.state.updated_at,
+        other.name,
+    )
+
+
+async def sync_once(
+    store: RolloutStore, weights: WeightController, *, idle_only: bool = False
+) -> list[str]:
     """Serve what the store says (:func:`served_overlay`) on every route whose weights or
     options differ from it; returns the routes changed. Routes no rollout ever moved keep the
-    gateway's weights. A route the gateway lacks is logged and skipped."""
-    overlay = served_overlay(await asyncio.to_thread(store.list))
+    gateway's weights. A route the gateway lacks is logged and skipped. ``idle_only``: only
+    routes no active rollout moves (the leader's reconciler owns the others)."""
+    rollouts = await asyncio.to_thread(store.list)
+    overlay = served_overlay(rollouts)
     current = weights.current()
     routes = set(overlay.weights) | (weights.routes_with_options() - set(overlay.options))
+    if idle_only:
+        routes -= {r.route for r in rollouts if r.active}
     changed: list[str] = []
     for route in sorted(routes):
         want = overlay.weights.get(route)
@@ -98,13 +117,20 @@ async def sync_once(store: RolloutStore, weights: WeightController) -> list[str]
 
 
 async def follow_store(
-    store: RolloutStore, weights: WeightController, stop: asyncio.Event, poll_s: float
+    store: RolloutStore,
+    weights: WeightController,
+    stop: asyncio.Event,
+    poll_s: float,
+    *,
+    idle_only: bool = False,
 ) -> None:
     """Until ``stop`` is set: every ``poll_s`` seconds, :func:`sync_once`. Store errors are
-    logged and retried at the next poll (the weights served stay as they are)."""
+    logged and retried at the next poll (the weights served stay as they are). The leader
+    runs it with ``idle_only`` next to its reconciler: a route whose active rollout was
+    deleted goes back to what the store says, as on the followers."""
     while not stop.is_set():
         try:
-            await sync_once(store, weights)
+            await sync_once(store, weights, idle_only=idle_only)
         except Exception:
             log.exception("cannot follow the rollout store; retrying")
         with contextlib.suppress(TimeoutError):

@@ -20,7 +20,7 @@ from controller.k8s.replica_report import ReplicaReport
 from controller.policy.gateway import Gateway
 from controller.policy.loading import load_policy
 from controller.policy.rollout_policy import RolloutPolicy
-from controller.rollout.inputs import AckResult, Command, Tick
+from controller.rollout.inputs import AckResult, Command, Tick, Verdict
 from controller.rollout.machine import start
 from controller.rollout.state import Phase
 from controller.runtime.reconciler import Reconciler
@@ -122,6 +122,23 @@ def test_the_newest_rollout_of_a_route_decides(store: SqliteRolloutStore) -> Non
 def test_a_pending_rollout_leaves_its_route_alone(store: SqliteRolloutStore) -> None:
     create(store, policy("[{weight: 100%, bake: 1s}]"), "new", 100.0)
     assert served_overlay(store.list()).weights == {}
+
+
+def test_a_route_keeps_what_the_last_ended_rollout_left_until_a_new_one_pushes(
+    store: SqliteRolloutStore,
+) -> None:
+    """A fresh replica must serve a promoted route promoted even when a newer rollout of the
+    route is still pending (or ended before pushing), and an active rollout always decides
+    (a retried older rollout included)."""
+    create(store, policy("[{weight: 100%, bake: 1s}]"), "promoted", 100.0)
+    state = walk(store, "promoted", Tick(101.0)).state
+    ack = AckResult(now=102.0, seq=state.push_seq, weight=100.0, outcome="acked")
+    walk(store, "promoted", ack, Verdict(now=103.5, stage=0, outcome="pass"), Tick(104.0))
+    assert store.get("promoted").state.phase == Phase.SUCCEEDED
+    create(store, policy("[{weight: 30%, bake: 1s}, {weight: 100%, bake: 1s}]"), "next", 200.0)
+    assert served_overlay(store.list()).weights == {"comments": {PY: 0, GO: 10_000}}
+    walk(store, "next", Tick(201.0))  # pushing 30%: the active rollout decides
+    assert served_overlay(store.list()).weights == {"comments": {PY: 7_000, GO: 3_000}}
 
 
 @contextlib.asynccontextmanager

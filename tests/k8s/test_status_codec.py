@@ -102,6 +102,40 @@ def test_status_round_trips_state_and_history() -> None:
     assert set(status) - own <= declared
 
 
+def test_a_state_of_another_generation_reads_as_a_new_pending_rollout() -> None:
+    """A status derived from an earlier spec (a replaced rollout before its new status is
+    written, or an edited spec) says nothing about this policy: never its weights."""
+    obj = served(rollout_object("c", "ns", policy(), SOURCE, "alice"), generation=4)
+    promoted = RolloutState(
+        phase=Phase.SUCCEEDED, stage=2, desired_weight=100.0, acked_weight=100.0, updated_at=9.0
+    )
+    history = (HistoryEvent(7, "c", 5.0, "alice", "progressing → succeeded", "done", {}),)
+    obj["status"] = encode_status(
+        promoted, revision=9, created_at=1.0, generation=3, history=history, history_seq=7
+    )
+    record = decode(obj)
+    assert record.rollout.state.phase == Phase.PENDING
+    assert record.rollout.state.served_weight is None  # nothing to serve from it
+    assert record.rollout.revision == 9  # the compare-and-set goes on from the stored one
+    assert record.history[:-1] == history
+    assert record.history[-1].seq == record.history_seq == 8
+    assert "the spec changed: generation 4, the state was of generation 3" in (
+        record.history[-1].reason
+    )
+    obj["status"]["observedGeneration"] = 4
+    assert decode(obj).rollout.state == promoted
+
+
+def test_the_crd_refuses_a_spec_change() -> None:
+    rules = rollout_schema()["properties"]["spec"]["x-kubernetes-validations"]
+    assert rules == [
+        {
+            "rule": "self == oldSelf",
+            "message": "a rollout's spec cannot change: abort it and start a new rollout",
+        }
+    ]
+
+
 def test_the_whole_object_fits_the_crd_schema() -> None:
     """What the store writes passes the CRD's schema as the API server checks it (strict
     field validation; status keeps its own bookkeeping through preserve-unknown-fields)."""
