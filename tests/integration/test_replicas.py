@@ -304,3 +304,49 @@ async def test_a_replica_reports_whether_its_envoys_hold_what_it_serves(
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
+
+
+async def test_a_fenced_reconciler_neither_pushes_nor_writes(
+    store: SqliteRolloutStore, weights: WeightController
+) -> None:
+    """A leader past its renew deadline (``may_act`` false) must not act, whatever its role
+    loop still does; once it may act again it carries on."""
+    create(store, policy("[{weight: 40%, bake: 1s}, {weight: 100%, bake: 1s}]"), "r", 100.0)
+    leading = False
+    stop = asyncio.Event()
+    reconciler = Reconciler(store, weights, poll_s=0.02, may_act=lambda: leading)
+    task = asyncio.create_task(reconciler.run(stop))
+    try:
+        await asyncio.sleep(0.3)
+        assert store.get("r").revision == 1  # still the created rollout: nothing written
+        assert weights.current()["comments"] == {PY: 100, GO: 0}  # the gateway's own
+        leading = True
+        await wait_phase(store, "r", lambda s: s.desired_weight == 40.0)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def wait_phase(store: SqliteRolloutStore, name: str, check: Any) -> None:
+    for _ in range(500):
+        if check(store.get(name).state):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(store.get(name).state)
+
+
+async def test_the_leader_serves_the_store_on_routes_it_does_not_drive(
+    store: SqliteRolloutStore, weights: WeightController
+) -> None:
+    create(store, policy("[{weight: 100%, bake: 1s}]"), "done", 100.0)
+    state = walk(store, "done", Tick(101.0)).state
+    walk(store, "done", AckResult(now=102.0, seq=state.push_seq, weight=100.0, outcome="acked"))
+    walk(store, "done", Verdict(now=103.5, stage=0, outcome="pass"), Tick(104.0))
+    # The route ended promoted; the leader's weights say otherwise (e.g. a deleted rollout).
+    assert await sync_once(store, weights, idle_only=True) == ["comments"]
+    assert weights.current()["comments"] == {PY: 0, GO: 10_000}
+    # A route an active rollout moves is the reconciler's, not this loop's.
+    create(store, policy("[{weight: 30%, bake: 1s}, {weight: 100%, bake: 1s}]"), "next", 200.0)
+    walk(store, "next", Tick(201.0))
+    assert await sync_once(store, weights, idle_only=True) == []
+    assert weights.current()["comments"] == {PY: 0, GO: 10_000}
