@@ -93,17 +93,11 @@ async def sync_once(
         routes -= {r.route for r in rollouts if r.active}
     changed: list[str] = []
     for route in sorted(routes):
-        want = overlay.weights.get(route)
+        # No weights in the store for the route: it keeps what it serves, options aside.
+        served = overlay.weights.get(route, current.get(route))
         want_options = overlay.options.get(route)
-        if (
-            want is not None
-            and current.get(route) == want
-            and (weights.options(route) == want_options)
-        ):
+        if current.get(route) == served and weights.options(route) == want_options:
             continue
-        if want is None and weights.options(route) == want_options:
-            continue
-        served = want if want is not None else current.get(route)
         try:
             change = await weights.set_weights(
                 route, served, options=want_options, timeout_s=FOLLOW_ACK_TIMEOUT_S
