@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -25,21 +24,14 @@ import pytest
 import yaml
 from e2e.harness import Process, wait_until
 
+from controller.demo.prometheus import ScrapeTarget, prometheus_binary, scrape_config
+
+__all__ = ["Prometheus", "ScrapeTarget", "factory", "free_port", "require_prometheus"]
+
 SCRAPE_INTERVAL_S = 1.0
 
 INSTANCES: list[Prometheus] = []
 """Every Prometheus started, in start order (for failure reports)."""
-
-
-def prometheus_binary() -> str | None:
-    """``$SLUICE_PROMETHEUS``, else ``prometheus`` on PATH, else ``/usr/bin/prometheus``."""
-    explicit = os.environ.get("SLUICE_PROMETHEUS")
-    if explicit:
-        return explicit if os.access(explicit, os.X_OK) else None
-    found = shutil.which("prometheus")
-    if found:
-        return found
-    return "/usr/bin/prometheus" if os.access("/usr/bin/prometheus", os.X_OK) else None
 
 
 def require_prometheus() -> str:
@@ -62,34 +54,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-@dataclass(frozen=True)
-class ScrapeTarget:
-    """A scrape job of one ``host:port`` target at ``path`` (Envoy: ``/stats/prometheus``)."""
-
-    job: str
-    address: str
-    path: str = "/stats/prometheus"
-
-
-def scrape_config(targets: Sequence[ScrapeTarget], interval_s: float) -> dict[str, Any]:
-    interval = f"{interval_s:g}s"
-    return {
-        "global": {
-            "scrape_interval": interval,
-            "scrape_timeout": interval,
-            "evaluation_interval": interval,
-        },
-        "scrape_configs": [
-            {
-                "job_name": t.job,
-                "metrics_path": t.path,
-                "static_configs": [{"targets": [t.address]}],
-            }
-            for t in targets
-        ],
-    }
 
 
 @dataclass

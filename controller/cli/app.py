@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import typer
 
-from controller.cli import gateway, k8s, parity, policy, rollout, serve, xds
+from controller.cli import demo, gateway, k8s, parity, policy, rollout, serve, xds
 
 app = typer.Typer(
     name="sluice",
@@ -30,6 +30,7 @@ app.add_typer(policy.app, name="policy")
 app.add_typer(rollout.app, name="rollout")
 app.add_typer(xds.app, name="xds")
 app.command("serve")(serve.serve)
+app.command("demo")(demo.demo)
 
 
 def main() -> None:

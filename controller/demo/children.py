@@ -1,0 +1,146 @@
+"""The demo's child processes: started with their output in files, stopped on every exit.
+
+Each child gets its own session (a Ctrl-C in the terminal reaches only the demo, which then
+stops the children in order) and, on Linux, ``PR_SET_PDEATHSIG``: the kernel sends it SIGTERM
+when the demo dies, even by SIGKILL, so nothing outlives it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PR_SET_PDEATHSIG = 1
+"""prctl(2) option: the signal a child gets when its parent dies."""
+
+
+class ChildError(RuntimeError):
+    """A child process exited or did not become ready in time; the message says which and
+    carries the tail of its output."""
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    """The last ``lines`` lines of a text file ('' when missing)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+@dataclass
+class Child:
+    """A running child: ``name``, its process, and the files holding its stdout and stderr."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    stdout_path: Path
+    stderr_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def describe(self, lines: int = 20) -> str:
+        """Its state and the tail of its output, for error messages."""
+        state = "running" if self.alive() else f"exited with {self.popen.returncode}"
+        out = [f"{self.name} (pid {self.pid}) {state}; its logs: {self.stderr_path}"]
+        for path in (self.stderr_path, self.stdout_path):
+            text = tail(path, lines)
+            if text:
+                out.append(text)
+        return "\n".join(out)
+
+    def ready_line(self, timeout_s: float, event: str = "ready") -> dict[str, Any]:
+        """The first stdout line that is a JSON object with ``"event": event``.
+
+        Raises:
+            ChildError: the child exited first, or ``timeout_s`` (seconds) passed.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for line in tail(self.stdout_path, 1000).splitlines():
+                with contextlib.suppress(ValueError):
+                    data = json.loads(line)
+                    if isinstance(data, dict) and data.get("event") == event:
+                        return data
+            if not self.alive():
+                raise ChildError(f"{self.name} exited before it was ready\n{self.describe()}")
+            if time.monotonic() > deadline:
+                raise ChildError(f"{self.name} not ready after {timeout_s:g} s\n{self.describe()}")
+            time.sleep(0.05)
+
+    def stop(self, grace_s: float = 5.0) -> int:
+        """SIGTERM, then SIGKILL after ``grace_s`` seconds; returns the exit code."""
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.terminate()
+            try:
+                return self.popen.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    self.popen.kill()
+        return self.popen.wait(5.0)
+
+
+@dataclass
+class Children:
+    """Every child the demo started, stopped in reverse start order by :meth:`stop_all`."""
+
+    workdir: Path
+    started: list[Child] = field(default_factory=list)
+
+    def start(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> Child:
+        """Start ``argv`` in ``workdir`` with its output in ``<name>.stdout``/``.stderr``.
+
+        Raises:
+            ChildError: the program cannot be started (missing, not executable).
+        """
+        out_path = self.workdir / f"{name}.stdout"
+        err_path = self.workdir / f"{name}.stderr"
+        preexec: Callable[[], None] | None = _die_with_parent
+        try:
+            with out_path.open("wb") as out, err_path.open("wb") as err:
+                popen = subprocess.Popen(
+                    list(argv),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    cwd=self.workdir,
+                    env={**os.environ, **(env or {})},
+                    start_new_session=True,
+                    preexec_fn=preexec,
+                )
+        except OSError as exc:
+            raise ChildError(f"cannot start {name} ({argv[0]}): {exc}") from exc
+        child = Child(name, popen, out_path, err_path)
+        self.started.append(child)
+        return child
+
+    def dead(self) -> list[Child]:
+        """The children that exited on their own."""
+        return [c for c in self.started if not c.alive()]
+
+    def stop_all(self, grace_s: float = 5.0) -> None:
+        """Stop every child, newest first (the load's target before what it needs)."""
+        while self.started:
+            self.started.pop().stop(grace_s)
