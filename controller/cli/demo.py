@@ -8,16 +8,17 @@ import sys
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
 from rich.live import Live
 
 from controller.cli import exitcodes
-from controller.cli.demoview import event_line, live_view, outcome_json, outcome_view
-from controller.demo.run import Demo, DemoError, DemoOptions, DemoOutcome, DemoProgress
-from controller.store.rollouts import HistoryEvent
+
+if TYPE_CHECKING:
+    from controller.demo.run import Demo, DemoOptions, DemoOutcome, DemoProgress
+    from controller.store.rollouts import HistoryEvent
 
 
 class Scenario(StrEnum):
@@ -100,6 +101,9 @@ def demo(
     Exit 0 when the rollout ended as the scenario expects, 1 otherwise or when a part could
     not start, 130 on Ctrl-C.
     """
+    # Imported here: the demo's parts (aiohttp's client among them) would slow every command.
+    from controller.demo.run import DemoOptions
+
     options = DemoOptions(
         scenario=scenario.value,
         provider=provider.value,
@@ -116,6 +120,8 @@ def demo(
 
 
 def _run_json(options: DemoOptions) -> None:
+    from controller.cli.demoview import event_line, outcome_json
+
     err = Console(stderr=True, highlight=False, soft_wrap=True)
 
     def on_event(event: HistoryEvent) -> None:
@@ -127,6 +133,8 @@ def _run_json(options: DemoOptions) -> None:
 
 
 def _run_live(options: DemoOptions) -> None:
+    from controller.cli.demoview import event_line, live_view, outcome_view
+
     console = Console(highlight=False)
     screen: list[Live] = []  # set once the Live display runs
 
@@ -151,6 +159,8 @@ def _demo(
     on_progress: Callable[[DemoProgress], None] = lambda _: None,
     on_event: Callable[[HistoryEvent], None] = lambda _: None,
 ) -> Demo:
+    from controller.demo.run import Demo, DemoError
+
     try:
         return Demo(options, on_progress=on_progress, on_event=on_event)
     except DemoError as exc:
@@ -159,6 +169,8 @@ def _demo(
 
 
 def _run(demo_run: Demo, console: Console) -> DemoOutcome:
+    from controller.demo.run import DemoError
+
     try:
         return demo_run.run()
     except DemoError as exc:
