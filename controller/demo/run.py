@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import getpass
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -262,6 +263,7 @@ class Demo:
         extra: list[str]
         if self._prometheus is not None:
             self._step("starting Prometheus")
+            shutil.rmtree(self.workdir / "prometheus-data", ignore_errors=True)
             address = envoy.admin_url.removeprefix("http://")
             url = start_prometheus(
                 self.children, self._prometheus, [ScrapeTarget("envoy", address)]
@@ -273,7 +275,7 @@ class Demo:
 
         self._step("starting the controller (xDS, comparator, judge)")
         state = self.workdir / "state.db"
-        state.unlink(missing_ok=True)
+        state.unlink(missing_ok=True)  # a reused --workdir starts afresh
         controller = self.children.start(
             "controller",
             [
