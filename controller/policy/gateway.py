@@ -59,12 +59,21 @@ class HeaderMatch(_Model):
     ``invert`` negates the match (``invert_match``).
     """
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~:-]+$")
-    exact: str | None = None
-    prefix: str | None = None
-    regex: str | None = None
-    present: bool | None = None
-    invert: bool = False
+    name: str = Field(
+        min_length=1,
+        pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~:-]+$",
+        description="The header's name, case-insensitive; pseudo-headers such as `:authority` too.",
+    )
+    exact: str | None = Field(default=None, description="The header's value equals this.")
+    prefix: str | None = Field(default=None, description="The header's value starts with this.")
+    regex: str | None = Field(
+        default=None, description="The header's value matches this RE2 regular expression."
+    )
+    present: bool | None = Field(
+        default=None,
+        description="`true`: the header is present (any value); `false`: it is absent.",
+    )
+    invert: bool = Field(default=False, description="Negate the match (`invert_match`).")
 
     @model_validator(mode="after")
     def _one_kind(self) -> HeaderMatch:
@@ -84,9 +93,15 @@ class RouteMatch(_Model):
     must all match.
     """
 
-    prefix: str | None = Field(default=None, pattern=r"^/")
-    path: str | None = Field(default=None, pattern=r"^/")
-    headers: tuple[HeaderMatch, ...] = ()
+    prefix: str | None = Field(
+        default=None, pattern=r"^/", description="The request path starts with this."
+    )
+    path: str | None = Field(
+        default=None, pattern=r"^/", description="The request path (without the query) is this."
+    )
+    headers: tuple[HeaderMatch, ...] = Field(
+        default=(), description="Header conditions that must all hold. Omitted: none."
+    )
 
     @model_validator(mode="after")
     def _one_path_kind(self) -> RouteMatch:
@@ -122,9 +137,18 @@ class RetryPolicy(_Model):
     ``retryOn`` lists Envoy's ``x-envoy-retry-on`` conditions; ``perTryTimeout`` bounds each try.
     """
 
-    retry_on: tuple[RetryOn, ...] = Field(min_length=1)
-    num_retries: int = Field(default=1, ge=0, le=10)
-    per_try_timeout: Duration | None = None
+    retry_on: tuple[RetryOn, ...] = Field(
+        min_length=1,
+        description="The conditions that make Envoy retry (`x-envoy-retry-on`; the gRPC ones"
+        " from `x-envoy-retry-grpc-on`).",
+    )
+    num_retries: int = Field(
+        default=1, ge=0, le=10, description="Retries at most, a count (the first try excluded)."
+    )
+    per_try_timeout: Duration | None = Field(
+        default=None,
+        description="The time limit of each try. Omitted: only the route's `timeout` applies.",
+    )
 
 
 class ClusterWeight(_Model):
@@ -134,8 +158,13 @@ class ClusterWeight(_Model):
     weight / sum(weights). Sluice writes percentages, so weights normally sum to 100.
     """
 
-    cluster: str = Field(pattern=NAME_PATTERN)
-    weight: int = Field(ge=0, le=10_000)
+    cluster: str = Field(pattern=NAME_PATTERN, description="A cluster of `spec.clusters`.")
+    weight: int = Field(
+        ge=0,
+        le=10_000,
+        description="A relative weight, unitless: the cluster's share is weight / sum of the"
+        " route's weights (normally written to sum to 100, i.e. percent).",
+    )
 
 
 class Route(_Model):
@@ -146,12 +175,31 @@ class Route(_Model):
     ``timeout`` is the whole-request timeout (Envoy's default is 15s; ``0s`` disables it).
     """
 
-    name: str = Field(pattern=NAME_PATTERN)
-    match: RouteMatch
-    cluster: str | None = Field(default=None, pattern=NAME_PATTERN)
-    weighted_clusters: tuple[ClusterWeight, ...] | None = Field(default=None, min_length=1)
-    timeout: Duration | None = None
-    retry_policy: RetryPolicy | None = None
+    name: str = Field(
+        pattern=NAME_PATTERN,
+        description="The route's name, unique in the gateway: policies and `sluice xds"
+        " set-weights` address the route by it.",
+    )
+    match: RouteMatch = Field(description="Which requests the route takes.")
+    cluster: str | None = Field(
+        default=None,
+        pattern=NAME_PATTERN,
+        description="The one cluster every request goes to (or use `weightedClusters`).",
+    )
+    weighted_clusters: tuple[ClusterWeight, ...] | None = Field(
+        default=None,
+        min_length=1,
+        description="Clusters sharing the requests by weight (or use `cluster`); each cluster"
+        " at most once, weights summing to more than 0. A rollout moves these weights.",
+    )
+    timeout: Duration | None = Field(
+        default=None,
+        description="The whole request's time limit. Omitted: Envoy's default, 15s; `0s`"
+        " disables it.",
+    )
+    retry_policy: RetryPolicy | None = Field(
+        default=None, description="When Envoy retries. Omitted: no retries."
+    )
 
     @model_validator(mode="after")
     def _one_action(self) -> Route:
@@ -178,9 +226,16 @@ class Route(_Model):
 class VirtualHost(_Model):
     """``envoy.config.route.v3.VirtualHost``: a set of domains and their ordered routes."""
 
-    name: str = Field(pattern=NAME_PATTERN)
-    domains: tuple[str, ...] = Field(default=("*",), min_length=1)
-    routes: tuple[Route, ...] = Field(min_length=1)
+    name: str = Field(pattern=NAME_PATTERN, description="The virtual host's name.")
+    domains: tuple[str, ...] = Field(
+        default=("*",),
+        min_length=1,
+        description="Host (`:authority`) values served, with an optional `*` wildcard prefix or"
+        " suffix; `*` alone matches any host.",
+    )
+    routes: tuple[Route, ...] = Field(
+        min_length=1, description="The routes, tried in order: the first match takes the request."
+    )
 
 
 class Listener(_Model):
@@ -190,19 +245,39 @@ class Listener(_Model):
     ``port: 0`` lets the kernel pick a port (read it back from Envoy's admin ``/listeners``).
     """
 
-    name: str = Field(pattern=NAME_PATTERN)
-    address: str = "0.0.0.0"
-    port: int = Field(ge=0, le=65535)
-    virtual_hosts: tuple[VirtualHost, ...] = Field(min_length=1)
-    stat_prefix: str | None = None
+    name: str = Field(
+        pattern=NAME_PATTERN,
+        description="The listener's name, also the name of its route configuration (RDS).",
+    )
+    address: str = Field(default="0.0.0.0", description="The IP address Envoy listens on.")
+    port: int = Field(
+        ge=0, le=65535, description="The TCP port Envoy listens on; 0: the kernel picks one."
+    )
+    virtual_hosts: tuple[VirtualHost, ...] = Field(
+        min_length=1, description="The virtual hosts, chosen by the request's host."
+    )
+    stat_prefix: str | None = Field(
+        default=None,
+        description="The HTTP connection manager's `stat_prefix` (its statistics'"
+        " `http.<prefix>.` names). Omitted: the listener's name.",
+    )
 
 
 class Endpoint(_Model):
     """A static upstream address: ``envoy.config.endpoint.v3.LbEndpoint``."""
 
-    address: str = Field(min_length=1)
-    port: int = Field(ge=1, le=65535)
-    weight: int | None = Field(default=None, ge=1, le=128)
+    address: str = Field(
+        min_length=1,
+        description="The upstream's IP address (served over EDS, which takes no host names).",
+    )
+    port: int = Field(ge=1, le=65535, description="The upstream's TCP port.")
+    weight: int | None = Field(
+        default=None,
+        ge=1,
+        le=128,
+        description="The endpoint's relative load-balancing weight, unitless"
+        " (`load_balancing_weight`). Omitted: all endpoints alike.",
+    )
 
 
 class Cluster(_Model):
@@ -215,12 +290,31 @@ class Cluster(_Model):
     (``HttpProtocolOptions.explicit_http_config``).
     """
 
-    name: str = Field(pattern=NAME_PATTERN)
-    connect_timeout: Duration = timedelta(seconds=1)
-    protocol: Literal["http1", "http2"] = "http1"
-    lb_policy: Literal["round_robin", "least_request", "random"] = "round_robin"
-    endpoints: tuple[Endpoint, ...] = Field(default=(), min_length=1)
-    kubernetes: KubernetesService | None = None
+    name: str = Field(
+        pattern=NAME_PATTERN,
+        description="The cluster's name, unique in the gateway: routes and policies name it.",
+    )
+    connect_timeout: Duration = Field(
+        default=timedelta(seconds=1),
+        description="The time limit to open a connection to one of its endpoints.",
+    )
+    protocol: Literal["http1", "http2"] = Field(
+        default="http1", description="The HTTP version spoken to the upstream."
+    )
+    lb_policy: Literal["round_robin", "least_request", "random"] = Field(
+        default="round_robin",
+        description="How Envoy picks an endpoint (`Cluster.lb_policy`).",
+    )
+    endpoints: tuple[Endpoint, ...] = Field(
+        default=(),
+        min_length=1,
+        description="Static upstream addresses (or use `kubernetes`).",
+    )
+    kubernetes: KubernetesService | None = Field(
+        default=None,
+        description="Follow the ready endpoints of a Kubernetes Service (or use `endpoints`);"
+        " needs `sluice serve --kubernetes`.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> Cluster:
@@ -237,14 +331,21 @@ class Cluster(_Model):
 class GatewaySpec(_Model):
     """What Envoy serves: listeners (with their routes) and clusters."""
 
-    listeners: tuple[Listener, ...] = Field(min_length=1)
-    clusters: tuple[Cluster, ...] = Field(min_length=1)
+    listeners: tuple[Listener, ...] = Field(
+        min_length=1, description="Where Envoy accepts requests, and how it routes them."
+    )
+    clusters: tuple[Cluster, ...] = Field(
+        min_length=1, description="The upstreams routes send requests to."
+    )
 
 
 class Metadata(_Model):
     """Kubernetes-style object metadata (only the name is used)."""
 
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str = Field(
+        pattern=NAME_PATTERN,
+        description="The object's name: lower-case letters, digits, `.`, `_` and `-`.",
+    )
 
 
 class Gateway(_Model):
@@ -254,10 +355,10 @@ class Gateway(_Model):
     :func:`controller.policy.gateway_checks.check_gateway`, which reports field paths.
     """
 
-    api_version: Literal["sluice.dev/v1alpha1"]
-    kind: Literal["Gateway"]
-    metadata: Metadata
-    spec: GatewaySpec
+    api_version: Literal["sluice.dev/v1alpha1"] = Field(description="The file format's version.")
+    kind: Literal["Gateway"] = Field(description="What the file holds.")
+    metadata: Metadata = Field(description="The gateway's name.")
+    spec: GatewaySpec = Field(description="What Envoy serves.")
 
     def routes(self) -> dict[str, Route]:
         """All routes by name (names are unique once the gateway passed its checks)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -34,9 +34,15 @@ class KubernetesService(BaseModel):
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
     )
 
-    service: str
-    namespace: str | None = None
-    port: int | str
+    service: str = Field(description="The Service's name (RFC 1035 label).")
+    namespace: str | None = Field(
+        default=None,
+        description="The Service's namespace. Omitted: the controller's own namespace.",
+    )
+    port: int | str = Field(
+        description="The endpoints' port: a Service port's name, or the number the endpoints"
+        " listen on (the Service's `targetPort`, not its `port`)."
+    )
 
     @field_validator("service")
     @classmethod

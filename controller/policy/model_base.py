@@ -19,4 +19,6 @@ class PolicyModel(BaseModel):
 class Side(PolicyModel):
     """One side of the rollout (or a target of the comparator): a cluster of the gateway file."""
 
-    cluster: str = Field(pattern=NAME_PATTERN)
+    cluster: str = Field(
+        pattern=NAME_PATTERN, description="The name of a cluster of the gateway file."
+    )

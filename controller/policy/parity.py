@@ -54,23 +54,34 @@ MirrorShare = Annotated[Percent, PercentRange(gt=0, le=100, decimals=4)]
 
 
 class ParityCompare(PolicyModel):
-    """How two replies are compared (the comparator's rules).
+    """How two replies are compared (the comparator's rules): the status, the listed headers
+    and the body (as JSON when both bodies are JSON)."""
 
-    Attributes:
-        headers: response headers compared (case-insensitive); the others are ignored.
-        ignore: JSON Pointers of body fields never compared (``*`` matches any key or array
-            index), e.g. a generation timestamp.
-        unordered: JSON Pointers of arrays compared as multisets (order ignored).
-        absolute_tolerance: two numbers ``a``, ``b`` are equal when ``|a - b| <= absolute +
-            relative * max(|a|, |b|)``; in the field's own unit.
-        relative_tolerance: see ``absolute_tolerance``; a ratio (``1e-9``), not a percentage.
-    """
-
-    headers: tuple[str, ...] = ("content-type",)
-    ignore: tuple[Annotated[str, Field(pattern=_POINTER)], ...] = ()
-    unordered: tuple[Annotated[str, Field(pattern=_POINTER)], ...] = ()
-    absolute_tolerance: float = Field(default=0.0, ge=0)
-    relative_tolerance: float = Field(default=0.0, ge=0, lt=1)
+    headers: tuple[str, ...] = Field(
+        default=("content-type",),
+        description="Response headers compared (names, case-insensitive); the others are ignored.",
+    )
+    ignore: tuple[Annotated[str, Field(pattern=_POINTER)], ...] = Field(
+        default=(),
+        description="JSON Pointers (RFC 6901) of body fields never compared, e.g. a"
+        " generation timestamp; a `*` segment matches any key or array index.",
+    )
+    unordered: tuple[Annotated[str, Field(pattern=_POINTER)], ...] = Field(
+        default=(),
+        description="JSON Pointers of arrays compared as multisets (order ignored).",
+    )
+    absolute_tolerance: float = Field(
+        default=0.0,
+        ge=0,
+        description="Two JSON numbers `a`, `b` are equal when `|a - b| <= absoluteTolerance +"
+        " relativeTolerance * max(|a|, |b|)`; in the numbers' own unit. 0: exact.",
+    )
+    relative_tolerance: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="See `absoluteTolerance`: a ratio (`1e-9`), not a percentage. 0: exact.",
+    )
 
     @field_validator("headers")
     @classmethod
@@ -79,50 +90,74 @@ class ParityCompare(PolicyModel):
 
 
 class SisterTargets(PolicyModel):
-    """Where mirrored writes go: never to the production datastores.
+    """Where mirrored writes go: never to the production datastores."""
 
-    Attributes:
-        candidate: a deployment of the candidate writing to its own (sister) datastores.
-        baseline: the same for the baseline; without it, writes are exercised on the
-            candidate's sister (its errors are seen) but not compared (no baseline reply
-            exists that would not write twice to production).
-    """
-
-    candidate: Side
-    baseline: Side | None = None
+    candidate: Side = Field(
+        description="A deployment of the candidate writing to its own (sister) datastores."
+    )
+    baseline: Side | None = Field(
+        default=None,
+        description="The same for the baseline. Omitted: writes are exercised on the"
+        " candidate's sister (its errors are seen) but not compared (no baseline reply exists"
+        " that would not write twice to production).",
+    )
 
 
 class ParityPolicy(PolicyModel):
     """Tap-compare for the route under rollout (see the module docstring for the shape).
 
-    Attributes:
-        mirror: percent of the route's requests Envoy mirrors to the comparator.
-        methods: methods mirrored; only safe ones (GET, HEAD) unless ``sister`` is set.
-        comparator: the gateway cluster where the comparator listens.
-        secondary: a second baseline replica; differences between the two baseline replies
-            are noise, not mismatches (Diffy's rule).
-        sister: targets for writes (non-safe methods).
-        shadow_suffix: Envoy appends ``-shadow`` to the mirrored request's Host (its
-            default); ``false`` sets ``disable_shadow_host_suffix_append`` for a candidate
-            that cannot accept it.
-        compare: the comparison rules.
-        redact: request and response headers whose values mismatch samples never keep.
-        samples: mismatch samples kept per route (the newest).
-        timeout: per forwarded request; a target slower than this is an error, not a reply.
+    Envoy mirrors a share of the route's requests to the comparator, which sends each to the
+    baseline and the candidate and compares their replies (the parity SLO judges the result).
     """
 
-    mirror: MirrorShare = 10.0
-    methods: tuple[Annotated[str, Field(pattern=_METHOD)], ...] = Field(
-        default=SAFE_METHODS, min_length=1
+    mirror: MirrorShare = Field(
+        default=10.0,
+        description="The share of the route's requests Envoy mirrors to the comparator, in"
+        " percent (more than 0%, at most 100%, at most four decimals: Envoy takes it per"
+        " million).",
     )
-    comparator: Side = Side(cluster="sluice-parity")
-    secondary: Side | None = None
-    sister: SisterTargets | None = None
-    shadow_suffix: bool = True
-    compare: ParityCompare = ParityCompare()
-    redact: tuple[str, ...] = ("authorization", "cookie", "set-cookie", "proxy-authorization")
-    samples: int = Field(default=20, ge=0, le=1000)
-    timeout: Duration = timedelta(seconds=5)
+    methods: tuple[Annotated[str, Field(pattern=_METHOD)], ...] = Field(
+        default=SAFE_METHODS,
+        min_length=1,
+        description="HTTP methods mirrored; only the safe ones (GET, HEAD) unless `sister` is set.",
+    )
+    comparator: Side = Field(
+        default=Side(cluster="sluice-parity"),
+        description="The gateway cluster where the comparator listens.",
+    )
+    secondary: Side | None = Field(
+        default=None,
+        description="A second baseline replica: differences between the two baseline replies"
+        " are noise, not mismatches (Diffy's rule). Omitted: none, every difference counts.",
+    )
+    sister: SisterTargets | None = Field(
+        default=None,
+        description="Where mirrored writes (methods other than GET and HEAD) go. Omitted:"
+        " writes are not mirrored.",
+    )
+    shadow_suffix: bool = Field(
+        default=True,
+        description="Envoy appends `-shadow` to the mirrored request's Host (its default);"
+        " `false` sets `disable_shadow_host_suffix_append`, for a candidate that cannot"
+        " accept it.",
+    )
+    compare: ParityCompare = Field(default=ParityCompare(), description="The comparison rules.")
+    redact: tuple[str, ...] = Field(
+        default=("authorization", "cookie", "set-cookie", "proxy-authorization"),
+        description="Request and response headers (names, case-insensitive) whose values"
+        " mismatch samples never keep.",
+    )
+    samples: int = Field(
+        default=20,
+        ge=0,
+        le=1000,
+        description="Mismatch samples kept per route (the newest), a count.",
+    )
+    timeout: Duration = Field(
+        default=timedelta(seconds=5),
+        description="Per request the comparator forwards; above 0s. A target slower than this"
+        " is an error, not a reply.",
+    )
 
     @field_validator("methods")
     @classmethod

@@ -75,20 +75,28 @@ class Stage(PolicyModel):
     """One step of the rollout: the candidate's share of the route's requests, and how long it
     stays there at least.
 
-    Attributes:
-        weight: the candidate's share in percent (0 <= weight <= 100, at most two decimals:
-            Envoy gets weights in units of 0.01%, see :data:`WEIGHT_SCALE`). 0% is a shadow
-            stage: the candidate serves no user, the comparator sees mirrored requests.
-        bake: the minimum time at this stage, counted from the moment every Envoy ACKed the
-            stage's weights. The stage is left only after its bake time and a pass verdict.
-        deadline: how long after its start the stage may stay without a pass verdict (too
-            little traffic, no data) before ``onFailure`` applies; default: the bake time plus
-            :data:`DEADLINE_INTERVALS` analysis intervals (:meth:`RolloutPolicy.stage_deadline`).
+    Envoy gets weights in units of 0.01% (:data:`WEIGHT_SCALE`); the default deadline is
+    :meth:`RolloutPolicy.stage_deadline`.
     """
 
-    weight: StageWeight
-    bake: Duration
-    deadline: Duration | None = None
+    weight: StageWeight = Field(
+        description="The candidate's share of the route's requests during the stage, in"
+        " percent: 0% to 100%, at most two decimals (Envoy gets weights in units of 0.01%)."
+        " Weights increase from stage to stage and the last stage is 100%. 0% is a shadow"
+        " stage: no user reaches the candidate, the comparator sees mirrored requests; only"
+        " as the first stage, with `parity` and a parity SLO."
+    )
+    bake: Duration = Field(
+        description="The least time spent at this stage, counted from the moment every Envoy"
+        " ACKed the stage's weights: the stage is left only after its bake time and a pass"
+        " verdict."
+    )
+    deadline: Duration | None = Field(
+        default=None,
+        description="How long after its start the stage may go without a pass verdict (too"
+        " little traffic, no data) before `onFailure` applies; at least `bake`. Omitted: the"
+        f" bake time plus {DEADLINE_INTERVALS} analysis intervals (`spec.analysis.interval`).",
+    )
 
     @field_validator("deadline")
     @classmethod
@@ -163,10 +171,27 @@ class LatencySlo(PolicyModel):
       indifference zone of the sequential test; narrowing it costs requests (time) per stage.
     """
 
-    metric: Literal["latency_p50", "latency_p95", "latency_p99"]
-    max_drift: Percent | None = 5.0
-    pass_drift: Percent = 20.0
-    max_value: Duration | None = None
+    metric: Literal["latency_p50", "latency_p95", "latency_p99"] = Field(
+        description="The quantile judged: the 50th, 95th or 99th percentile of the request"
+        " time Envoy measures to each cluster (`upstream_rq_time`, in ms)."
+    )
+    max_drift: Percent | None = Field(
+        default=5.0,
+        description="Fail when the candidate's quantile is shown more than this much slower"
+        " than the baseline's, relative to the baseline's (5% of a 200ms p99 is 10ms)."
+        " `null`: no relative limit. Below `passDrift`.",
+    )
+    pass_drift: Percent = Field(
+        default=20.0,
+        description="Pass only when the candidate is shown less than this much slower than"
+        " the baseline, relative to the baseline's quantile; above `maxDrift`. A candidate"
+        " this much slower or worse passes a stage with probability at most 1%.",
+    )
+    max_value: Duration | None = Field(
+        default=None,
+        description="An absolute ceiling on the candidate's quantile (e.g. `250ms`): fail"
+        " when shown above it, pass only when shown below it. Omitted: none.",
+    )
 
     _pass_drift = field_validator("pass_drift")(_check_pass_drift)
     _default_pass_drift = model_validator(mode="after")(_check_default_pass_drift)
@@ -186,11 +211,33 @@ class ErrorRateSlo(PolicyModel):
       ``maxValue``.
     """
 
-    metric: Literal["error_rate"]
-    max_drift: Percent | None = 5.0
-    pass_drift: Percent = 100.0
-    tolerance: Share = 0.1
-    max_value: Share | None = None
+    metric: Literal["error_rate"] = Field(
+        description="The share of the cluster's requests answered 5xx (Envoy's"
+        " `upstream_rq_xx` counters)."
+    )
+    max_drift: Percent | None = Field(
+        default=5.0,
+        description="Fail when the candidate's error rate is shown above the baseline's by"
+        " more than this, relative to the baseline's (5% of a 2% error rate is 0.1 points),"
+        " and by more than `tolerance`. `null`: no relative limit. Below `passDrift`.",
+    )
+    pass_drift: Percent = Field(
+        default=100.0,
+        description="Pass only when the candidate's error rate is shown below the baseline's"
+        " times (1 + passDrift), relative (100%: twice the baseline's), or the baseline's"
+        " plus twice `tolerance`, whichever is larger; above `maxDrift`.",
+    )
+    tolerance: Share = Field(
+        default=0.1,
+        description="Absolute slack in percentage points of requests (0.1% is one request in"
+        " a thousand): a candidate is failed on drift only when also this much above the"
+        " baseline, since near-zero error rates cannot be told apart by a relative drift.",
+    )
+    max_value: Share | None = Field(
+        default=None,
+        description="An absolute ceiling on the candidate's error rate, in percent of its"
+        " requests: fail when shown above it, pass only when shown below it. Omitted: none.",
+    )
 
     _pass_drift = field_validator("pass_drift")(_check_pass_drift)
     _default_pass_drift = model_validator(mode="after")(_check_default_pass_drift)
@@ -204,15 +251,23 @@ class ParitySlo(PolicyModel):
     compared requests whose candidate response matched the baseline's must stay at or above
     ``minValue`` (e.g. ``99.9%``).
 
-    Attributes:
-        min_value: the matched share in percent; the mismatch limit is ``1 - minValue/100``.
-        min_compared: compared requests (both sides answered) the stage needs before a pass
-            verdict; fewer give an inconclusive verdict, never a pass.
+    The mismatch limit is ``1 - minValue/100`` of the compared requests.
     """
 
-    metric: Literal["parity"]
-    min_value: Share
-    min_compared: int = Field(default=500, ge=0)
+    metric: Literal["parity"] = Field(
+        description="The share of compared requests whose candidate reply matched the"
+        " baseline's (tap-compare)."
+    )
+    min_value: Share = Field(
+        description="The least matched share, in percent of the compared requests (`99.9%`:"
+        " at most one mismatch in a thousand)."
+    )
+    min_compared: int = Field(
+        default=500,
+        ge=0,
+        description="Compared requests (both sides answered) the stage needs before a pass"
+        " verdict, a count; fewer give an inconclusive verdict, never a pass.",
+    )
 
 
 class CustomSlo(PolicyModel):
@@ -233,13 +288,40 @@ class CustomSlo(PolicyModel):
         }
     )
 
-    metric: Literal["custom"]
-    name: str = Field(pattern=NAME_PATTERN)
-    query: str = Field(min_length=1, json_schema_extra={"pattern": r"\{cluster\}"})
-    better: Literal["lower", "higher"] = "lower"
-    max_drift: Percent | None = None
-    max_value: float | None = None
-    min_value: float | None = None
+    metric: Literal["custom"] = Field(description="A PromQL query of your own.")
+    name: str = Field(
+        pattern=NAME_PATTERN,
+        description="The SLO's name in verdicts, status and the report; unique in the policy.",
+    )
+    query: str = Field(
+        min_length=1,
+        json_schema_extra={"pattern": r"\{cluster\}"},
+        description="A PromQL query returning one number for one side: `{cluster}` becomes"
+        " the side's cluster name, `{window}` the analysis window as a duration (e.g. `37s`);"
+        " no other `{name}` placeholder.",
+    )
+    better: Literal["lower", "higher"] = Field(
+        default="lower",
+        description="Which way is better for the candidate: `lower` (a latency, an error"
+        " count) or `higher` (a throughput, a success ratio); it decides which way `maxDrift`"
+        " is a drift.",
+    )
+    max_drift: Percent | None = Field(
+        default=None,
+        description="Fail when the candidate's value is more than this beyond the baseline's,"
+        " relative to the baseline's (above it for `better: lower`, below for `higher`)."
+        " Point values, no statistical test. Omitted: no relative limit.",
+    )
+    max_value: float | None = Field(
+        default=None,
+        description="Fail when the candidate's value is above this, in the query's own unit."
+        " Omitted: no ceiling.",
+    )
+    min_value: float | None = Field(
+        default=None,
+        description="Fail when the candidate's value is below this, in the query's own unit."
+        " Omitted: no floor.",
+    )
 
     @field_validator("query")
     @classmethod
@@ -273,26 +355,39 @@ def default_slos() -> tuple[LatencySlo | ErrorRateSlo | ParitySlo | CustomSlo, .
 
 
 class Analysis(PolicyModel):
-    """How stages are judged (the judging itself lives in ``controller.analysis``).
+    """How stages are judged (the judging itself lives in ``controller.analysis``)."""
 
-    Attributes:
-        interval: time between two analyses of the current stage.
-        min_requests: requests the candidate must have served in the stage before any pass
-            verdict; fewer give an inconclusive verdict.
-        no_data: ``hold`` (an empty result is inconclusive) or ``fail`` (counts as a failure).
-        failure_limit: failing verdicts that trigger ``onFailure``.
-        failure_counting: ``consecutive`` (a pass resets the count) or ``cumulative`` (every
-            failure in the stage counts).
-        slos: the objectives; omitted: :func:`default_slos`. An empty list gates stages on bake
-            time alone (every analysis passes).
-    """
-
-    interval: Duration = timedelta(seconds=30)
-    min_requests: int = Field(default=500, ge=0)
-    no_data: Literal["hold", "fail"] = "hold"
-    failure_limit: int = Field(default=1, ge=1)
-    failure_counting: Literal["consecutive", "cumulative"] = "consecutive"
-    slos: tuple[Slo, ...] = Field(default_factory=default_slos)
+    interval: Duration = Field(
+        default=timedelta(seconds=30),
+        description="Time between two analyses of the current stage; above 0s.",
+    )
+    min_requests: int = Field(
+        default=500,
+        ge=0,
+        description="Requests the candidate must have served in the stage before any pass"
+        " verdict, a count; fewer give an inconclusive verdict.",
+    )
+    no_data: Literal["hold", "fail"] = Field(
+        default="hold",
+        description="What an empty metrics result counts as: `hold` (inconclusive, the"
+        " stage waits) or `fail` (a failing verdict).",
+    )
+    failure_limit: int = Field(
+        default=1,
+        ge=1,
+        description="Failing verdicts, a count, that trigger `onFailure`.",
+    )
+    failure_counting: Literal["consecutive", "cumulative"] = Field(
+        default="consecutive",
+        description="How failing verdicts add up to `failureLimit`: `consecutive` (a pass"
+        " resets the count) or `cumulative` (every failure in the stage counts).",
+    )
+    slos: tuple[Slo, ...] = Field(
+        default_factory=default_slos,
+        description="The objectives every stage is judged on, one kind per `metric`. Omitted:"
+        " p99 latency and error rate, each with its defaults. An empty list gates stages on"
+        " bake time alone (every analysis passes).",
+    )
 
     @field_validator("interval")
     @classmethod
@@ -307,9 +402,20 @@ class HeaderOverride(PolicyModel):
     candidate, ``<header>: <baseline>`` the baseline, whatever the stage. Served as two extra
     Envoy routes in front of the route under rollout, with the same match plus this header."""
 
-    header: str = Field(pattern=_HEADER_NAME)
-    candidate: str = Field(default="candidate", min_length=1)
-    baseline: str = Field(default="baseline", min_length=1)
+    header: str = Field(
+        pattern=_HEADER_NAME, description="The request header testers set (e.g. `x-sluice-target`)."
+    )
+    candidate: str = Field(
+        default="candidate",
+        min_length=1,
+        description="The header value that sends the request to the candidate.",
+    )
+    baseline: str = Field(
+        default="baseline",
+        min_length=1,
+        description="The header value that sends the request to the baseline; differs from"
+        " `candidate`.",
+    )
 
     @field_validator("baseline")
     @classmethod
@@ -329,8 +435,16 @@ class Sticky(PolicyModel):
         json_schema_extra={"oneOf": [{"required": ["header"]}, {"required": ["cookie"]}]}
     )
 
-    header: str | None = Field(default=None, pattern=_HEADER_NAME)
-    cookie: str | None = Field(default=None, pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+    header: str | None = Field(
+        default=None,
+        pattern=_HEADER_NAME,
+        description="The request header whose value keeps a user on one side (e.g. `x-user-id`).",
+    )
+    cookie: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$",
+        description="The cookie whose value keeps a user on one side (e.g. `session`).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Sticky:
@@ -343,25 +457,57 @@ class PolicySpec(PolicyModel):
     """What the rollout moves, through which stages, judged how; ``parity``: tap-compare of
     the route's requests (:class:`~controller.policy.parity.ParityPolicy`), None: none."""
 
-    route: str = Field(pattern=NAME_PATTERN)
-    baseline: Side
-    candidate: Side
-    stages: tuple[Stage, ...] = Field(default_factory=default_stages, min_length=1)
-    analysis: Analysis = Field(default_factory=Analysis)
-    on_failure: Literal["rollback", "pause"] = "rollback"
-    override: HeaderOverride | None = None
-    sticky: Sticky | None = None
-    ack_timeout: Duration = timedelta(seconds=10)
-    parity: ParityPolicy | None = None
+    route: str = Field(
+        pattern=NAME_PATTERN,
+        description="The name of the gateway route under rollout; it must send traffic to"
+        " the baseline today.",
+    )
+    baseline: Side = Field(description="What the route serves today (the old service).")
+    candidate: Side = Field(
+        description="What the route moves to (the new service); not the baseline's cluster."
+    )
+    stages: tuple[Stage, ...] = Field(
+        default_factory=default_stages,
+        min_length=1,
+        description="The steps of the rollout, in order. Omitted: 1% for 2m, then 5%, 25%"
+        " and 100% for 5m each.",
+    )
+    analysis: Analysis = Field(default_factory=Analysis, description="How every stage is judged.")
+    on_failure: Literal["rollback", "pause"] = Field(
+        default="rollback",
+        description="What a failed stage (or a stage past its deadline) does: `rollback`"
+        " (all traffic back to the baseline) or `pause` (the weights stay, an operator"
+        " decides).",
+    )
+    override: HeaderOverride | None = Field(
+        default=None,
+        description="A request header that forces a side, for testers. Omitted: none.",
+    )
+    sticky: Sticky | None = Field(
+        default=None,
+        description="Keep each user on one side by a header or cookie. Omitted: every request"
+        " is split at random.",
+    )
+    ack_timeout: Duration = Field(
+        default=timedelta(seconds=10),
+        description="How long to wait for every Envoy to ACK a weight change; past it the"
+        " rollout holds where it is (said in its status) and the weights are pushed again,"
+        " with backoff: an unconfirmed change never promotes.",
+    )
+    parity: ParityPolicy | None = Field(
+        default=None,
+        description="Tap-compare: mirror some of the route's requests and compare the"
+        " candidate's replies with the baseline's. Omitted: no comparison.",
+    )
 
 
 class RolloutPolicy(PolicyModel):
     """A policy file: ``apiVersion: sluice.dev/v1alpha1``, ``kind: RolloutPolicy``."""
 
-    api_version: Literal["sluice.dev/v1alpha1"]
-    kind: Literal["RolloutPolicy"]
-    metadata: Metadata
-    spec: PolicySpec
+    api_version: Literal["sluice.dev/v1alpha1"] = Field(description="The file format's version.")
+    kind: Literal["RolloutPolicy"] = Field(description="What the file holds.")
+    metadata: Metadata = Field(description="The policy's name.")
+    spec: PolicySpec = Field(description="What the rollout moves, through which stages.")
 
     def stage_deadline(self, index: int) -> timedelta:
         """How long stage ``index`` may go without a pass verdict (see :class:`Stage`)."""
