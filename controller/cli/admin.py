@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated, Any
 
 import httpx
@@ -10,9 +9,10 @@ import typer
 
 from controller.cli import exitcodes
 
-ADMIN_DEFAULT = os.environ.get("SLUICE_ADMIN", "http://127.0.0.1:18001")
+ADMIN_DEFAULT = "http://127.0.0.1:18001"
 AdminOption = Annotated[
-    str, typer.Option("--admin", help="Admin API URL of `sluice serve` (env SLUICE_ADMIN).")
+    str,
+    typer.Option("--admin", envvar="SLUICE_ADMIN", help="Admin API URL of `sluice serve`."),
 ]
 
 

@@ -94,7 +94,7 @@ def demo(
 ) -> None:
     """Run a real rollout on loopback: the controller, a real Envoy, a sample baseline and
     candidate (a comments JSON API), the comparator, Prometheus when on PATH, and steady
-    traffic; the route moves 0% (shadow) → 10% → 50% → 100%, judged every second on p99
+    traffic; the route moves 0% (shadow) → 25% → 50% → 100%, judged every second on p99
     latency, error rate and parity. Writes the rollout's report at the end and stops
     everything it started, also on Ctrl-C.
 

@@ -26,6 +26,7 @@ from pydantic_core import (
     to_jsonable_python,
 )
 
+from controller.policy.gateway import Gateway
 from controller.policy.rollout_policy import RolloutPolicy
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -44,6 +45,12 @@ def policy_json_schema() -> dict[str, Any]:
         "title": "Sluice RolloutPolicy (sluice.dev/v1alpha1)",
         "$comment": _LIMITS,
     }
+
+
+def gateway_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a ``kind: Gateway`` file, written like the policy's (defaults as
+    files write them: ``1s``, not ``PT1S``)."""
+    return Gateway.model_json_schema(by_alias=True, mode="validation", schema_generator=_FileSchema)
 
 
 _LIMITS = (

@@ -23,13 +23,12 @@ from controller.cli.reference import (
     FILES,
     REGENERATE,
     cli_reference,
-    gateway_json_schema,
     main,
     policy_reference,
     stale,
 )
 from controller.cli.reference_md import code
-from controller.policy.schema import policy_json_schema
+from controller.policy.schema import gateway_json_schema, policy_json_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "reference"
@@ -121,7 +120,7 @@ def test_the_cli_reference_ignores_terminal_width_and_environment(
         if name not in ("COLUMNS", "LINES"):
             assert value not in plain_cli
     assert "`.sluice/state.db`" in plain_cli  # the declared default of --state
-    assert "`http://127.0.0.1:18001`" in plain_cli  # --admin's, though read from SLUICE_ADMIN
+    assert "`http://127.0.0.1:18001`" in plain_cli  # --admin's, whatever SLUICE_ADMIN says
 
 
 def test_the_policy_reference_does_not_depend_on_hash_seeds() -> None:
