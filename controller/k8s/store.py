@@ -11,6 +11,16 @@ or annotation edit), the same write is retried on the new version.
 The analysis log (every verdict, every weight change) is ``status.analyses``, its last
 :data:`~controller.k8s.status_codec.ANALYSIS_LIMIT` entries, written with the state.
 
+Reads (``watch=True``, what ``sluice serve --kubernetes`` uses): ``get``, ``list``,
+``history``, ``analyses`` and ``weight_steps`` are answered from a watch of the namespace's
+Rollouts (:mod:`controller.k8s.rollout_cache`) merged with this store's own writes, so a
+replica polling its store every second makes no request for it; before the watch's first
+list, while it has been down longer than ``watch_max_down_s``, or while it has not delivered
+one of this store's writes within ``watch_max_lag_s``, they GET/LIST as without a watch (a
+read is never served from a cache known to be broken). Writes are always API calls on the
+object read directly (never from the cache), and so is every re-read resolving a 409.
+Without ``watch`` (the CLI's one-shot commands) every read is a GET or a LIST.
+
 History: the last ``history_limit`` events stay in ``status.history``; each event also becomes
 a ``core/v1`` Event (kept by the cluster for its event TTL, an hour by default), written after
 the status and best effort (a failure is logged, the rollout's write stands).
@@ -37,6 +47,8 @@ from typing import Any, TypeVar
 from kubernetes import client as k8s_client
 
 from controller.k8s.rollout_api import ConflictError, ForbiddenError, RolloutApi
+from controller.k8s.rollout_cache import MAX_DOWN_S, MAX_LAG_S, RolloutCache
+from controller.k8s.rollout_reads import RolloutReads
 from controller.k8s.status_codec import (
     RolloutRecord,
     append_analyses,
@@ -81,6 +93,12 @@ class KubernetesRolloutStore:
         identity: this writer, as ``reportingInstance`` of the Events it creates (a pod name).
         history_limit: events kept in ``status.history`` (older ones only live as Events).
         request_timeout_s: each API request's connect and read timeout, in seconds.
+        watch: serve reads from a watch (started here, stopped by :meth:`close`); see the
+            module's "Reads".
+        watch_max_down_s: seconds the watch may be disconnected before reads go direct.
+        watch_max_lag_s: seconds a write of this store may be missing from the watch before
+            reads go direct.
+        watch_retry_s: the watch's pause after an API error, in seconds.
     """
 
     def __init__(
@@ -91,18 +109,32 @@ class KubernetesRolloutStore:
         identity: str = "sluice",
         history_limit: int = 100,
         request_timeout_s: float = 10.0,
+        watch: bool = False,
+        watch_max_down_s: float = MAX_DOWN_S,
+        watch_max_lag_s: float = MAX_LAG_S,
+        watch_retry_s: float = 1.0,
     ) -> None:
         if history_limit < 1:
             raise ValueError("history_limit must be at least 1")
         self._api = RolloutApi(api_client, namespace, request_timeout_s)
         self._identity = identity
         self._history_limit = history_limit
+        cache = None
+        if watch:
+            cache = RolloutCache(
+                api_client,
+                namespace,
+                max_down_s=watch_max_down_s,
+                max_lag_s=watch_max_lag_s,
+                retry_s=watch_retry_s,
+            ).start()
+        self._reads = RolloutReads(self._api, cache)
 
     # -- reads ---------------------------------------------------------------------------
 
     def get(self, name: str) -> StoredRollout:
         """See :meth:`controller.store.rollouts.RolloutStore.get`."""
-        return decode(self._api.get(name)).rollout
+        return decode(self._reads.object(name)).rollout
 
     def list(self, active_only: bool = False) -> builtins.list[StoredRollout]:
         """See :meth:`controller.store.rollouts.RolloutStore.list`, except that an object that
@@ -110,7 +142,7 @@ class KubernetesRolloutStore:
         allowed to create Rollouts could otherwise stop every controller (its start, the
         reconciler's supervision, the followers); :meth:`get` of that name still raises."""
         rollouts: builtins.list[StoredRollout] = []
-        for obj in self._api.list():
+        for obj in self._reads.objects():
             try:
                 rollouts.append(decode(obj).rollout)
             except CorruptRecordError as exc:
@@ -124,7 +156,7 @@ class KubernetesRolloutStore:
         in status (the last ``history_limit``; the Events hold older ones while they live)."""
         if limit is not None and limit < 0:
             raise ValueError("limit must not be negative")
-        events = builtins.list(decode(self._api.get(name)).history)
+        events = builtins.list(decode(self._reads.object(name)).history)
         if limit is not None:
             events = events[len(events) - limit :] if limit else []
         return events
@@ -142,7 +174,17 @@ class KubernetesRolloutStore:
     def _log(self, name: str, limit: int | None) -> tuple[AnalysisPoint | WeightStep, ...]:
         if limit is not None and limit < 0:
             raise ValueError("limit must not be negative")
-        return decode(self._api.get(name)).analyses
+        return decode(self._reads.object(name)).analyses
+
+    def wait_synced(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the watch's first list; True once reads come
+        from it (False at once without ``watch``)."""
+        return self._reads.wait_synced(timeout)
+
+    @property
+    def serving_from_watch(self) -> bool:
+        """Whether reads are answered from the watch now (synced, not down too long)."""
+        return self._reads.from_watch
 
     # -- writes --------------------------------------------------------------------------
 
@@ -164,6 +206,7 @@ class KubernetesRolloutStore:
         """
         existing: dict[str, Any] | None = None
         route = policy.spec.route
+        started = self._reads.started()
         for obj in self._api.list():
             other, phase, other_route = _summary(obj)
             if other == name:
@@ -180,7 +223,7 @@ class KubernetesRolloutStore:
                 obj = self._api.create(name, body)
             except ConflictError as exc:  # created meanwhile by someone else
                 try:
-                    phase = _summary(self._api.get(name))[1]
+                    phase = _summary(self._reads.read(name))[1]
                 except RolloutNotFoundError:
                     raise StoreError(
                         f"rollout {name!r} was created and deleted meanwhile; try again"
@@ -222,14 +265,14 @@ class KubernetesRolloutStore:
                 name,
                 exc,
             )
-            obj = self._api.get(name)
+            obj = self._reads.read(name)
         except StoreError:
             if existing is None:
                 self._undo_create(name, obj)
             raise
         if existing is None and state.phase in ACTIVE:
             self._settle_route_race(name, route, obj)
-        record = decode(obj)
+        record = decode(self._reads.noted(obj, started))
         self._record_events(obj, record.history[-1:])
         return record.rollout
 
@@ -244,7 +287,7 @@ class KubernetesRolloutStore:
         the resourceVersion read. A 409 is re-read: the revision moved →
         RevisionConflictError; only the resourceVersion moved → the same write again on the
         new one (up to :data:`METADATA_RETRIES` times)."""
-        obj = self._api.get(name)
+        obj = self._reads.read(name)
         for _ in range(METADATA_RETRIES + 1):
             record = decode(obj)
             if record.rollout.revision != expected_revision:
@@ -263,10 +306,11 @@ class KubernetesRolloutStore:
                 analyses=analyses,
                 analysis_seq=analysis_seq,
             )
+            started = self._reads.started()
             try:
-                written = self._api.replace_status(name, obj)
+                written = self._reads.noted(self._api.replace_status(name, obj), started)
             except ConflictError:
-                obj = self._api.get(name)  # decided again above if its revision moved
+                obj = self._reads.read(name)  # decided again above if its revision moved
                 continue
             after = decode(written)
             # an object that had no status gets the Event of its (synthesized) creation too
@@ -279,7 +323,9 @@ class KubernetesRolloutStore:
         )
 
     def close(self) -> None:
-        """Nothing to release: the API client belongs to the caller."""
+        """Stop the watch, if any (its thread joined); the API client belongs to the caller
+        and stays open. Reads after this are GETs and LISTs."""
+        self._reads.close()
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -293,7 +339,7 @@ class KubernetesRolloutStore:
             try:
                 return self._api.replace_status(name, {**obj, "status": status})
             except ConflictError:
-                obj = self._api.get(name)
+                obj = self._reads.read(name)
                 if obj.get("spec") != spec or (obj.get("status") or None) != before:
                     break
         raise StoreError(f"rollout {name!r} changed while being created; try again")
@@ -301,8 +347,11 @@ class KubernetesRolloutStore:
     def _undo_create(self, name: str, obj: dict[str, Any]) -> None:
         """Delete an object whose first status could not be written, so a failed create
         leaves nothing; only if it is still the one created (uid precondition)."""
+        uid = str(obj["metadata"].get("uid", ""))
+        started = self._reads.started()
         try:
-            self._api.delete(name, str(obj["metadata"].get("uid", "")))
+            self._api.delete(name, uid)
+            self._reads.deleted(name, uid, started)
         except StoreError as exc:
             log.warning(
                 "rollout %r: its status could not be written nor its object deleted (%s); "

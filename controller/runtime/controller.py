@@ -158,13 +158,19 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
                 api = api_client(config.kubernetes.kubeconfig, config.kubernetes.context)
             except ClusterError as exc:
                 raise StoreError(str(exc)) from exc
+            # Reads come from a watch of the Rollouts (the reconciler, the followers and the
+            # metrics read every poll); until its first list they GET/LIST, as this one does.
             rollouts = KubernetesRolloutStore(
-                api, config.kubernetes.namespace, identity=config.kubernetes.lease.identity
+                api,
+                config.kubernetes.namespace,
+                identity=config.kubernetes.lease.identity,
+                watch=True,
             )
         everything = rollouts.list()
     except (sqlite3.Error, ValueError, OSError, StoreError) as exc:
         store.close()
         if api is not None:
+            rollouts.close()  # built as soon as api is: stops its watch
             api.close()  # type: ignore[no-untyped-call]
         if config.kubernetes is not None:
             raise StartupError(

@@ -23,6 +23,7 @@ from controller.store.rollouts import (
     RevisionConflictError,
     RolloutExistsError,
     RolloutNotFoundError,
+    RolloutStore,
     RouteBusyError,
     StoreError,
 )
@@ -39,9 +40,22 @@ def store(kube: FakeKube) -> Iterator[KubernetesRolloutStore]:
 
 
 class TestKubernetesRolloutStore(RolloutStoreContract):
-    """The store contract on Rollout objects."""
+    """The store contract on Rollout objects: reading with GET/LIST, and reading from a
+    watch (synced first, so that reads do come from it)."""
 
     updates_per_thread = 8  # each update is 3-4 HTTP requests to the fake
+
+    @pytest.fixture(params=["direct", "watching"])
+    def store(self, request: pytest.FixtureRequest, kube: FakeKube) -> Iterator[RolloutStore]:
+        watching = request.param == "watching"
+        s = KubernetesRolloutStore(kube.api_client(), NS, identity="pod-a", watch=watching)
+        try:
+            if watching:
+                assert s.wait_synced(10)
+                assert s.serving_from_watch
+            yield s
+        finally:
+            s.close()
 
 
 def objects_api(kube: FakeKube) -> k8s_client.CustomObjectsApi:
