@@ -66,7 +66,8 @@ def outcome_json(outcome: DemoOutcome) -> dict[str, Any]:
     """The demo's outcome: the scenario and what it expected, the rollout's end (phase,
     reason, cause, stage), the figures behind the last decision (every SLO's verdict with its
     baseline and candidate values), its history, what the clients received, the weights Envoy
-    applied at the end, the report's path, the work directory and the processes run.
+    applied at the end and the requests it sent each side, the report's path, the work
+    directory and the processes run.
 
     Units as in ``sluice rollout status -o json``: weights in percent, times in epoch seconds
     (``*_at``), durations in seconds (``*_s``).
@@ -88,6 +89,7 @@ def outcome_json(outcome: DemoOutcome) -> dict[str, Any]:
         "history": [history_json(e) for e in progress.events],
         "load": None if progress.load is None else progress.load.as_json(),
         "envoy_weights": outcome.envoy_weights,
+        "envoy_requests": outcome.envoy_requests,
         "provider": progress.provider,
         "notes": progress.notes,
         "report": None if outcome.report is None else str(outcome.report),

@@ -3,6 +3,7 @@ ADS, with its admin API on a free loopback port."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import time
@@ -142,3 +143,22 @@ def applied_weights(admin_url: str, route: str) -> dict[str, int] | None:
                         c["name"]: int(c.get("weight", 0)) for c in weighted.get("clusters", [])
                     }
     return None
+
+
+def upstream_requests(admin_url: str, clusters: tuple[str, ...]) -> dict[str, int] | None:
+    """Requests Envoy sent to each of ``clusters`` (its ``cluster.<name>.upstream_rq_total``
+    counters, from admin ``/stats``), or None when it does not answer."""
+    pattern = "^cluster\\.(" + "|".join(re.escape(c) for c in clusters) + ")\\.upstream_rq_total$"
+    try:
+        text = httpx.get(
+            f"{admin_url}/stats", params={"filter": pattern, "type": "Counters"}, timeout=2.0
+        ).text
+    except httpx.HTTPError:
+        return None
+    counts = dict.fromkeys(clusters, 0)
+    for line in text.splitlines():
+        name, sep, value = line.rpartition(": ")
+        cluster = name.strip().removeprefix("cluster.").removesuffix(".upstream_rq_total")
+        if sep and cluster in counts and value.strip().isdigit():
+            counts[cluster] = int(value)
+    return counts

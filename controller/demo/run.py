@@ -35,7 +35,7 @@ import yaml
 
 from controller.demo import scenarios
 from controller.demo.children import Child, ChildError, Children
-from controller.demo.envoy import DemoEnvoy, applied_weights
+from controller.demo.envoy import DemoEnvoy, applied_weights, upstream_requests
 from controller.demo.load import Load, LoadFigures
 from controller.demo.prometheus import ScrapeTarget, prometheus_binary, start_prometheus
 from controller.demo.scenarios import Scenario, ScenarioName
@@ -114,6 +114,8 @@ class DemoOutcome:
     Attributes:
         progress: the last progress (rollout, history, load figures).
         envoy_weights: the weights Envoy applied at the end (from its ``/config_dump``).
+        envoy_requests: requests Envoy sent to the baseline and the candidate in all (its
+            ``upstream_rq_total`` counters; the comparator's requests do not pass through it).
         report: the report's path (None when it could not be written; ``report_error`` says
             why).
         duration_s: seconds from the rollout's start to its end.
@@ -122,6 +124,7 @@ class DemoOutcome:
 
     progress: DemoProgress
     envoy_weights: dict[str, int] | None
+    envoy_requests: dict[str, int] | None
     report: Path | None
     report_error: str | None
     duration_s: float
@@ -318,9 +321,12 @@ class Demo:
         finally:
             store.close()
         weights = applied_weights(envoy.admin_url, scenarios.ROLLOUT)
+        sent = upstream_requests(envoy.admin_url, (scenarios.BASELINE, scenarios.CANDIDATE))
         self._step("stopping")
         self._stop_all()
-        return DemoOutcome(self.progress, weights, report, report_error, duration, self._exit_codes)
+        return DemoOutcome(
+            self.progress, weights, sent, report, report_error, duration, self._exit_codes
+        )
 
     def _service(self, name: str, behaviour: list[str]) -> Child:
         argv = [sys.executable, "-m", "controller.demo.service", name, *behaviour]

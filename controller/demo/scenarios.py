@@ -180,7 +180,8 @@ def _cluster(name: str, port: int) -> dict[str, Any]:
 
 def policy_document() -> dict[str, Any]:
     """The demo policy: a shadow stage (0%: parity only), then 25%, 50% and 100%, each baked
-    5 s and judged every second on p99 latency, error rate and parity.
+    5 s and judged every second on p99 latency, error rate and parity; a stage without a pass
+    verdict after 120 s rolls back (a slow machine needs more requests for a verdict).
 
     Short stages and lenient pass limits fit a demo on a laptop, not production (see
     ``policies/comments.yaml`` for that): ``passDrift`` 40% for latency because two identical
@@ -197,10 +198,10 @@ def policy_document() -> dict[str, Any]:
             "baseline": {"cluster": BASELINE},
             "candidate": {"cluster": CANDIDATE},
             "stages": [
-                {"weight": "0%", "bake": "5s", "deadline": "60s"},
-                {"weight": "25%", "bake": "5s", "deadline": "60s"},
-                {"weight": "50%", "bake": "5s", "deadline": "60s"},
-                {"weight": "100%", "bake": "5s", "deadline": "60s"},
+                {"weight": "0%", "bake": "5s", "deadline": "120s"},
+                {"weight": "25%", "bake": "5s", "deadline": "120s"},
+                {"weight": "50%", "bake": "5s", "deadline": "120s"},
+                {"weight": "100%", "bake": "5s", "deadline": "120s"},
             ],
             "analysis": {
                 "interval": "1s",

@@ -174,15 +174,17 @@ def setup_factory(
             upstream.stop()
 
 
-PROVIDERS = ["prometheus", "envoy_admin"]
-
-
 def candidate_weights(envoy: Envoy) -> int | None:
     weights = envoy.applied_weights()
     return None if weights is None else weights.get(CANDIDATE, 0)
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
+# Each provider judges each kind of candidate at least once across this module and the demo's
+# end-to-end test (tests/e2e/test_demo_e2e.py, Prometheus in CI): healthy (envoy_admin here,
+# prometheus there), a slow tail (envoy_admin here), a slower median (prometheus there), 5xx on
+# every method (prometheus here), failed writes (envoy_admin there). Running every pair would
+# cost CI ~2 more minutes for no new path.
+@pytest.mark.parametrize("provider", ["envoy_admin"])
 def test_a_healthy_candidate_is_promoted(
     setup_factory: Callable[..., Setup], provider: str
 ) -> None:
@@ -199,17 +201,17 @@ def test_a_healthy_candidate_is_promoted(
     assert all(s["outcome"] == "pass" for s in slos.values()), slos
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize(
-    ("candidate", "slo"),
+    ("provider", "candidate", "slo"),
     [
         (
+            "envoy_admin",
             (*NOISE[:4], "--error-rate", "0.005", "--slow-share", "0.05", "--slow-factor", "1.5"),
             "latency_p99",
         ),
-        ((*NOISE[:4], "--error-rate", "0.02"), "error_rate"),
+        ("prometheus", (*NOISE[:4], "--error-rate", "0.02"), "error_rate"),
     ],
-    ids=["slowest-5%-50%-slower", "2%-5xx"],
+    ids=["slowest-5%-50%-slower-envoy_admin", "2%-5xx-prometheus"],
 )
 def test_a_bad_candidate_is_rolled_back_naming_the_slo(
     setup_factory: Callable[..., Setup], provider: str, candidate: tuple[str, ...], slo: str

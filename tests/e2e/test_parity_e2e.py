@@ -184,38 +184,12 @@ def setup_factory(tmp_path: Path) -> Iterator[Callable[..., Setup]]:
 VOLATILE = ["/meta/generated_at", "/meta/request_id"]
 
 
-def test_a_nested_field_bug_fails_parity_in_the_shadow_stage(
-    setup_factory: Callable[..., Setup],
-) -> None:
-    setup = setup_factory(("--nested-diff-share", "0.01"))
-    url = f"http://127.0.0.1:{setup.envoy.listener_port()}"
-    with LoadGenerator(url, concurrency=8, path=ITEM_PATH) as load:
-        load.start("run", duration=150)
-        setup.start({"compare": {"ignore": VOLATILE}}, "99.9%")
-        final = setup.wait_end(timeout=150)
-    assert final["phase"] == "rolled_back", json.dumps(final, indent=1)
-    assert final["rollback_cause"] == "verdict"
-    assert final["stage"] == 1, "rolled back in the shadow stage"
-    # No user request ever reached the candidate: Envoy sent it none.
-    assert setup.envoy.cluster_counter(CANDIDATE, "upstream_rq_total") == 0
-    failed = [e for e in final["history"] if "→ rolling_back" in e["transition"]]
-    assert failed, final["history"]
-    assert "parity" in failed[0]["reason"], failed[0]
-    figures = failed[0]["details"]["slos"]["parity"]
-    assert figures["outcome"] == "fail"
-    # `sluice parity diff` names the field path and shows an example with both replies.
-    admin = setup.controller.admin_url
-    table = setup.cli("parity", "diff", ROUTE, "--admin", admin).stdout
-    assert "/owner/address/city" in table, table
-    assert "Paris" in table, table
-    assert "Lyon" in table, table
-    report = json.loads(setup.cli("parity", "diff", ROUTE, "--admin", admin, "-o", "json").stdout)
-    paths = report["paths"]
-    assert set(paths) == {"/owner/address/city"}, paths
-    assert report["counts"]["mismatched"] >= 1
+# A field bug failing parity in the shadow stage (no user request reaching the candidate, the
+# field path in the comparator's samples) and volatile fields ignored by path (a healthy
+# candidate promoted) are the demo's parity and healthy scenarios: tests/e2e/test_demo_e2e.py.
 
 
-@pytest.mark.parametrize("via", ["ignore-paths", "secondary-noise"])
+@pytest.mark.parametrize("via", ["secondary-noise"])
 def test_volatile_fields_alone_pass_parity(setup_factory: Callable[..., Setup], via: str) -> None:
     secondary = via == "secondary-noise"
     setup = setup_factory((), secondary=secondary)
