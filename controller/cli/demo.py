@@ -120,14 +120,19 @@ def demo(
 
 
 def _run_json(options: DemoOptions) -> None:
-    from controller.cli.demoview import event_line, outcome_json
+    from controller.cli.demoview import error_json, event_line, outcome_json
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
 
     def on_event(event: HistoryEvent) -> None:
         err.print(event_line(event), markup=False)
 
-    outcome = _run(_demo(options, err, on_event=on_event), err)
+    demo_run = _demo(options, err, on_event=on_event)
+
+    def on_error(message: str) -> None:  # scripts still get one JSON document
+        typer.echo(json.dumps(error_json(demo_run.progress, message), indent=2))
+
+    outcome = _run(demo_run, err, on_error)
     typer.echo(json.dumps(outcome_json(outcome), indent=2))
     raise typer.Exit(exitcodes.OK if outcome.as_expected else exitcodes.FAILED)
 
@@ -168,13 +173,16 @@ def _demo(
         raise typer.Exit(exitcodes.INVALID_INPUT) from exc
 
 
-def _run(demo_run: Demo, console: Console) -> DemoOutcome:
+def _run(
+    demo_run: Demo, console: Console, on_error: Callable[[str], None] = lambda _: None
+) -> DemoOutcome:
     from controller.demo.run import DemoError
 
     try:
         return demo_run.run()
     except DemoError as exc:
         console.print(f"error: {exc}", markup=False, style="red")
+        on_error(str(exc))
         raise typer.Exit(exitcodes.FAILED) from exc
     except KeyboardInterrupt:
         console.print(f"interrupted: everything stopped; logs in {demo_run.workdir}")

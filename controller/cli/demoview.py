@@ -100,6 +100,26 @@ def outcome_json(outcome: DemoOutcome) -> dict[str, Any]:
     }
 
 
+def error_json(progress: DemoProgress, error: str) -> dict[str, Any]:
+    """The document ``-o json`` prints when the demo could not finish (a part did not start
+    or died, the rollout outlived ``--timeout``): the error, and the rollout and the traffic
+    as far as they went."""
+    scenario, rollout = progress.scenario, progress.rollout
+    return {
+        "scenario": scenario.name,
+        "expected": {"phase": scenario.expected_phase, "failed_slo": scenario.expected_slo},
+        "as_expected": False,
+        "phase": "error" if rollout is None else str(rollout.state.phase),
+        "error": error,
+        "step": progress.step,
+        "rollout": None if rollout is None else rollout_json(rollout, time.time()),
+        "history": [history_json(e) for e in progress.events],
+        "load": None if progress.load is None else progress.load.as_json(),
+        "provider": progress.provider,
+        "workdir": str(progress.workdir),
+    }
+
+
 def outcome_view(outcome: DemoOutcome) -> RenderableType:
     """The last lines of the demo in table mode: how it ended and where the report is."""
     data = outcome_json(outcome)

@@ -23,17 +23,34 @@ from typing import Any
 PR_SET_PDEATHSIG = 1
 """prctl(2) option: the signal a child gets when its parent dies."""
 
+_LIBC: Any = None
+"""libc, loaded in the parent: a child between fork and exec must not load libraries (the
+parent has threads, e.g. rich's refresh thread, whose locks the child inherits held)."""
+
 
 class ChildError(RuntimeError):
     """A child process exited or did not become ready in time; the message says which and
     carries the tail of its output."""
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def _libc() -> Any:
+    global _LIBC
+    if _LIBC is None and sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            _LIBC = ctypes.CDLL(None, use_errno=True)
+    return _LIBC
+
+
+def _die_with_parent(libc: Any, parent: int) -> Callable[[], None]:
+    """The child's pre-exec step: SIGTERM when ``parent`` dies; and when it died already
+    (between fork and ``prctl``), exit at once."""
+
+    def setup() -> None:  # runs in the child between fork and exec
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return setup
 
 
 def tail(path: Path, lines: int = 20) -> str:
@@ -89,8 +106,9 @@ class Child:
                 raise ChildError(f"{self.name} not ready after {timeout_s:g} s\n{self.describe()}")
             time.sleep(0.05)
 
-    def stop(self, grace_s: float = 5.0) -> int:
-        """SIGTERM, then SIGKILL after ``grace_s`` seconds; returns the exit code."""
+    def stop(self, grace_s: float = 5.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``grace_s`` seconds; returns the exit code (None: it
+        outlived SIGKILL by 5 s, e.g. stuck in the kernel)."""
         if self.alive():
             with contextlib.suppress(ProcessLookupError):
                 self.popen.terminate()
@@ -99,25 +117,31 @@ class Child:
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     self.popen.kill()
-        return self.popen.wait(5.0)
+        try:
+            return self.popen.wait(5.0)
+        except subprocess.TimeoutExpired:
+            return None
 
 
 @dataclass
 class Children:
-    """Every child the demo started, stopped in reverse start order by :meth:`stop_all`."""
+    """Every child the demo started, stopped in reverse start order by :meth:`stop_all`.
+    Each runs in ``workdir`` with exactly the environment ``env``."""
 
     workdir: Path
+    env: Mapping[str, str]
     started: list[Child] = field(default_factory=list)
 
-    def start(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> Child:
-        """Start ``argv`` in ``workdir`` with its output in ``<name>.stdout``/``.stderr``.
+    def start(self, name: str, argv: Sequence[str]) -> Child:
+        """Start ``argv`` with its output in ``<name>.stdout``/``.stderr`` of ``workdir``.
 
         Raises:
             ChildError: the program cannot be started (missing, not executable).
         """
         out_path = self.workdir / f"{name}.stdout"
         err_path = self.workdir / f"{name}.stderr"
-        preexec: Callable[[], None] | None = _die_with_parent
+        libc = _libc()
+        preexec = None if libc is None else _die_with_parent(libc, os.getpid())
         try:
             with out_path.open("wb") as out, err_path.open("wb") as err:
                 popen = subprocess.Popen(
@@ -126,7 +150,7 @@ class Children:
                     stdout=out,
                     stderr=err,
                     cwd=self.workdir,
-                    env={**os.environ, **(env or {})},
+                    env=dict(self.env),
                     start_new_session=True,
                     preexec_fn=preexec,
                 )
@@ -140,7 +164,11 @@ class Children:
         """The children that exited on their own."""
         return [c for c in self.started if not c.alive()]
 
-    def stop_all(self, grace_s: float = 5.0) -> None:
-        """Stop every child, newest first (the load's target before what it needs)."""
+    def stop_all(self, grace_s: float = 5.0) -> dict[int, int | None]:
+        """Stop every child, newest first (the load's target before what it needs); returns
+        the exit code of each child stopped, by pid."""
+        codes: dict[int, int | None] = {}
         while self.started:
-            self.started.pop().stop(grace_s)
+            child = self.started.pop()
+            codes[child.pid] = child.stop(grace_s)
+        return codes

@@ -69,6 +69,7 @@ class DemoEnvoy:
         bootstrap_path = workdir / "envoy-bootstrap.yaml"
         bootstrap_path.write_text(yaml.safe_dump(bootstrap))
         admin_path = workdir / "envoy-admin-address.txt"
+        admin_path.unlink(missing_ok=True)  # a reused --workdir holds the last run's
         argv = [
             envoy_binary(),
             "-c",

@@ -39,7 +39,8 @@ class LoadFigures:
             e.g. Envoy's own 503).
         by_status: replies per HTTP status code.
         transport_errors: requests that got no reply (connection refused or reset, timeout).
-        skipped: scheduled requests not started because ``max_in_flight`` were in flight.
+        skipped: scheduled requests not started: ``max_in_flight`` were in flight, or the
+            generator fell more than a second behind its schedule (the machine is too busy).
     """
 
     sent: int = 0
@@ -85,7 +86,6 @@ class Load:
         self.timeout_s = timeout_s
         self.figures = LoadFigures()
         self._recent: deque[tuple[float, str]] = deque()
-        self._in_flight = 0
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -118,7 +118,8 @@ class Load:
             try:
                 while True:
                     next_at += period
-                    if self._in_flight >= self.max_in_flight:
+                    # The tasks not done yet, whether started or not, count as in flight.
+                    if len(requests) >= self.max_in_flight:
                         self.figures.skipped += 1
                     else:
                         task = asyncio.create_task(self._one(session))
@@ -128,7 +129,10 @@ class Load:
                     if delay > 0:
                         await asyncio.sleep(delay)
                     elif delay < -1.0:  # fell behind by a second: do not burst to catch up
+                        self.figures.skipped += int(-delay / period)
                         next_at = time.monotonic()
+                    else:
+                        await asyncio.sleep(0)  # let the requests started run
             finally:
                 if requests:
                     await asyncio.wait(requests)
@@ -144,7 +148,6 @@ class Load:
         return "GET", f"{ROUTE_PREFIX}/{random.randrange(0, 5000)}", None
 
     async def _one(self, session: aiohttp.ClientSession) -> None:
-        self._in_flight += 1
         self.figures.sent += 1
         method, path, body = self._request()
         try:
@@ -156,5 +159,3 @@ class Load:
                 self._recent.append((time.monotonic(), upstream))
         except (TimeoutError, aiohttp.ClientError):
             self.figures.transport_errors += 1
-        finally:
-            self._in_flight -= 1

@@ -25,7 +25,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -192,10 +192,14 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _child_env() -> dict[str, str]:
+def child_env(environ: Mapping[str, str]) -> dict[str, str]:
     """The environment of the demo's children: the user's, without Sluice's own settings
-    (``SLUICE_KUBERNETES``, ``SLUICE_NOTIFY``... must not turn the demo into something else)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+    (``SLUICE_NAMESPACE`` would make the demo's controller a replica of a real cluster,
+    ``SLUICE_NOTIFY`` would send the demo's rollbacks to a real webhook) but
+    ``SLUICE_PROMETHEUS``, which names the Prometheus binary the demo itself runs."""
+    return {
+        k: v for k, v in environ.items() if not k.startswith("SLUICE_") or k == "SLUICE_PROMETHEUS"
+    }
 
 
 class Demo:
@@ -219,7 +223,7 @@ class Demo:
         self.progress = DemoProgress(scenarios.SCENARIOS[options.scenario], provider, self.workdir)
         if note:
             self.progress.notes.append(note)
-        self.children = Children(self.workdir)
+        self.children = Children(self.workdir, child_env(os.environ))
         self._exit_codes: list[dict[str, Any]] = []
 
     def run(self) -> DemoOutcome:
@@ -278,7 +282,8 @@ class Demo:
 
         self._step("starting the controller (xDS, comparator, judge)")
         state = self.workdir / "state.db"
-        state.unlink(missing_ok=True)  # a reused --workdir starts afresh
+        for stale in (state, state.with_name("state.db-wal"), state.with_name("state.db-shm")):
+            stale.unlink(missing_ok=True)  # a reused --workdir starts afresh
         controller = self.children.start(
             "controller",
             [
@@ -300,7 +305,6 @@ class Demo:
                 "warning",
                 *extra,
             ],
-            env=_child_env(),
         )
         ready = controller.ready_line(30.0)
         admin = f"http://{ready['admin']}"
@@ -330,7 +334,7 @@ class Demo:
 
     def _service(self, name: str, behaviour: list[str]) -> Child:
         argv = [sys.executable, "-m", "controller.demo.service", name, *behaviour]
-        return self.children.start(name, argv, env=_child_env())
+        return self.children.start(name, argv)
 
     def _wait_served(self, gateway_url: str, timeout_s: float = 20.0) -> None:
         """Wait for a first 200 through Envoy (its route configuration arrived)."""
@@ -400,11 +404,7 @@ class Demo:
         return path.resolve(), None
 
     def _stop_all(self) -> None:
-        for child in self.children.started:
-            self._exit_codes.append({"name": child.name, "pid": child.pid, "exit_code": None})
-        order = list(self.children.started)
-        self.children.stop_all()
-        codes = {c.pid: c.popen.returncode for c in order}
-        for entry in self._exit_codes:
-            if entry["exit_code"] is None:
-                entry["exit_code"] = codes.get(entry["pid"])
+        names = {c.pid: c.name for c in self.children.started}
+        codes = self.children.stop_all()
+        for pid, name in reversed(names.items()):
+            self._exit_codes.append({"name": name, "pid": pid, "exit_code": codes.get(pid)})

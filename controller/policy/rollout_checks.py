@@ -12,6 +12,7 @@ from controller.policy.gateway import Gateway
 from controller.policy.gateway_checks import Problem
 from controller.policy.parity_checks import check_parity, check_parity_against_gateway
 from controller.policy.rollout_policy import RolloutPolicy, slo_name
+from controller.policy.units import format_duration
 
 _STAGES = ("spec", "stages")
 
@@ -21,7 +22,8 @@ def check_policy(policy: RolloutPolicy) -> list[Problem]:
 
     Reported: stage weights that do not strictly increase (a rollout moves forward only); a
     0% stage (shadow stage) anywhere but first; a last stage below 100% (the rollout would
-    never finish the migration); the same cluster as baseline and candidate; two SLOs with the
+    never finish the migration); a stage deadline not longer than the analysis' initial delay;
+    the same cluster as baseline and candidate; two SLOs with the
     same name (verdicts are reported by name); and the problems of
     :func:`~controller.policy.parity_checks.check_parity` (tap-compare, the shadow stage).
     """
@@ -54,6 +56,17 @@ def check_policy(policy: RolloutPolicy) -> list[Problem]:
         problems.append(
             (("spec", "candidate", "cluster"), "the candidate must differ from the baseline")
         )
+    delay = policy.spec.analysis.initial_delay
+    for i, stage in enumerate(stages):
+        if stage.deadline is not None and stage.deadline <= delay:
+            problems.append(
+                (
+                    (*_STAGES, i, "deadline"),
+                    f"the deadline ({format_duration(stage.deadline)}) must be longer than"
+                    f" spec.analysis.initialDelay ({format_duration(delay)}): no analysis"
+                    " could pass the stage before it",
+                )
+            )
     seen: dict[str, int] = {}
     for i, slo in enumerate(policy.spec.analysis.slos):
         name = slo_name(slo)

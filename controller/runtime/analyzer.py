@@ -18,6 +18,7 @@ from controller.analysis.providers.base import CustomQuery, MetricsProvider, Par
 from controller.analysis.providers.parity import read_parity, with_parity
 from controller.analysis.sli import NoSample, SampleResult, SideCounts
 from controller.policy.rollout_policy import CustomSlo, ParitySlo
+from controller.policy.units import format_duration
 from controller.rollout.inputs import Verdict
 from controller.rollout.machine import describe_stage
 from controller.store.rollouts import StoredRollout
@@ -60,8 +61,10 @@ class BakeOnlyAnalyzer:
 class MetricsAnalyzer:
     """Judges stages from a metrics provider.
 
-    The stage window is ``[state.stage_started_at, now]`` (the bake clock starts at the ACK of
-    the stage's weights, so the window holds only requests served at this stage's weights).
+    The stage window is ``[state.stage_started_at + initialDelay, now]`` (the bake clock starts
+    at the ACK of the stage's weights, so the window holds only requests served at this
+    stage's weights, and ``spec.analysis.initialDelay`` leaves out the first ones, served
+    while the side whose share grew warmed up); before it opens the verdict is inconclusive.
     When the baseline served fewer than ``minRequests`` in the stage (at high weights it serves
     almost nothing), the baseline over the rollout so far is the reference.
 
@@ -79,6 +82,17 @@ class MetricsAnalyzer:
         policy, state = rollout.policy, rollout.state
         spec = policy.spec
         start = state.stage_started_at if state.stage_started_at is not None else now
+        start += spec.analysis.initial_delay.total_seconds()
+        if now < start:
+            return Verdict(
+                now=now,
+                stage=state.stage,
+                outcome="inconclusive",
+                reason=f"initial delay: the analysis starts in {start - now:.1f}s"
+                f" ({format_duration(spec.analysis.initial_delay)} after the stage's weights"
+                " were ACKed)",
+                details={"window": {"start": start, "end": now}},
+            )
         custom = tuple(
             CustomQuery(slo.name, slo.query)
             for slo in spec.analysis.slos

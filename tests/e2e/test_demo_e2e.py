@@ -11,11 +11,14 @@ parity scenario), and on every process it started being gone when it exits, also
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -155,19 +158,54 @@ def assert_report_renders(report: Path, tmp_path: Path, outcome: dict[str, Any])
     assert "/author/display_name" in done.stdout
 
 
-def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
+def watch_exits(procs: list[psutil.Process], stop: threading.Event) -> dict[int, float]:
+    """Start noting when each process ends (exits, or waits as a zombie to be reaped), in
+    ``time.monotonic()`` seconds, every 10 ms until ``stop``; returns the (live) dict."""
+    ended: dict[int, float] = {}
+
+    def poll() -> None:
+        while not stop.is_set() and len(ended) < len(procs):
+            for proc in procs:
+                if proc.pid in ended:
+                    continue
+                try:
+                    done = proc.status() == psutil.STATUS_ZOMBIE
+                except psutil.NoSuchProcess:
+                    done = True
+                if done:
+                    ended[proc.pid] = time.monotonic()
+            time.sleep(0.01)
+
+    threading.Thread(target=poll, daemon=True).start()
+    return ended
+
+
+@pytest.mark.parametrize(
+    ("sig", "when"),
+    [(signal.SIGINT, "rolling out"), (signal.SIGTERM, "rolling out"), (signal.SIGINT, "starting")],
+    ids=["ctrl-c", "sigterm", "ctrl-c-while-starting"],
+)
+def test_a_signal_stops_every_child_before_the_demo_exits(
+    tmp_path: Path, sig: signal.Signals, when: str
+) -> None:
+    """The demo stops its children itself, and waits for them, before it exits: each ended
+    before the demo did (PR_SET_PDEATHSIG would only end them after)."""
     demo = subprocess.Popen(
         [sys.executable, "-m", "controller", "demo", "--workdir", str(tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    stop = threading.Event()
     try:
         state = tmp_path / "state.db"
+        envoy_started = tmp_path / "envoy.stdout"
 
-        def progressing() -> bool:
+        def reached() -> bool:
             if demo.poll() is not None:
                 raise AssertionError(f"the demo exited: {demo.communicate()}")
+            if when == "starting":
+                return envoy_started.exists()
             if not state.exists():
                 return False
             try:
@@ -176,21 +214,25 @@ def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
             except sqlite3.Error:
                 return False
 
-        wait_until(progressing, timeout=90, what="the demo's rollout to start")
+        wait_until(reached, timeout=90, what=f"the demo to be {when}", interval=0.05)
         children = psutil.Process(demo.pid).children(recursive=True)
         names = {c.name() for c in children}
-        assert "envoy" in names, names
-        assert len(children) >= 5, names
-        demo.send_signal(signal.SIGINT)
+        assert len(children) >= (3 if when == "starting" else 5), names
+        ended = watch_exits(children, stop)
+        demo.send_signal(sig)
         out, err = demo.communicate(timeout=60)
+        demo_ended = time.monotonic()
     finally:
+        stop.set()
         if demo.poll() is None:
             demo.kill()
             demo.wait()
     assert demo.returncode == 130, err[-2000:]
     assert "interrupted: everything stopped" in out + err
-    _gone, alive = psutil.wait_procs(children, timeout=5)
+    _, alive = psutil.wait_procs(children, timeout=5)
     assert not alive, [p.pid for p in alive]
+    late = [c.pid for c in children if ended.get(c.pid, math.inf) > demo_ended]
+    assert not late, f"ended after the demo (not stopped by it): {late}"
 
 
 def test_sigkill_of_the_demo_leaves_nothing_behind(tmp_path: Path) -> None:

@@ -8,14 +8,21 @@ generator sends reads and writes at its rate and counts replies per upstream and
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
+from controller.demo.children import Children
 from controller.demo.load import WRITE_SHARE, Load
+from controller.demo.run import child_env
 from controller.demo.service import Service
 
 
@@ -106,3 +113,26 @@ async def test_the_load_sends_at_its_rate_and_counts_what_came_back() -> None:
     rate, upstreams = load.recent()
     assert rate > 0
     assert set(upstreams) == {"old"}
+
+
+def test_children_get_the_users_environment_without_sluices_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shell set up for cluster mode must not turn the demo's controller into a replica of a
+    real cluster (SLUICE_NAMESPACE implies --kubernetes) nor notify real webhooks."""
+    monkeypatch.setenv("SLUICE_NAMESPACE", "production")
+    monkeypatch.setenv("SLUICE_NOTIFY", "https://hooks.example/real")
+    monkeypatch.setenv("SLUICE_PROMETHEUS", "/opt/prometheus")
+    monkeypatch.setenv("DEMO_TEST_KEPT", "yes")
+    children = Children(tmp_path, child_env(os.environ))
+    child = children.start(
+        "printenv",
+        [sys.executable, "-c", "import json, os; print(json.dumps(dict(os.environ)))"],
+    )
+    assert child.popen.wait(10) == 0
+    seen = json.loads(child.stdout_path.read_text())
+    assert "SLUICE_NAMESPACE" not in seen
+    assert "SLUICE_NOTIFY" not in seen
+    assert seen["SLUICE_PROMETHEUS"] == "/opt/prometheus"  # the binary the demo runs
+    assert seen["DEMO_TEST_KEPT"] == "yes"
+    assert children.stop_all() == {child.pid: 0}

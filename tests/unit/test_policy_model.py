@@ -147,6 +147,23 @@ def test_deadline_shorter_than_bake_is_reported_at_the_deadline() -> None:
     ]
 
 
+def test_a_deadline_within_the_initial_delay_is_reported_at_the_deadline() -> None:
+    text = MINIMAL + (
+        "  stages:\n"
+        "    - {weight: 50%, bake: 10s, deadline: 30s}\n"
+        "    - {weight: 100%, bake: 10s, deadline: 2m}\n"
+        "  analysis: {initialDelay: 30s}\n"
+    )
+    assert _issues(text) == [
+        (
+            9,
+            "spec.stages[0].deadline",
+            "the deadline (30s) must be longer than spec.analysis.initialDelay (30s): no"
+            " analysis could pass the stage before it",
+        )
+    ]
+
+
 def test_stages_must_increase_and_end_at_100() -> None:
     text = MINIMAL + (
         "  stages:\n"
