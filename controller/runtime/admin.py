@@ -4,7 +4,9 @@ Routes (JSON, except /metrics):
     GET  /metrics                     the controller's Prometheus metrics (text exposition,
                                       :mod:`controller.runtime.metrics`), when given
     GET  /healthz                     liveness
-    GET  /readyz                      readiness (the xDS server is serving)
+    GET  /readyz                      readiness: 200 while the xDS server serves what is
+                                      current; 503 {"status": "stale", "reason": ...} while
+                                      this replica is fenced (:mod:`controller.runtime.fencing`)
     GET  /v1/xds/status               served versions per type, and every node's ACK/NACK state
     GET  /v1/routes                   every route's served weights
     DELETE /v1/routes/{route}/weights drop the override: serve the gateway file's weights
@@ -22,6 +24,7 @@ Routes (JSON, except /metrics):
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -92,10 +95,14 @@ def make_app(
     reloader: GatewayReloader | None = None,
     rollouts: RolloutStore | None = None,
     metrics: ControllerMetrics | None = None,
+    stale: Callable[[], str | None] | None = None,
 ) -> web.Application:
     """The admin application over the running controller's cache, weights and gateway; with
     ``rollouts``, manual weight changes of a route under an active rollout are refused; with
-    ``metrics``, ``GET /metrics`` serves its registry (and manual changes are observed)."""
+    ``metrics``, ``GET /metrics`` serves its registry (and manual changes are observed); with
+    ``stale`` (why this replica is stale, or None when it is current:
+    :meth:`controller.runtime.fencing.Fence.reason`), ``GET /readyz`` answers 503 while it
+    gives a reason (``/healthz`` stays 200)."""
     app = web.Application()
 
     async def owned(route: str) -> web.Response | None:
@@ -112,6 +119,12 @@ def make_app(
         return web.json_response({"error": error}, status=409)
 
     async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        reason = stale() if stale is not None else None
+        if reason is not None:
+            return web.json_response({"status": "stale", "reason": reason}, status=503)
         return web.json_response({"status": "ok"})
 
     async def xds_status(_: web.Request) -> web.Response:
@@ -179,7 +192,7 @@ def make_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_delete("/v1/routes/{route}/weights", reset_weights)
     app.router.add_post("/v1/gateway/reload", reload_gateway)
-    app.router.add_get("/readyz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/v1/xds/status", xds_status)
     app.router.add_get("/v1/routes", routes)
     app.router.add_put("/v1/routes/{route}/weights", set_weights)

@@ -29,6 +29,8 @@ from controller.rollout.notifications import NotifyFormat
 from controller.runtime.address import split_address
 from controller.runtime.admin import make_app
 from controller.runtime.analyzer import MetricsAnalyzer, StageAnalyzer
+from controller.runtime.fencing import Fence, lease_fence
+from controller.runtime.freshness import REPORT_RENEWAL, STORE_READ
 from controller.runtime.metrics import ControllerMetrics
 from controller.runtime.notify import Notifier
 from controller.runtime.parity import LocalParitySource, follow_gateway, follow_rollouts
@@ -292,7 +294,21 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         on_loaded=follow_gateway(comparator) if comparator is not None else None,
         endpoints=kube_endpoints,
     )
-    app = make_app(cache, weights, reloader, rollouts, metrics)
+    fence: Fence | None = None
+    if config.kubernetes is not None:
+        # A replica cut off from the API server fences itself before the leader stops
+        # counting its report (controller.runtime.fencing).
+        lease = config.kubernetes.lease
+        fence = lease_fence(cache.close_streams, lease.renew_deadline_s, lease.lease_duration_s)
+        metrics.stale = fence.stale
+    app = make_app(
+        cache,
+        weights,
+        reloader,
+        rollouts,
+        metrics,
+        stale=fence.reason if fence is not None else None,
+    )
     if comparator is not None:
         # `sluice parity diff` asks the controller's admin API, as it would a standalone
         # comparator's.
@@ -381,6 +397,7 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         loop.add_signal_handler(signal.SIGHUP, schedule_reload)
     electing: asyncio.Task[None] | None = None
     reporting: asyncio.Task[None] | None = None
+    fencing: asyncio.Task[None] | None = None
     if notifier is not None:
         await notifier.start()
     on_events = notifier.on_events if notifier is not None else None
@@ -399,7 +416,9 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         from controller.k8s.replica_reports import ReplicaReports
 
         assert api is not None
+        assert fence is not None
         lease = config.kubernetes.lease
+        on_read = fence.outcome(STORE_READ)
         reports = ReplicaReports(api, config.kubernetes.namespace, lease.identity)
         leadership = Leadership()
         metrics.leading = lambda: leadership.leading
@@ -422,18 +441,29 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         )
         reporting = loop.create_task(
             publish_reports(
-                reports.publish, lease.identity, cache, weights, stop, lease.lease_duration_s
+                reports.publish,
+                lease.identity,
+                cache,
+                weights,
+                stop,
+                lease.lease_duration_s,
+                on_publish=fence.outcome(REPORT_RENEWAL),
+                # Renewed at least twice within the fence's limit (the renew deadline).
+                renew_s=min(lease.lease_duration_s / 3, lease.renew_deadline_s / 2),
             ),
             name="replica report",
         )
+        fencing = loop.create_task(fence.run(stop, config.poll_s), name="fence")
 
         async def follow(role_stop: asyncio.Event) -> None:
-            await follow_store(rollouts, weights, role_stop, config.poll_s)
+            await follow_store(rollouts, weights, role_stop, config.poll_s, on_read=on_read)
 
         async def lead(role_stop: asyncio.Event) -> None:
             await asyncio.gather(
                 reconciler.run(role_stop),
-                follow_store(rollouts, weights, role_stop, config.poll_s, idle_only=True),
+                follow_store(
+                    rollouts, weights, role_stop, config.poll_s, idle_only=True, on_read=on_read
+                ),
             )
 
         reconciling = loop.create_task(
@@ -464,10 +494,11 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
             await reconciling
         if notifier is not None:
             await notifier.stop()  # after the reconciler: its last events are queued
-        if reporting is not None:
-            reporting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reporting
+        for side in (reporting, fencing):
+            if side is not None:
+                side.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await side
         if following is not None:
             following.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -29,6 +29,9 @@ Exported:
 * ``sluice_xds_nacks_total{type}`` (counter): NACKs received, by type short name (``RDS``...).
 * ``sluice_leader`` (gauge, 0/1): this replica drives the rollouts (always 1 outside
   Kubernetes mode).
+* ``sluice_store_stale`` (gauge, 0/1): this replica is fenced, cut off from the store or
+  unable to renew its report (:mod:`controller.runtime.fencing`; always 0 outside
+  Kubernetes mode).
 * ``sluice_build_info{version}`` (gauge, always 1).
 """
 
@@ -149,6 +152,12 @@ class _StateCollector(Collector):
         )
         leader.add_metric((), 1 if self._owner.leading() else 0)
         yield leader
+        stale = GaugeMetricFamily(
+            "sluice_store_stale",
+            "1 while this replica is fenced: it cannot read the store or renew its report.",
+        )
+        stale.add_metric((), 1 if self._owner.stale() else 0)
+        yield stale
         build = GaugeMetricFamily(
             "sluice_build_info", "The running controller's version (always 1).", labels=("version",)
         )
@@ -175,6 +184,7 @@ class ControllerMetrics:
         cache: the snapshot cache (connected nodes); None: no xDS server (0 nodes).
         leading: whether this replica leads now (default: always).
         monotonic: monotonic seconds, for the listing's age.
+        stale: whether this replica is fenced now (default: never).
 
     Methods are called on the event loop (the cache is single-threaded); :meth:`refresh` lists
     the store in a worker thread, so the admin handler awaits it before rendering.
@@ -186,10 +196,12 @@ class ControllerMetrics:
         cache: SnapshotCache | None = None,
         leading: Callable[[], bool] = lambda: True,
         monotonic: Callable[[], float] = time.monotonic,
+        stale: Callable[[], bool] = lambda: False,
     ) -> None:
         self._rollouts = rollouts
         self.cache = cache
         self.leading = leading
+        self.stale = stale
         self._monotonic = monotonic
         self._listed: list[StoredRollout] = []
         self._listed_at: float | None = None

@@ -37,6 +37,9 @@ FOLLOW_ACK_TIMEOUT_S = 2.0
 """How long a follower waits for its own Envoys' ACK of weights it copies from the store.
 Only for the log: the leader's decision stands either way, and the next poll copies again."""
 
+Outcome = Callable[[BaseException | None], None]
+"""Told of each attempt's outcome: None on success, the exception on failure."""
+
 
 def served_overlay(rollouts: Iterable[StoredRollout]) -> Overlay:
     """What each route serves according to the store: the active rollout of the route (at most
@@ -117,16 +120,23 @@ async def follow_store(
     poll_s: float,
     *,
     idle_only: bool = False,
+    on_read: Outcome | None = None,
 ) -> None:
     """Until ``stop`` is set: every ``poll_s`` seconds, :func:`sync_once`. Store errors are
     logged and retried at the next poll (the weights served stay as they are). The leader
     runs it with ``idle_only`` next to its reconciler: a route whose active rollout was
-    deleted goes back to what the store says, as on the followers."""
+    deleted goes back to what the store says, as on the followers. ``on_read`` is told the
+    outcome of each pass (:meth:`controller.runtime.fencing.Fence.outcome`)."""
     while not stop.is_set():
         try:
             await sync_once(store, weights, idle_only=idle_only)
-        except Exception:
+        except Exception as exc:
             log.exception("cannot follow the rollout store; retrying")
+            if on_read is not None:
+                on_read(exc)
+        else:
+            if on_read is not None:
+                on_read(None)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), poll_s)
 
@@ -309,24 +319,33 @@ async def publish_reports(
     ttl_s: float,
     check_s: float = 0.25,
     clock: Callable[[], float] = time.time,
+    on_publish: Outcome | None = None,
+    renew_s: float | None = None,
 ) -> None:
     """Until ``stop``: publish this replica's report (its Envoys, whether they hold its route
     configuration, its routes' weights) whenever it changes, checked every ``check_s``
-    seconds, and at least every third of ``ttl_s`` so that it stays live. ``publish`` blocks
-    (it runs in a worker thread); its failures are logged and retried at the next check."""
+    seconds, and at least every ``renew_s`` seconds (default: a third of ``ttl_s``) so that
+    it stays live. ``publish`` blocks (it runs in a worker thread); its failures are logged
+    and retried at the next check. ``on_publish`` is told the outcome of each publication
+    (a fence needs ``renew_s`` well below its own limit)."""
     last: tuple[int, bool, dict[str, dict[str, int]]] | None = None
     published_at = -math.inf
+    every_s = ttl_s / 3 if renew_s is None else renew_s
     while not stop.is_set():
         nodes, held = cache.holding(typeurls.ROUTE)
         content = (nodes, held, weights.current())
         now = clock()
-        if content != last or now - published_at >= ttl_s / 3:
+        if content != last or now - published_at >= every_s:
             report = ReplicaReport(identity, now, ttl_s, nodes, held, content[2])
             try:
                 await asyncio.to_thread(publish, report)
             except Exception as exc:
                 log.warning("cannot publish this replica's report: %r", exc)
+                if on_publish is not None:
+                    on_publish(exc)
             else:
                 last, published_at = content, now
+                if on_publish is not None:
+                    on_publish(None)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), check_s)

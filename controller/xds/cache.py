@@ -43,6 +43,7 @@ class SnapshotCache:
         self._clock = clock
         self._monotonic = monotonic
         self._wakeups: set[asyncio.Event] = set()
+        self._closing: dict[asyncio.Event, str] = {}  # streams told to end, and why
         self._nodes: dict[str, NodeStatus] = {}
         self._waiters: set[AckWaiter] = set()
         self._generation = 0
@@ -90,6 +91,7 @@ class SnapshotCache:
     def close_stream(self, node_id: str, stream_id: int, wakeup: asyncio.Event) -> None:
         """Unregister a stream and tell the waiters."""
         self._wakeups.discard(wakeup)
+        self._closing.pop(wakeup, None)
         status = self._nodes.get(node_id)
         if status is None:
             return
@@ -98,6 +100,22 @@ class SnapshotCache:
             status.refresh_acked(type_url, self._clock())
         for waiter in list(self._waiters):
             waiter.on_close(node_id, stream_id)
+
+    def close_streams(self, reason: str) -> int:
+        """End every stream open now: each ends with gRPC ``UNAVAILABLE`` and ``reason`` as
+        soon as its writer wakes (woken here), so that its Envoy reconnects, through a
+        Service, to another replica. Streams opened afterwards are served as usual (a replica
+        that fences itself keeps accepting: an Envoy that only reaches it is better served the
+        last weights than nothing). Returns how many streams were told to end.
+        """
+        for wakeup in self._wakeups:
+            self._closing[wakeup] = reason
+            wakeup.set()
+        return len(self._wakeups)
+
+    def closing(self, wakeup: asyncio.Event) -> str | None:
+        """Why the stream of ``wakeup`` must end (:meth:`close_streams`), or None."""
+        return self._closing.get(wakeup) if self._closing else None
 
     def record_subscribed(self, node_id: str, stream_id: int, type_url: str) -> None:
         """A stream subscribed to ``type_url``: the node now counts as a target for it."""

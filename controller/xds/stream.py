@@ -82,6 +82,10 @@ class StreamBase:
         self._nonce += 1
         return f"{self.stream_id}-{self._nonce}"
 
+    def closing(self) -> str | None:
+        """Why the server ends this stream now (:meth:`SnapshotCache.close_streams`), or None."""
+        return self.cache.closing(self.wakeup)
+
     def close(self) -> None:
         """Unregister from the cache (idempotent)."""
         if self.node is not None:
@@ -143,6 +147,8 @@ class AdsStream(Protocol):
 
     def pending_responses(self) -> list[bytes]: ...
 
+    def closing(self) -> str | None: ...
+
     def close(self) -> None: ...
 
 
@@ -153,7 +159,8 @@ async def run_stream(
 
     Responses are written whenever the stream's ``wakeup`` is set (a request arrived, or the
     snapshot changed). Ends when the client half-closes or cancels; a :class:`StreamError`
-    raised by ``handle`` ends this stream alone with its gRPC status.
+    raised by ``handle`` ends this stream alone with its gRPC status; the cache's
+    :meth:`~SnapshotCache.close_streams` ends it with ``UNAVAILABLE`` and the reason given.
     """
     failure: list[StreamError] = []
     finished = asyncio.Event()
@@ -178,6 +185,10 @@ async def run_stream(
             stream.wakeup.clear()
             if failure:
                 await context.abort(failure[0].code, failure[0].details)
+            if (reason := stream.closing()) is not None:
+                # Before the abort: a read pending then would fail and be logged as a bug.
+                reader.cancel()
+                await context.abort(grpc.StatusCode.UNAVAILABLE, reason)
             for response in stream.pending_responses():
                 await context.write(response)
             if finished.is_set():
