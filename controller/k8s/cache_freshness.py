@@ -133,8 +133,45 @@ def merged(
     return objects
 
 
-def watch_fit(synced: bool, down_since: float | None, now: float, max_down_s: float) -> bool:
-    """Whether the watched copies may be served: the first list is done, and the watch is
-    connected or has been down (since ``down_since``, monotonic seconds) no longer than
-    ``max_down_s`` seconds (a reconnect, a re-list after 410 Gone)."""
-    return synced and (down_since is None or now - down_since <= max_down_s)
+class Delivered:
+    """What a watch has delivered of each name: the uid of its copy and when it arrived
+    (monotonic seconds), and the uids of the objects it saw deleted (the last ``limit``;
+    an object replaced by another of the same name in a re-list counts as deleted). Not
+    thread-safe: the caller holds its lock.
+
+    A copy of a deleted object must never be remembered as known: the store's answer to its
+    own write may come after the watch's ``DELETED`` of that object (and the ``ADDED`` of
+    the next one), and would otherwise be served as the newest word."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.uids: dict[str, str] = {}
+        self.arrived: dict[str, float] = {}
+        self._dead: dict[str, None] = {}
+        self._limit = limit
+
+    def event(self, type_: str, obj: Obj, now: float) -> None:
+        """The watch delivered ``type_`` (ADDED, MODIFIED, DELETED) of ``obj`` at ``now``."""
+        name = str((obj.get("metadata") or {}).get("name") or "")
+        this = uid(obj)
+        if type_ == "DELETED":
+            self._bury(this)
+            self.uids.pop(name, None)
+            self.arrived.pop(name, None)
+            return
+        before = self.uids.get(name)
+        if before and before != this:
+            self._bury(before)
+        self.uids[name] = this
+        self.arrived[name] = now
+
+    def dead(self, entry: Known) -> bool:
+        """Whether ``entry`` is a copy of an object the watch saw deleted."""
+        return entry.obj is not None and entry.uid in self._dead
+
+    def _bury(self, gone: str) -> None:
+        if not gone:
+            return
+        self._dead.pop(gone, None)
+        self._dead[gone] = None
+        while len(self._dead) > self._limit:
+            del self._dead[next(iter(self._dead))]

@@ -15,10 +15,14 @@ Reads (``watch=True``, what ``sluice serve --kubernetes`` uses): ``get``, ``list
 ``history``, ``analyses`` and ``weight_steps`` are answered from a watch of the namespace's
 Rollouts (:mod:`controller.k8s.rollout_cache`) merged with this store's own writes, so a
 replica polling its store every second makes no request for it; before the watch's first
-list, while it has been down longer than ``watch_max_down_s``, or while it has not delivered
-one of this store's writes within ``watch_max_lag_s``, they GET/LIST as without a watch (a
-read is never served from a cache known to be broken). Writes are always API calls on the
-object read directly (never from the cache), and so is every re-read resolving a 409.
+list, while it has been down (or not proven healthy since reconnecting) longer than
+``watch_max_down_s``, while it has stayed silent longer than
+:data:`~controller.k8s.rollout_cache.MAX_SILENT_S`, or while it has not delivered one of this
+store's writes or direct reads within ``watch_max_lag_s``, they GET/LIST as without a watch
+(a read is never served from a cache known to be broken, nor older than what this store got
+from the API), and ``get(name, fresh=True)`` always GETs (the reconciler's read before a
+push). Writes are always API calls on the object read directly (never from the cache), and so
+is every re-read resolving a 409.
 Without ``watch`` (the CLI's one-shot commands) every read is a GET or a LIST.
 
 History: the last ``history_limit`` events stay in ``status.history``; each event also becomes
@@ -95,7 +99,8 @@ class KubernetesRolloutStore:
         request_timeout_s: each API request's connect and read timeout, in seconds.
         watch: serve reads from a watch (started here, stopped by :meth:`close`); see the
             module's "Reads".
-        watch_max_down_s: seconds the watch may be disconnected before reads go direct.
+        watch_max_down_s: seconds the watch may be down (disconnected, or reconnected but
+            not yet proven healthy) before reads go direct.
         watch_max_lag_s: seconds a write of this store may be missing from the watch before
             reads go direct.
         watch_retry_s: the watch's pause after an API error, in seconds.
@@ -132,8 +137,12 @@ class KubernetesRolloutStore:
 
     # -- reads ---------------------------------------------------------------------------
 
-    def get(self, name: str) -> StoredRollout:
-        """See :meth:`controller.store.rollouts.RolloutStore.get`."""
+    def get(self, name: str, fresh: bool = False) -> StoredRollout:
+        """See :meth:`controller.store.rollouts.RolloutStore.get`: with ``fresh``, a GET
+        even when the watch could answer (the reconciler's read before it pushes weights: a
+        watch may lag behind another replica's writes without anything showing it)."""
+        if fresh:
+            return decode(self._reads.read(name)).rollout
         return decode(self._reads.object(name)).rollout
 
     def list(self, active_only: bool = False) -> builtins.list[StoredRollout]:

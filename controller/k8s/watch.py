@@ -94,10 +94,16 @@ class ObjectWatch:
     the API. ``namespace``, when given, is passed as its ``namespace`` keyword (for list
     functions that take one; leave it None when ``list_fn`` binds it). ``label_selector`` and
     ``field_selector`` use the API's syntax. ``timeout_s`` is each watch request's
-    ``timeoutSeconds`` (seconds); ``retry_s`` the pause after an error (seconds).
+    ``timeoutSeconds`` (seconds); ``retry_s`` the pause after an error (seconds);
+    ``read_margin_s`` how much longer than ``timeout_s`` a watch read may wait for data before
+    the connection counts as hung (seconds; the server itself ends the stream at
+    ``timeoutSeconds``); ``join_timeout_s`` how long :meth:`stop` waits for the thread.
 
     ``on_event`` is called from the watch thread, in order, after the cache is updated; it
     must not block long. Its exceptions are logged and do not stop the watch.
+    ``on_progress`` is called from the watch thread after each event or ``BOOKMARK`` a watch
+    stream delivered (not for an ``ERROR`` event, nor for a list's differences): proof that
+    the stream is alive and current; the same rules as ``on_event``.
     """
 
     def __init__(
@@ -108,12 +114,17 @@ class ObjectWatch:
         label_selector: str | None = None,
         field_selector: str | None = None,
         on_event: Callable[[WatchEvent], None] | None = None,
+        on_progress: Callable[[], None] | None = None,
         timeout_s: int = 300,
         retry_s: float = 1.0,
+        read_margin_s: float = _READ_MARGIN_S,
+        join_timeout_s: float = 5.0,
         name: str = "watch",
     ) -> None:
-        if timeout_s <= 0 or retry_s < 0:
-            raise ValueError("timeout_s must be > 0 and retry_s >= 0")
+        if timeout_s <= 0 or retry_s < 0 or read_margin_s < 0 or join_timeout_s < 0:
+            raise ValueError(
+                "timeout_s must be > 0; retry_s, read_margin_s and join_timeout_s >= 0"
+            )
         self._list_fn = list_fn
         self._kwargs: dict[str, Any] = {}
         if namespace is not None:
@@ -123,8 +134,11 @@ class ObjectWatch:
         if field_selector:
             self._kwargs["field_selector"] = field_selector
         self._on_event = on_event
+        self._on_progress = on_progress
         self._timeout_s = timeout_s
         self._retry_s = retry_s
+        self._read_margin_s = read_margin_s
+        self._join_timeout_s = join_timeout_s
         self.name = name
         self._lock = threading.Lock()
         self._cache: dict[ObjectKey, dict[str, Any]] = {}
@@ -149,7 +163,11 @@ class ObjectWatch:
         return self
 
     def stop(self) -> None:
-        """Stop the watch: end the open stream and join the thread."""
+        """Stop the watch: end the open stream and join the thread, waiting at most
+        ``join_timeout_s`` seconds. A thread still waiting for a list or for a watch's
+        headers cannot be woken (the client gives no handle on a request in flight): it is
+        left to end by itself (a daemon thread; it emits nothing more and makes no further
+        request once that one returns), so that a shutdown never waits for the API server."""
         self._stopping.set()
         with self._lock:
             resp = self._resp
@@ -158,7 +176,13 @@ class ObjectWatch:
             with contextlib.suppress(Exception):
                 resp.shutdown()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(self._join_timeout_s)
+            if self._thread.is_alive():
+                log.warning(
+                    "%s: stopped; its thread is still waiting for the API server and ends "
+                    "when it answers",
+                    self.name,
+                )
 
     def wait_synced(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the first list; True once it is done."""
@@ -183,14 +207,19 @@ class ObjectWatch:
                 if need_list:
                     self._list()
                     need_list = False
+                    if self._stopping.is_set():
+                        break  # stopped while listing: no watch request after stop()
                 else:
                     self.resumes += 1
-                self._watch()
+                if not self._watch() and not self._stopping.is_set():
+                    # A stream that ended having delivered nothing (a proxy or a server
+                    # ending each one at once): no tight loop of watch requests.
+                    self._stopping.wait(self._retry_s)
             except _Expired:
+                # counted in _handle already, before the stream's closing
                 log.info(
                     "%s: resourceVersion %s expired (410 Gone): re-listing", self.name, self._rv
                 )
-                self.relists += 1
                 need_list = True
             except Exception as exc:
                 if self._stopping.is_set():
@@ -233,11 +262,15 @@ class ObjectWatch:
             if key not in old or _resource_version(old[key]) != _resource_version(obj)
         ]
         events += [WatchEvent("DELETED", obj) for key, obj in old.items() if key not in fresh]
+        if self._stopping.is_set():
+            return  # a list answered after stop(): nobody listens any more
         self._synced.set()
         for event in events:
             self._emit(event)
 
-    def _watch(self) -> None:
+    def _watch(self) -> bool:
+        """One watch stream, read to its end; whether it delivered anything."""
+        delivered = False
         resp = self._list_fn(
             **self._kwargs,
             watch=True,
@@ -245,17 +278,18 @@ class ObjectWatch:
             timeout_seconds=self._timeout_s,
             allow_watch_bookmarks=True,
             _preload_content=False,
-            _request_timeout=(_CONNECT_TIMEOUT_S, self._timeout_s + _READ_MARGIN_S),
+            _request_timeout=(_CONNECT_TIMEOUT_S, self._timeout_s + self._read_margin_s),
         )
         with self._lock:
             self._resp = resp
         try:
             if self._stopping.is_set():
-                return
+                return delivered
             for line in _lines(resp):
+                delivered = True
                 self._handle(json.loads(line))
                 if self._stopping.is_set():
-                    return
+                    return delivered
         finally:
             with self._lock:
                 self._resp = None
@@ -266,11 +300,15 @@ class ObjectWatch:
                 resp.close()
             with contextlib.suppress(Exception):
                 resp.release_conn()
+        return delivered
 
     def _handle(self, event: dict[str, Any]) -> None:
         type_, obj = event.get("type"), event.get("object") or {}
         if type_ == "ERROR":
             if obj.get("code") == 410:
+                # Counted now, not once the stream is closed: from this moment the cache
+                # misses changes, and whoever reads ``relists`` must know it at once.
+                self.relists += 1
                 raise _Expired(obj.get("message"))
             raise ApiException(
                 status=obj.get("code"), reason=f"{obj.get('reason')}: {obj.get('message')}"
@@ -279,6 +317,7 @@ class ObjectWatch:
         if type_ == "BOOKMARK":
             with self._lock:
                 self._rv = rv or self._rv
+            self._progress()
             return
         if type_ not in ("ADDED", "MODIFIED", "DELETED"):
             log.warning("%s: ignoring a watch event of type %r", self.name, type_)
@@ -291,6 +330,15 @@ class ObjectWatch:
                 self._cache[key] = obj
             self._rv = rv or self._rv
         self._emit(WatchEvent(type_, obj))
+        self._progress()
+
+    def _progress(self) -> None:
+        if self._on_progress is None:
+            return
+        try:
+            self._on_progress()
+        except Exception:
+            log.exception("%s: on_progress failed", self.name)
 
     def _emit(self, event: WatchEvent) -> None:
         if self._on_event is None:

@@ -5,9 +5,10 @@ tasks for new rollouts (an operator's ``sluice rollout start`` writes the store 
 task loops:
 
 1. re-read the rollout (operators' commands land in the store at any time);
-2. if the state awaits an ACK, push ``desired_weight`` through the weight primitive and feed the
-   outcome back; an operator's change meanwhile (a new push number, e.g. an abort) cancels the
-   wait (or the backoff after an unconfirmed push), so the newest decision is pushed next;
+2. if the state awaits an ACK, read it again from the store's record itself (never a cache:
+   ``get(name, fresh=True)``), push ``desired_weight`` through the weight primitive and feed
+   the outcome back; an operator's change meanwhile (a new push number, e.g. an abort) cancels
+   the wait (or the backoff after an unconfirmed push), so the newest decision is pushed next;
 3. if an analysis is due, judge the stage and feed the verdict;
 4. feed the time (bake ends, deadlines, pending rollouts start);
 5. sleep until the next due time, at most ``poll_s``.
@@ -231,6 +232,11 @@ class Reconciler:
                 if not self._may_act():
                     return  # no longer the leader: another replica drives (the supervisor ends)
                 rollout = await asyncio.to_thread(self._store.get, name)
+                if rollout.state.awaiting_ack and rollout.state.phase != Phase.PENDING:
+                    # A push moves weights before any compare-and-set could stop it: decide
+                    # it on the record itself, not on a cached copy that may lag behind
+                    # another replica's writes (e.g. the previous leader's).
+                    rollout = await asyncio.to_thread(self._store.get, name, True)
                 state = rollout.state
                 if state.terminal:
                     return  # the supervisor removes its route options (_settle_routes)

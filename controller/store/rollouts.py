@@ -245,8 +245,14 @@ class RolloutStore(Protocol):
         """
         ...
 
-    def get(self, name: str) -> StoredRollout:
+    def get(self, name: str, fresh: bool = False) -> StoredRollout:
         """The rollout named ``name``.
+
+        ``fresh``: read the record itself, never a cache of it. A store that serves reads
+        from a cache that may lag behind other writers (the Kubernetes store's watch) reads
+        its backend directly; a store without one (SQLite) ignores it. Callers ask for it
+        where an old state would act on the world before any compare-and-set could catch it
+        (the reconciler's read before it pushes weights).
 
         Raises:
             RolloutNotFoundError: no rollout has this name.

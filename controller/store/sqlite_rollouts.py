@@ -165,8 +165,9 @@ class SqliteRolloutStore:
 
     # -- reads ---------------------------------------------------------------------------
 
-    def get(self, name: str) -> StoredRollout:
-        """See :meth:`controller.store.rollouts.RolloutStore.get`."""
+    def get(self, name: str, fresh: bool = False) -> StoredRollout:
+        """See :meth:`controller.store.rollouts.RolloutStore.get` (every read is fresh: no
+        cache)."""
         with self._lock, _translated(self._path):
             row = self._db.execute(
                 f"SELECT {_COLUMNS} FROM rollouts WHERE name = ?", (name,)

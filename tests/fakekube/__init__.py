@@ -8,9 +8,12 @@ real server's semantics for resourceVersion (one global counter, from 1 as etcd'
 strategic-merge patches (strategic as merge), label and field selectors, time fields
 (MicroTime / Time re-encoded), and watches (ADDED replay from "0" or unset, resume from N,
 an ERROR event with a 410 Expired Status once N is older than the retained history, selector
-entry/exit as ADDED/DELETED, BOOKMARK before a ``timeoutSeconds`` end). ``install_crd`` adds
-the CRD's pruning, defaulting and validation. Built-in kinds' list items omit
-apiVersion/kind and their DELETE answers a Success ``Status``, as the real server's do.
+entry/exit as ADDED/DELETED, BOOKMARK before a ``timeoutSeconds`` end). Test controls inject
+failures (``fail_next``), end watches (``close_watches``), stall them (``stall_watches``),
+end each one at once (``flap_watches``), forget history (``compact``) and leave requests
+unanswered (``hold``). ``install_crd`` adds the CRD's pruning, defaulting and validation.
+Built-in kinds' list items omit apiVersion/kind and their DELETE answers a Success
+``Status``, as the real server's do.
 
 Not served: authentication and authorization (use ``fail_next(..., 403)``), admission,
 finalizers and graceful deletion, server-side apply, namespace existence checks, pagination
@@ -22,6 +25,7 @@ Source: https://kubernetes.io/docs/reference/using-api/api-concepts/
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import threading
 from pathlib import Path
@@ -48,6 +52,8 @@ class FakeKube:
         self._requests_lock = threading.Lock()
         self._failures = FailureRules()
         self._cut_abrupt = False
+        self._held = threading.Condition()
+        self._holds: list[tuple[str, re.Pattern[str]]] = []
         self._server = Server(self)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(
@@ -65,6 +71,7 @@ class FakeKube:
     def stop(self) -> None:
         """Close every watch and connection, free the port, join the server thread."""
         self.store.stop()
+        self.release()
         self._server.shutdown()
         self._server.server_close()
         with self._server.conn_lock:
@@ -136,6 +143,32 @@ class FakeKube:
         self._cut_abrupt = abrupt
         self.store.close_watches()
 
+    def stall_watches(self, on: bool = True) -> None:
+        """With ``on``, every watch stream (open or opened later) stays connected but
+        delivers nothing, not even its ``timeoutSeconds`` end (a half-open connection, a
+        buffering proxy); ``on=False`` lets them deliver what they held back.
+        :meth:`close_watches` and :meth:`stop` still end them."""
+        self.store.stall(on)
+
+    def flap_watches(self, on: bool = True) -> None:
+        """With ``on``, every watch stream (open or opened later) is answered, then ends at
+        once having delivered nothing (a proxy cutting streams, a server failing each one
+        right after its headers); ``on=False`` serves them normally again."""
+        self.store.flap(on)
+
+    def hold(self, method: str, path_regex: str) -> None:
+        """Leave every request whose method is ``method`` ("*" for any) and whose path matches
+        ``path_regex`` unanswered (the connection open, no status line) until :meth:`release`
+        (or :meth:`stop`)."""
+        with self._held:
+            self._holds.append((method.upper(), re.compile(path_regex)))
+
+    def release(self) -> None:
+        """Answer the held requests and hold no more."""
+        with self._held:
+            self._holds.clear()
+            self._held.notify_all()
+
     def fail_next(self, method: str, path_regex: str, status: int, times: int = 1) -> None:
         """Answer the next ``times`` requests whose method is ``method`` ("*" for any) and
         whose path matches ``path_regex`` (``re.search``) with a ``Status`` of ``status``.
@@ -155,6 +188,15 @@ class FakeKube:
     def _log_request(self, method: str, path: str, query: str) -> None:
         with self._requests_lock:
             self.requests.append((method, path, query))
+
+    def _wait_held(self, method: str, path: str) -> None:
+        with self._held:
+            self._held.wait_for(
+                lambda: (
+                    self.store.stopping
+                    or not any(m in (method, "*") and r.search(path) for m, r in self._holds)
+                )
+            )
 
     def _take_failure(self, method: str, path: str) -> int | None:
         return self._failures.take(method, path)

@@ -95,6 +95,7 @@ class Handler(BaseHTTPRequestHandler):
         kube = self.server.kube
         url = urlsplit(self.path)
         kube._log_request(method, url.path, url.query)
+        kube._wait_held(method, url.path)
         params = dict(parse_qsl(url.query, keep_blank_values=True))
         try:
             body = self._body()

@@ -57,6 +57,8 @@ class Store:
         self._floor = 1
         self.gen = 0
         self.stopping = False
+        self.stalled = False
+        self.flapping = False
         self.open_watchers = 0
         self.crds: dict[str, CustomResource] = {}
 
@@ -270,6 +272,16 @@ class Store:
             self._floor = self._rv
             self.cond.notify_all()
 
+    def flap(self, on: bool) -> None:
+        with self.cond:
+            self.flapping = on
+            self.cond.notify_all()
+
+    def stall(self, on: bool) -> None:
+        with self.cond:
+            self.stalled = on
+            self.cond.notify_all()
+
     def close_watches(self) -> None:
         with self.cond:
             self.gen += 1
@@ -315,6 +327,12 @@ class Store:
             while True:
                 if self.stopping or w.gen != self.gen:
                     return [], "closed"
+                if self.flapping:
+                    return [], "closed"
+                if self.stalled:
+                    # A silent connection: nothing delivered, not even the timeout's end.
+                    self.cond.wait()
+                    continue
                 if w.last < self._floor:
                     return [], "expired"
                 if self._rv > w.last:

@@ -14,7 +14,6 @@ from controller.k8s.cache_freshness import (
     merged,
     replaces,
     revision,
-    watch_fit,
 )
 
 
@@ -96,18 +95,3 @@ def test_merged_serves_each_name_from_its_freshest_copy() -> None:
     assert [(o["metadata"]["name"], revision(o)) for o in got] == [("a", 2), ("b", 4), ("c", 1)]
     assert merged(watched, entries, now=20.0, max_lag_s=3.0) is None
     assert merged(watched, {}, now=20.0, max_lag_s=3.0) == list(watched.values())
-
-
-@pytest.mark.parametrize(
-    ("synced", "down_since", "now", "fit"),
-    [
-        (False, None, 10.0, False),
-        (True, None, 10.0, True),
-        (True, 8.0, 10.0, True),
-        (True, 7.0, 10.0, True),  # exactly the bound
-        (True, 6.9, 10.0, False),
-        (True, -float("inf"), 10.0, False),  # stopped
-    ],
-)
-def test_watch_fit(synced: bool, down_since: float | None, now: float, fit: bool) -> None:
-    assert watch_fit(synced, down_since, now, max_down_s=3.0) is fit

@@ -88,7 +88,10 @@ def test_down_longer_than_the_bound_is_unfit(
     with pytest.raises(CacheUnfit):
         cache.objects()
     kube.fail_next("GET", COLLECTION, 500, times=0)
-    wait_for(cache.fit)  # up again: no wall time involved (the test's clock stands still)
+    wait_for(lambda: kube.open_watches() == 1)
+    assert not cache.fit()  # answered, not yet proven: the outage goes on
+    clock.now += 1.0
+    assert cache.fit()  # open for a second: healthy (the test's clock, no wall time)
 
 
 @pytest.mark.parametrize("cache", [{"max_down_s": 60.0, "max_lag_s": 5.0}], indirect=True)
