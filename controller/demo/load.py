@@ -25,6 +25,10 @@ WRITE_SHARE = 0.15
 """Share (ratio) of the requests that are writes (``POST``): never mirrored for parity."""
 LIST_SHARE = 0.10
 """Share (ratio) of the requests that list a post's comments."""
+CATCH_UP_S = 0.1
+"""How far behind its schedule the generator may fall and still send the late requests (in a
+burst); beyond, those slots are dropped and counted as skipped. A longer burst would hit the
+side with the larger share harder than real users do, after any pause of the machine."""
 RECENT_S = 5.0
 """The window of :meth:`Load.recent`, in seconds."""
 
@@ -40,7 +44,8 @@ class LoadFigures:
         by_status: replies per HTTP status code.
         transport_errors: requests that got no reply (connection refused or reset, timeout).
         skipped: scheduled requests not started: ``max_in_flight`` were in flight, or the
-            generator fell more than a second behind its schedule (the machine is too busy).
+            generator fell more than :data:`CATCH_UP_S` behind its schedule (the machine
+            paused or is too busy).
     """
 
     sent: int = 0
@@ -128,7 +133,7 @@ class Load:
                     delay = next_at - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                    elif delay < -1.0:  # fell behind by a second: do not burst to catch up
+                    elif delay < -CATCH_UP_S:  # fell behind: drop the slots, do not burst
                         self.figures.skipped += int(-delay / period)
                         next_at = time.monotonic()
                     else:
