@@ -24,6 +24,7 @@ from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping
 from typing import Any
 
 from controller.k8s.replica_report import ReplicaReport
+from controller.runtime.fencing import describe
 from controller.runtime.reconciler import Overlay, route_options
 from controller.store.rollouts import RolloutStore, StoredRollout
 from controller.xds import typeurls
@@ -340,7 +341,7 @@ async def publish_reports(
             try:
                 await asyncio.to_thread(publish, report)
             except Exception as exc:
-                log.warning("cannot publish this replica's report: %r", exc)
+                log.warning("cannot publish this replica's report: %s", describe(exc))
                 if on_publish is not None:
                     on_publish(exc)
             else:

@@ -1,11 +1,12 @@
 """A replica cut off from the Kubernetes API fences itself (issue 6; controller.runtime.fencing).
 
-A real ``sluice serve --kubernetes`` process follows another replica's Lease against the fake
-API server (tests/fakekube); a real gRPC ADS stream is connected to it. When every request to
-the API fails (and the watches are cut), the replica, within its renew deadline and a check,
-ends the stream with UNAVAILABLE, answers ``/readyz`` 503 naming why (``/healthz`` stays 200)
-and exports ``sluice_store_stale 1``; it still accepts a new stream and serves it the last
-weights it knew; once the API answers again it is ready again.
+A real ``sluice serve --kubernetes`` process follows another replica's Lease (or leads, alone)
+against the fake API server (tests/fakekube); a real gRPC ADS stream is connected to it. When
+every request to the API fails (and the watches are cut), the replica, within its renew
+deadline and a check, ends the stream with UNAVAILABLE, answers ``/readyz`` 503 naming why
+(``/healthz`` stays 200) and exports ``sluice_store_stale 1`` (a leader has lost the Lease by
+then); it still accepts a new stream and serves it the last weights it knew; once the API
+answers again it is ready again.
 """
 
 from __future__ import annotations
@@ -120,11 +121,15 @@ def rollout_at_thirty_percent(kube: FakeKube) -> None:
         store.close()
 
 
-@pytest.fixture
-def follower(tmp_path: Path, kube: FakeKube) -> Iterator[dict[str, str]]:
-    """``sluice serve`` following the Lease (renew deadline 2 s, lease 3 s); its ready line."""
+@pytest.fixture(params=["follower", "leader"])
+def replica(
+    request: pytest.FixtureRequest, tmp_path: Path, kube: FakeKube
+) -> Iterator[dict[str, str]]:
+    """``sluice serve`` (renew deadline 2 s, lease 3 s) following another replica's Lease, or
+    leading (alone: it takes the Lease); its ready line, with ``role``."""
     kube.install_crd(rollout_crd())
-    hold_the_lease_elsewhere(kube)
+    if request.param == "follower":
+        hold_the_lease_elsewhere(kube)
     rollout_at_thirty_percent(kube)
     gateway = tmp_path / "gateway.yaml"
     gateway.write_text(yaml.safe_dump(GATEWAY))
@@ -133,7 +138,7 @@ def follower(tmp_path: Path, kube: FakeKube) -> Iterator[dict[str, str]]:
         *(sys.executable, "-m", "controller", "serve", "--gateway", str(gateway)),
         *("--xds-address", "127.0.0.1:0", "--admin-address", "127.0.0.1:0"),
         *("--state", str(tmp_path / "state.db"), "--kubeconfig", str(kubeconfig)),
-        *("--identity", "follower", "--lease-duration", "3s", "--renew-deadline", "2s"),
+        *("--identity", request.param, "--lease-duration", "3s", "--renew-deadline", "2s"),
         *("--retry-period", "500ms"),
     ]
     log = (tmp_path / "serve.log").open("w")
@@ -144,7 +149,7 @@ def follower(tmp_path: Path, kube: FakeKube) -> Iterator[dict[str, str]]:
         assert line, (tmp_path / "serve.log").read_text()
         ready = json.loads(line)
         assert ready["event"] == "ready"
-        yield ready
+        yield {**ready, "role": request.param}
     finally:
         proc.terminate()
         try:
@@ -197,8 +202,8 @@ class RouteStream:
 
 
 @pytest.fixture
-async def channel(follower: dict[str, str]) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(follower["xds"]) as chan:
+async def channel(replica: dict[str, str]) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(replica["xds"]) as chan:
         yield chan
 
 
@@ -217,9 +222,9 @@ async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
 
 
 async def test_a_replica_cut_off_from_the_api_fences_itself_and_comes_back(
-    kube: FakeKube, follower: dict[str, str], channel: grpc.aio.Channel
+    kube: FakeKube, replica: dict[str, str], channel: grpc.aio.Channel
 ) -> None:
-    async with httpx.AsyncClient(base_url=f"http://{follower['admin']}", timeout=10.0) as admin:
+    async with httpx.AsyncClient(base_url=f"http://{replica['admin']}", timeout=10.0) as admin:
 
         async def serves(weights: dict[str, int]) -> bool:
             routes = (await admin.get("/v1/routes")).json()["routes"]
@@ -228,7 +233,15 @@ async def test_a_replica_cut_off_from_the_api_fences_itself_and_comes_back(
         async def ready() -> bool:
             return (await admin.get("/readyz")).status_code == 200
 
-        await until(lambda: serves(THIRTY), "the follower to serve the leader's 30%")
+        async def leads() -> bool:
+            text = (await admin.get("/metrics")).text
+            return "sluice_leader 1.0" in text.splitlines()
+
+        await until(lambda: serves(THIRTY), "the replica to serve the rollout's 30%")
+        if replica["role"] == "leader":
+            await until(leads, "the replica to lead")
+        else:
+            assert not await leads()
         assert await ready()
         assert await stale_gauge(admin) == 0
         envoy = RouteStream(channel, "envoy-1")
@@ -250,9 +263,11 @@ async def test_a_replica_cut_off_from_the_api_fences_itself_and_comes_back(
         assert "503" in body["reason"]  # the API's answer, as the client raised it
         assert (await admin.get("/healthz")).status_code == 200
         assert await stale_gauge(admin) == 1
+        assert not await leads()  # a leader cut off lost the Lease at its renew deadline
         print(
-            f"measured: stream closed {closed_s:.2f} s and /readyz 503 {unready_s:.2f} s "
-            "after the API server began failing (renew deadline 2 s, checked every 1 s)"
+            f"measured ({replica['role']}): stream closed {closed_s:.2f} s and /readyz 503 "
+            f"{unready_s:.2f} s after the API server began failing (renew deadline 2 s, "
+            "checked every 1 s)"
         )
 
         # An Envoy that still reaches it is served the last weights it knew, not nothing.
