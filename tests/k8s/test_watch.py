@@ -370,3 +370,46 @@ def test_stop_joins_while_retrying(kube: FakeKube, ro: Rollouts) -> None:
     assert not w.wait_synced(0)
     assert w._thread is not None
     assert not w._thread.is_alive()
+
+
+def test_a_410_counts_as_a_relist_before_its_stream_is_closed(
+    kube: FakeKube, ro: Rollouts, recorder: Recorder
+) -> None:
+    """``relists`` moves as soon as the 410 ERROR event is read, not after the stream's
+    closing: a cache reading it must not count as current in between."""
+    at_close: list[int] = []
+    watches: list[ObjectWatch] = []
+    inner = ro.list_fn()
+
+    class Closing:
+        def __init__(self, resp: Any) -> None:
+            self._resp = resp
+
+        def close(self) -> None:
+            at_close.append(watches[0].relists)
+            self._resp.close()
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._resp, name)
+
+    def list_fn(**kwargs: Any) -> Any:
+        resp = inner(**kwargs)
+        return Closing(resp) if kwargs.get("watch") else resp
+
+    ro.create("a")
+    w = ObjectWatch(list_fn, on_event=recorder, retry_s=0.05)
+    watches.append(w)
+    w.start()
+    try:
+        assert recorder.wait(1) == [("ADDED", "a")]
+        wait_for(lambda: kube.open_watches() == 1)
+        kube.fail_next("GET", COLLECTION, 500, times=1_000_000)
+        kube.close_watches()
+        wait_for(lambda: at_close == [0])
+        ro.bump("a", 1)
+        kube.compact()
+        kube.fail_next("GET", COLLECTION, 500, times=0)
+        wait_for(lambda: w.relists == 1 and kube.open_watches() == 1)
+        assert at_close == [0, 1]  # the 410'd stream closed with its re-list counted
+    finally:
+        w.stop()
