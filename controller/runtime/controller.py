@@ -148,6 +148,7 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         ) from exc
     rollouts: RolloutStore
     api: ApiClient | None = None
+    opened: RolloutStore | None = None  # the Kubernetes store, once built: closed on failure
     try:
         if config.kubernetes is None:
             rollouts = SqliteRolloutStore(config.state_path)
@@ -168,11 +169,13 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
                 identity=config.kubernetes.lease.identity,
                 watch=True,
             )
+            opened = rollouts
         everything = rollouts.list()
     except (sqlite3.Error, ValueError, OSError, StoreError) as exc:
         store.close()
+        if opened is not None:
+            opened.close()  # stops its watch
         if api is not None:
-            rollouts.close()  # built as soon as api is: stops its watch
             api.close()  # type: ignore[no-untyped-call]
         if config.kubernetes is not None:
             raise StartupError(
