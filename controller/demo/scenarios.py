@@ -189,8 +189,9 @@ def policy_document() -> dict[str, Any]:
     Short stages and lenient pass limits fit a demo on a laptop, not production (see
     ``policies/comments.yaml`` for that): ``passDrift`` 40% for latency because two identical
     processes' p99s on a busy 2-core machine differ by up to ~20% from scheduling alone;
-    parity's ``minValue`` 99% because proving 99.9% takes ~4,600 matching comparisons in a
-    row, a minute of demo traffic.
+    parity's ``minValue`` 98% because proving 99.9% takes ~9,000 matching comparisons, a minute
+    and a half of demo traffic, and 98% ~530, five seconds (the parity scenario's 5% of
+    mismatches still fails within a second or two).
     """
     return {
         "apiVersion": "sluice.dev/v1alpha1",
@@ -218,7 +219,7 @@ def policy_document() -> dict[str, Any]:
                         "passDrift": "200%",
                         "tolerance": "0.4%",
                     },
-                    {"metric": "parity", "minValue": "99%", "minCompared": 300},
+                    {"metric": "parity", "minValue": "98%", "minCompared": 300},
                 ],
             },
             "parity": {
