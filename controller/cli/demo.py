@@ -17,7 +17,8 @@ from rich.live import Live
 from controller.cli import exitcodes
 
 if TYPE_CHECKING:
-    from controller.demo.run import Demo, DemoOptions, DemoOutcome, DemoProgress
+    from controller.demo.outcome import DemoOptions, DemoOutcome, DemoProgress
+    from controller.demo.run import Demo
     from controller.store.rollouts import HistoryEvent
 
 
@@ -99,10 +100,10 @@ def demo(
     everything it started, also on Ctrl-C.
 
     Exit 0 when the rollout ended as the scenario expects, 1 otherwise or when a part could
-    not start, 130 on Ctrl-C.
+    not start, 2 when --provider prometheus finds no Prometheus, 130 on Ctrl-C or SIGTERM.
     """
     # Imported here: the demo's parts (aiohttp's client among them) would slow every command.
-    from controller.demo.run import DemoOptions
+    from controller.demo.outcome import DemoOptions
 
     options = DemoOptions(
         scenario=scenario.value,

@@ -10,7 +10,7 @@ from rich.console import Group, RenderableType
 from rich.text import Text
 
 from controller.cli.rolloutview import history_json, rollout_json, status_view
-from controller.demo.run import DemoOutcome, DemoProgress, failed_slos
+from controller.demo.outcome import DemoOutcome, DemoProgress, failed_slos
 from controller.store.rollouts import HistoryEvent
 
 

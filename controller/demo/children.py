@@ -45,8 +45,10 @@ def _die_with_parent(libc: Any, parent: int) -> Callable[[], None]:
     """The child's pre-exec step: SIGTERM when ``parent`` dies; and when it died already
     (between fork and ``prctl``), exit at once."""
 
+    prctl = libc.prctl  # looked up here, in the parent: dlsym takes locks
+
     def setup() -> None:  # runs in the child between fork and exec
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() != parent:
             os._exit(1)
 

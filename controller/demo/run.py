@@ -26,9 +26,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import yaml
@@ -36,130 +35,18 @@ import yaml
 from controller.demo import scenarios
 from controller.demo.children import Child, ChildError, Children
 from controller.demo.envoy import DemoEnvoy, applied_weights, upstream_requests
-from controller.demo.load import Load, LoadFigures
+from controller.demo.load import Load
+from controller.demo.outcome import DemoOptions, DemoOutcome, DemoProgress, Provider
 from controller.demo.prometheus import ScrapeTarget, prometheus_binary, start_prometheus
-from controller.demo.scenarios import Scenario, ScenarioName
 from controller.policy.loading import load_policy
 from controller.rollout.machine import start as start_state
-from controller.store.rollouts import HistoryEvent, PolicySource, StoredRollout
+from controller.store.rollouts import HistoryEvent, PolicySource
 from controller.store.sqlite_rollouts import SqliteRolloutStore
-
-Provider = Literal["auto", "prometheus", "envoy_admin"]
 
 
 class DemoError(RuntimeError):
     """The demo could not run (a part did not start, or died); the message says which and
     where its logs are."""
-
-
-@dataclass(frozen=True)
-class DemoOptions:
-    """What to run.
-
-    Attributes:
-        scenario: which candidate (:data:`controller.demo.scenarios.SCENARIOS`).
-        provider: where verdicts come from: ``prometheus`` (needs the binary), ``envoy_admin``
-            (the controller scrapes Envoy itself), ``auto`` (Prometheus when found).
-        rate: requests per second sent through Envoy.
-        workdir: where logs, state, configs and the report go (None: a new temporary
-            directory, kept after the run).
-        report: the report's path (None: ``<workdir>/comments-report.html``).
-        timeout_s: the longest the rollout may take, in seconds.
-    """
-
-    scenario: ScenarioName = "healthy"
-    provider: Provider = "auto"
-    rate: float = 250.0
-    workdir: Path | None = None
-    report: Path | None = None
-    timeout_s: float = 300.0
-
-
-@dataclass
-class DemoProgress:
-    """What the live view shows, refreshed a few times a second.
-
-    Attributes:
-        scenario: the scenario running.
-        provider: ``prometheus`` or ``envoy_admin``, resolved.
-        step: what the demo is doing now, for people.
-        notes: things said once (e.g. why Prometheus is not used).
-        urls: what a person can open meanwhile (gateway, Envoy admin, controller admin,
-            Prometheus).
-        workdir: where the logs are.
-        rollout: the rollout as stored (None before it is recorded).
-        events: its history, oldest first.
-        load: what the clients received so far (None before the load starts).
-        recent_rate: replies per second over the last 5 s.
-        recent_by_upstream: replies per upstream over the last 5 s.
-    """
-
-    scenario: Scenario
-    provider: str
-    workdir: Path
-    step: str = "starting"
-    notes: list[str] = field(default_factory=list)
-    urls: dict[str, str] = field(default_factory=dict)
-    rollout: StoredRollout | None = None
-    events: list[HistoryEvent] = field(default_factory=list)
-    load: LoadFigures | None = None
-    recent_rate: float = 0.0
-    recent_by_upstream: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class DemoOutcome:
-    """How the demo ended.
-
-    Attributes:
-        progress: the last progress (rollout, history, load figures).
-        envoy_weights: the weights Envoy applied at the end (from its ``/config_dump``).
-        envoy_requests: requests Envoy sent to the baseline and the candidate in all (its
-            ``upstream_rq_total`` counters; the comparator's requests do not pass through it).
-        report: the report's path (None when it could not be written; ``report_error`` says
-            why).
-        duration_s: seconds from the rollout's start to its end.
-        processes: every child started: ``{"name", "pid", "exit_code"}`` (after the stop).
-    """
-
-    progress: DemoProgress
-    envoy_weights: dict[str, int] | None
-    envoy_requests: dict[str, int] | None
-    report: Path | None
-    report_error: str | None
-    duration_s: float
-    processes: list[dict[str, Any]]
-
-    @property
-    def phase(self) -> str:
-        rollout = self.progress.rollout
-        return "unknown" if rollout is None else str(rollout.state.phase)
-
-    @property
-    def as_expected(self) -> bool:
-        """The rollout ended as the scenario says (promoted, or rolled back by a fail verdict
-        of the scenario's SLO)."""
-        scenario, rollout = self.progress.scenario, self.progress.rollout
-        if rollout is None or self.phase != scenario.expected_phase:
-            return False
-        if scenario.expected_slo is None:
-            return True
-        return rollout.state.cause == "verdict" and scenario.expected_slo in failed_slos(rollout)
-
-
-def failed_slos(rollout: StoredRollout) -> list[str]:
-    """The SLOs whose verdict was ``fail`` in the rollout's last verdict."""
-    verdict = rollout.state.last_verdict
-    if verdict is None:
-        return []
-    slos = verdict.details.get("slos")
-    if not isinstance(slos, dict):
-        return []
-    return [
-        name
-        for name, figures in slos.items()
-        if isinstance(figures, dict) and figures.get("outcome") == "fail"
-    ]
 
 
 def resolve_provider(provider: Provider) -> tuple[str, str | None, str | None]:
@@ -216,10 +103,10 @@ class Demo:
         self.options = options
         self.on_progress = on_progress
         self.on_event = on_event
+        provider, self._prometheus, note = resolve_provider(options.provider)  # before mkdtemp
         workdir = options.workdir or Path(tempfile.mkdtemp(prefix="sluice-demo-"))
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir.resolve()
-        provider, self._prometheus, note = resolve_provider(options.provider)
         self.progress = DemoProgress(scenarios.SCENARIOS[options.scenario], provider, self.workdir)
         if note:
             self.progress.notes.append(note)
