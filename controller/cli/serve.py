@@ -17,6 +17,10 @@ from controller.cli.files import read_gateway
 if TYPE_CHECKING:
     from controller.rollout.notifications import NotifyFormat
     from controller.runtime.controller import KubernetesMode
+    from controller.runtime.fencing import fence_max_age_s
+
+KUBERNETES_POLL_S = 1.0
+"""How often, in seconds, a ``--kubernetes`` replica reads the store and checks its fence."""
 
 DEFAULT_XDS = "127.0.0.1:18000"
 DEFAULT_ADMIN = "127.0.0.1:18001"
@@ -173,7 +177,7 @@ def serve(
         admin_address,
         state,
         # Each poll is an API request per rollout: once a second, not four times.
-        poll_s=0.25 if mode is None else 1.0,
+        poll_s=0.25 if mode is None else KUBERNETES_POLL_S,
         metrics=metrics,
         parity_address=parity_address,
         kubernetes=mode,
@@ -245,6 +249,9 @@ def _kubernetes_mode(
             renew_deadline_s=seconds["--renew-deadline"],
             retry_period_s=seconds["--retry-period"],
         )
+        # A replica cut off from the API must be able to fence itself before the leader stops
+        # counting it (checked every second in this mode).
+        fence_max_age_s(lease.renew_deadline_s, lease.lease_duration_s, KUBERNETES_POLL_S)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exitcodes.INVALID_INPUT) from exc

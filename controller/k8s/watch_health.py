@@ -67,9 +67,15 @@ class WatchHealth:
 
     def ended(self, now: float) -> None:
         """The open stream ended at ``now`` (however). A healthy stream's end starts an
-        outage; an unproven one's leaves the outage running since it began."""
+        outage; an unproven one's leaves the outage running since it began; one silent for
+        longer than ``max_silent_s`` was already broken: its outage runs from when it was
+        last heard from, so the watch stays unfit until a new stream proves healthy."""
+        silent_too_long = self.heard_at is not None and now - self.heard_at > self.max_silent_s
         self._settle(now)
-        if self.down_since is None:
+        if silent_too_long:
+            assert self.heard_at is not None
+            self.down_since = min(self.down_since or self.heard_at, self.heard_at)
+        elif self.down_since is None:
             self.down_since = now
         self.opened_at = None
 

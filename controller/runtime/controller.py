@@ -302,7 +302,9 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         # A replica cut off from the API server fences itself before the leader stops
         # counting its report (controller.runtime.fencing).
         lease = config.kubernetes.lease
-        fence = lease_fence(cache.close_streams, lease.renew_deadline_s, lease.lease_duration_s)
+        fence = lease_fence(
+            cache.close_streams, lease.renew_deadline_s, lease.lease_duration_s, config.poll_s
+        )
         metrics.stale = fence.stale
     app = make_app(
         cache,
@@ -451,8 +453,8 @@ async def run(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
                 stop,
                 lease.lease_duration_s,
                 on_publish=fence.outcome(REPORT_RENEWAL),
-                # Renewed at least twice within the fence's limit (the renew deadline).
-                renew_s=min(lease.lease_duration_s / 3, lease.renew_deadline_s / 2),
+                # Renewed at least twice within the fence's limit.
+                renew_s=min(lease.lease_duration_s / 3, fence.max_age_s / 2),
             ),
             name="replica report",
         )

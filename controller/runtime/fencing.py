@@ -8,10 +8,11 @@ publish_reports`), judges them with :class:`~controller.runtime.freshness.StoreF
 * readiness fails (admin ``GET /readyz`` → 503 naming :meth:`Fence.reason`), so Kubernetes
   takes the pod out of the ``sluice-xds`` Service; liveness stays (a restart would not help);
 * every open xDS stream ends with gRPC ``UNAVAILABLE`` when it becomes stale and again every
-  ``reclose_s`` (:meth:`controller.xds.cache.SnapshotCache.close_streams`): its Envoys
-  reconnect through the Service to a current replica. New streams are still accepted and get
-  the last weights this replica knew (when every replica is cut off, Envoys keep being
-  served rather than starting with no config);
+  :data:`RECLOSE_S` (:meth:`controller.xds.cache.SnapshotCache.close_streams`): its Envoys
+  reconnect through the Service to a current replica (once Kubernetes has taken this pod out
+  of it; an Envoy that lands here again meanwhile is sent off at the next close). New
+  streams are still accepted and get the last weights this replica knew (when every replica
+  is cut off, Envoys keep being served rather than starting with no config);
 * ``sluice_store_stale`` is 1, and one WARNING is logged on each change.
 
 Only in Kubernetes mode: the SQLite mode has no other replica to defer to.
@@ -73,6 +74,11 @@ class Fence:
         self._monotonic = monotonic
         self._last = Check(stale=False, reason=None, changed=False, close_streams=False)
 
+    @property
+    def max_age_s(self) -> float:
+        """Seconds without a success after which the replica is stale."""
+        return self._freshness.max_age_s
+
     def stale(self) -> bool:
         """Stale at the last check (what ``sluice_store_stale`` exports)."""
         return self._last.stale
@@ -81,10 +87,13 @@ class Fence:
         """Why it was stale at the last check (what ``/readyz`` answers), None when current."""
         return self._last.reason
 
-    def outcome(self, source: str) -> Callable[[BaseException | None], None]:
+    def outcome(self, source: str) -> Callable[[BaseException | None, float], None]:
         """A hook recording each attempt at ``source`` (a name of
         :data:`controller.runtime.freshness.SOURCES`): called with None on success, with the
-        exception on failure.
+        exception on failure, and the attempt's start (this fence's monotonic seconds). A
+        success counts from the start of its attempt: the API answered after it, and the
+        report it renewed is dated then (a slow answer must not make the replica look
+        fresher than the leader judges it).
 
         Raises:
             ValueError: ``source`` is not tracked (checked now, not at the first call).
@@ -92,12 +101,11 @@ class Fence:
         if source not in self._freshness.sources:
             raise ValueError(f"unknown source {source!r} (known: {self._freshness.sources})")
 
-        def record(error: BaseException | None) -> None:
-            now = self._monotonic()
+        def record(error: BaseException | None, started_at: float) -> None:
             if error is None:
-                self._freshness.succeeded(source, now)
+                self._freshness.succeeded(source, started_at)
             else:
-                self._freshness.failed(source, now, describe(error))
+                self._freshness.failed(source, self._monotonic(), describe(error))
 
         return record
 
@@ -126,16 +134,53 @@ class Fence:
                 await asyncio.wait_for(stop.wait(), check_s)
 
 
+RECLOSE_S = 3.0
+"""While stale, the xDS streams are closed again this often, in seconds: about the time
+Kubernetes takes to drop a pod failing readiness from the Service (2 probes 2 s apart,
+``deploy/controller/deployment.yaml``). An Envoy that reconnected to this replica meanwhile is
+sent off again soon, not after a lease duration (Envoy keeps its configuration across a
+reconnect: the churn is cheap)."""
+
+SKEW_MARGIN_S = 0.5
+"""Seconds kept between the fence and the leader's verdict on this replica's report, for the
+wall clocks of two replicas (the report's ``renewTime`` is compared with the leader's clock)."""
+
+
+def fence_max_age_s(renew_deadline_s: float, lease_duration_s: float, check_s: float) -> float:
+    """How long a replica may go without a store read or report renewal before it is stale:
+    the renew deadline, or less when needed so that the fence, checked every ``check_s``
+    seconds, acts before the leader stops counting the report (its ``lease_duration_s``)
+    with :data:`SKEW_MARGIN_S` to spare. Successes count from their attempt's start, which
+    is also the report's date, so the request's own duration does not eat the margin.
+
+    Raises:
+        ValueError: no positive age fits (``lease_duration_s`` too short for ``check_s``).
+    """
+    max_age = min(renew_deadline_s, lease_duration_s - check_s - SKEW_MARGIN_S)
+    if max_age <= 0:
+        raise ValueError(
+            f"a lease of {lease_duration_s:g}s leaves no time to fence a replica checked every"
+            f" {check_s:g}s"
+        )
+    return max_age
+
+
 def lease_fence(
     close_streams: Callable[[str], int],
     renew_deadline_s: float,
     lease_duration_s: float,
+    check_s: float,
     monotonic: Callable[[], float] = time.monotonic,
 ) -> Fence:
     """The fence of a replica whose Lease timing is ``renew_deadline_s`` / ``lease_duration_s``
-    (seconds, :class:`controller.k8s.lease.LeaseConfig`, which checks that the first is below
-    the second): stale after ``renew_deadline_s`` without a store read or a report renewal,
-    so before the leader stops counting its report (``lease_duration_s``); streams closed
-    again every ``lease_duration_s`` while stale. Its grace starts now."""
-    freshness = StoreFreshness(renew_deadline_s, monotonic(), reclose_s=lease_duration_s)
+    (seconds, :class:`controller.k8s.lease.LeaseConfig`), checked every ``check_s`` seconds:
+    stale after :func:`fence_max_age_s` without a store read or a report renewal, so before
+    the leader stops counting its report; streams closed again every :data:`RECLOSE_S` while
+    stale. Its grace starts now.
+
+    Raises:
+        ValueError: see :func:`fence_max_age_s`.
+    """
+    max_age = fence_max_age_s(renew_deadline_s, lease_duration_s, check_s)
+    freshness = StoreFreshness(max_age, monotonic(), reclose_s=RECLOSE_S)
     return Fence(freshness, close_streams, monotonic)

@@ -38,8 +38,13 @@ FOLLOW_ACK_TIMEOUT_S = 2.0
 """How long a follower waits for its own Envoys' ACK of weights it copies from the store.
 Only for the log: the leader's decision stands either way, and the next poll copies again."""
 
-Outcome = Callable[[BaseException | None], None]
-"""Told of each attempt's outcome: None on success, the exception on failure."""
+Outcome = Callable[[BaseException | None, float], None]
+"""Told of each attempt's outcome: None on success, the exception on failure, and when the
+attempt began (``time.monotonic()`` seconds: a success proves the API answered after it)."""
+
+PUBLISH_RETRY_S = (0.5, 1.0, 2.0)
+"""Pauses, in seconds, before each retry of a failed report publication (the last repeats):
+an API server that is down is not asked four times a second by every replica."""
 
 
 def served_overlay(rollouts: Iterable[StoredRollout]) -> Overlay:
@@ -83,13 +88,30 @@ def _decides_before(one: StoredRollout, other: StoredRollout) -> bool:
 
 
 async def sync_once(
-    store: RolloutStore, weights: WeightController, *, idle_only: bool = False
+    store: RolloutStore,
+    weights: WeightController,
+    *,
+    idle_only: bool = False,
+    on_read: Outcome | None = None,
 ) -> list[str]:
     """Serve what the store says (:func:`served_overlay`) on every route whose weights or
     options differ from it; returns the routes changed. Routes no rollout ever moved keep the
     gateway's weights. A route the gateway lacks is logged and skipped. ``idle_only``: only
-    routes no active rollout moves (the leader's reconciler owns the others)."""
-    rollouts = await asyncio.to_thread(store.list)
+    routes no active rollout moves (the leader's reconciler owns the others). ``on_read`` is
+    told the store read's outcome as soon as it has one (not after the routes' ACK waits).
+
+    Raises:
+        StoreError: the store could not be read (``on_read`` was told first).
+    """
+    asked = time.monotonic()
+    try:
+        rollouts = await asyncio.to_thread(store.list)
+    except Exception as exc:
+        if on_read is not None:
+            on_read(exc, asked)
+        raise
+    if on_read is not None:
+        on_read(None, asked)
     overlay = served_overlay(rollouts)
     current = weights.current()
     routes = set(overlay.weights) | (weights.routes_with_options() - set(overlay.options))
@@ -127,17 +149,22 @@ async def follow_store(
     logged and retried at the next poll (the weights served stay as they are). The leader
     runs it with ``idle_only`` next to its reconciler: a route whose active rollout was
     deleted goes back to what the store says, as on the followers. ``on_read`` is told the
-    outcome of each pass (:meth:`controller.runtime.fencing.Fence.outcome`)."""
+    outcome of each store read (:meth:`controller.runtime.fencing.Fence.outcome`). The first
+    failure in a row is logged with its traceback, the next ones at debug level."""
+    failing = False
     while not stop.is_set():
         try:
-            await sync_once(store, weights, idle_only=idle_only)
-        except Exception as exc:
-            log.exception("cannot follow the rollout store; retrying")
-            if on_read is not None:
-                on_read(exc)
+            await sync_once(store, weights, idle_only=idle_only, on_read=on_read)
+        except Exception:
+            if not failing:
+                log.exception("cannot follow the rollout store; retrying every %gs", poll_s)
+            else:
+                log.debug("still cannot follow the rollout store", exc_info=True)
+            failing = True
         else:
-            if on_read is not None:
-                on_read(None)
+            if failing:
+                log.info("following the rollout store again")
+            failing = False
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), poll_s)
 
@@ -326,27 +353,40 @@ async def publish_reports(
     """Until ``stop``: publish this replica's report (its Envoys, whether they hold its route
     configuration, its routes' weights) whenever it changes, checked every ``check_s``
     seconds, and at least every ``renew_s`` seconds (default: a third of ``ttl_s``) so that
-    it stays live. ``publish`` blocks (it runs in a worker thread); its failures are logged
-    and retried at the next check. ``on_publish`` is told the outcome of each publication
-    (a fence needs ``renew_s`` well below its own limit)."""
+    it stays live. ``publish`` blocks (it runs in a worker thread); a failure is retried
+    after :data:`PUBLISH_RETRY_S` (the first one logged as a warning, the next ones at debug
+    level). ``on_publish`` is told the outcome of each publication (a fence needs ``renew_s``
+    well below its own limit). The cadence runs on the monotonic clock; ``clock`` (wall
+    time) only dates the report (``renewTime``, which other replicas compare)."""
     last: tuple[int, bool, dict[str, dict[str, int]]] | None = None
     published_at = -math.inf
+    retry_at = -math.inf
+    failures = 0
     every_s = ttl_s / 3 if renew_s is None else renew_s
     while not stop.is_set():
         nodes, held = cache.holding(typeurls.ROUTE)
         content = (nodes, held, weights.current())
-        now = clock()
-        if content != last or now - published_at >= every_s:
-            report = ReplicaReport(identity, now, ttl_s, nodes, held, content[2])
+        asked = time.monotonic()
+        due = content != last or asked - published_at >= every_s
+        if due and asked >= retry_at:
+            report = ReplicaReport(identity, clock(), ttl_s, nodes, held, content[2])
             try:
                 await asyncio.to_thread(publish, report)
             except Exception as exc:
-                log.warning("cannot publish this replica's report: %s", describe(exc))
+                log.log(
+                    logging.WARNING if failures == 0 else logging.DEBUG,
+                    "cannot publish this replica's report (retrying): %s",
+                    describe(exc),
+                )
+                retry_at = asked + PUBLISH_RETRY_S[min(failures, len(PUBLISH_RETRY_S) - 1)]
+                failures += 1
                 if on_publish is not None:
-                    on_publish(exc)
+                    on_publish(exc, asked)
             else:
-                last, published_at = content, now
+                if failures:
+                    log.info("this replica's report is published again")
+                last, published_at, retry_at, failures = content, asked, -math.inf, 0
                 if on_publish is not None:
-                    on_publish(None)
+                    on_publish(None, asked)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), check_s)

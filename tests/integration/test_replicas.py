@@ -350,3 +350,60 @@ async def test_the_leader_serves_the_store_on_routes_it_does_not_drive(
     walk(store, "next", Tick(201.0))
     assert await sync_once(store, weights, idle_only=True) == []
     assert weights.current()["comments"] == {PY: 0, GO: 10_000}
+
+
+async def test_a_failing_report_is_retried_with_a_pause_not_at_every_check(
+    cache: SnapshotCache, weights: WeightController
+) -> None:
+    """An API server that is down is not asked at every check (4 times a second) by every
+    replica: the retries back off (PUBLISH_RETRY_S), and each outcome is told with the time
+    its attempt began."""
+    attempts: list[float] = []
+    outcomes: list[tuple[bool, float]] = []
+
+    def down(_report: ReplicaReport) -> None:
+        attempts.append(time.monotonic())
+        raise ConnectionRefusedError("API server down")
+
+    stop = asyncio.Event()
+    began = time.monotonic()
+    task = asyncio.create_task(
+        publish_reports(
+            down,
+            "a",
+            cache,
+            weights,
+            stop,
+            ttl_s=30.0,
+            check_s=0.01,
+            on_publish=lambda error, at: outcomes.append((error is None, at)),
+        )
+    )
+    await asyncio.sleep(1.2)
+    stop.set()
+    await task
+    # At 0 s, then after 0.5 s, then after 1 s more: at most 3 in 1.2 s (100+ without a pause).
+    assert 1 <= len(attempts) <= 3, attempts
+    assert [ok for ok, _ in outcomes] == [False] * len(attempts)
+    assert all(began <= at <= tried for (_, at), tried in zip(outcomes, attempts, strict=True))
+
+
+async def test_sync_once_tells_the_store_read_and_its_start_before_any_ack_wait(
+    tmp_path: Path, weights: WeightController
+) -> None:
+    store = SqliteRolloutStore(tmp_path / "state.db")
+    told: list[tuple[BaseException | None, float]] = []
+    try:
+        before = time.monotonic()
+        await sync_once(store, weights, on_read=lambda error, at: told.append((error, at)))
+        assert len(told) == 1
+        assert told[0][0] is None
+        assert before <= told[0][1] <= time.monotonic()
+        store.close()
+        told.clear()
+        with pytest.raises(Exception):  # noqa: B017, PT011 - whatever a closed store raises
+            await sync_once(store, weights, on_read=lambda error, at: told.append((error, at)))
+        assert len(told) == 1
+        assert told[0][0] is not None
+    finally:
+        store.close()

@@ -69,6 +69,22 @@ def test_a_stream_silent_longer_than_max_silent_is_unfit() -> None:
     assert h.fit(48.0)
 
 
+def test_a_silent_stream_that_ends_leaves_the_watch_unfit_until_a_new_one_proves_healthy() -> None:
+    """The silent stream hits its read timeout (45 s): its end must not open a fresh 3 s of
+    trust in what it last delivered."""
+    h = health(down_since=0.0)
+    h.opened(1.0)
+    h.progress(3.0)
+    assert not h.fit(48.1)
+    h.ended(48.2)
+    for at in (48.3, 50.0, 51.0):
+        assert not h.fit(at)
+    h.opened(52.0)
+    assert not h.fit(52.5)  # answered, not proven
+    h.progress(52.6)
+    assert h.fit(52.6)
+
+
 @pytest.mark.parametrize("module", [controller.k8s.watch_health, controller.k8s.cache_freshness])
 def test_the_cache_decisions_stay_pure(module: object) -> None:
     """No I/O and no clock (pyproject's "pure core" import-linter contract does not list

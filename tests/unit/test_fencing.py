@@ -7,7 +7,13 @@ import logging
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from controller.runtime.fencing import MAX_ERROR_CHARS, describe, lease_fence
+from controller.runtime.fencing import (
+    MAX_ERROR_CHARS,
+    RECLOSE_S,
+    describe,
+    fence_max_age_s,
+    lease_fence,
+)
 from controller.runtime.freshness import REPORT_RENEWAL, STORE_READ
 
 
@@ -29,12 +35,14 @@ def test_the_fence_closes_streams_with_the_reason_and_logs_each_change_once(
         closed.append(reason)
         return 3
 
-    fence = lease_fence(close, renew_deadline_s=10.0, lease_duration_s=15.0, monotonic=clock)
+    fence = lease_fence(
+        close, renew_deadline_s=10.0, lease_duration_s=15.0, check_s=1.0, monotonic=clock
+    )
     read, report = fence.outcome(STORE_READ), fence.outcome(REPORT_RENEWAL)
     caplog.set_level(logging.WARNING, logger="controller.runtime.fencing")
     clock.now += 9.0
-    read(None)
-    report(ApiException(status=503, reason="Service Unavailable"))
+    read(None, clock.now)
+    report(ApiException(status=503, reason="Service Unavailable"), clock.now)
     assert not fence.check().stale
     assert (fence.stale(), fence.reason(), closed) == (False, None, [])
 
@@ -49,12 +57,12 @@ def test_the_fence_closes_streams_with_the_reason_and_logs_each_change_once(
     clock.now += 1.0
     fence.check()
     assert len(closed) == 1  # not at every check
-    clock.now += 14.0
+    clock.now += RECLOSE_S - 1.0
     fence.check()
-    assert len(closed) == 2  # again after the lease duration: reconnects may come back here
+    assert len(closed) == 2  # again soon: reconnects may land here until the pod leaves
 
-    read(None)
-    report(None)
+    read(None, clock.now)
+    report(None, clock.now)
     assert not fence.check().stale
     assert fence.reason() is None
     fence.check()
@@ -64,8 +72,32 @@ def test_the_fence_closes_streams_with_the_reason_and_logs_each_change_once(
     assert "current again" in changes[1]
 
 
+def test_a_success_counts_from_the_start_of_its_attempt() -> None:
+    """A renewal that took 4 s proves the API answered after its start, and the report it
+    wrote is dated then: the leader drops it a lease duration after that date."""
+    clock = Clock()
+    fence = lease_fence(
+        lambda _: 0, renew_deadline_s=10.0, lease_duration_s=15.0, check_s=1.0, monotonic=clock
+    )
+    read, report = fence.outcome(STORE_READ), fence.outcome(REPORT_RENEWAL)
+    started = clock.now + 5.0
+    clock.now = started + 4.0  # the answer came 4 s after the request
+    read(None, clock.now)
+    report(None, started)
+    clock.now = started + 10.5
+    assert fence.check().stale  # 10.5 s since the report's date, not 6.5 s since its answer
+
+
+def test_the_fence_acts_before_the_leader_drops_the_report() -> None:
+    assert fence_max_age_s(10.0, 15.0, 1.0) == 10.0
+    # A renew deadline close to the lease: the fence, checked every second, comes earlier.
+    assert fence_max_age_s(10.0, 11.0, 1.0) == 9.5
+    with pytest.raises(ValueError, match="no time to fence"):
+        fence_max_age_s(0.5, 1.2, 1.0)
+
+
 def test_an_unknown_source_is_refused_when_the_hook_is_made() -> None:
-    fence = lease_fence(lambda _: 0, renew_deadline_s=10.0, lease_duration_s=15.0)
+    fence = lease_fence(lambda _: 0, renew_deadline_s=10.0, lease_duration_s=15.0, check_s=1.0)
     with pytest.raises(ValueError, match="unknown source"):
         fence.outcome("lease")
 
