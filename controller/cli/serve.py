@@ -17,7 +17,6 @@ from controller.cli.files import read_gateway
 if TYPE_CHECKING:
     from controller.rollout.notifications import NotifyFormat
     from controller.runtime.controller import KubernetesMode
-    from controller.runtime.fencing import fence_max_age_s
 
 KUBERNETES_POLL_S = 1.0
 """How often, in seconds, a ``--kubernetes`` replica reads the store and checks its fence."""
@@ -224,6 +223,7 @@ def _kubernetes_mode(
     from controller.k8s.lease import LeaseConfig
     from controller.policy.units import parse_duration
     from controller.runtime.controller import KubernetesMode
+    from controller.runtime.fencing import fence_max_age_s
 
     try:
         ns = namespace or namespace_default(kubeconfig, context)

@@ -81,3 +81,17 @@ def test_lease_timings_are_checked(tmp_path: Path, kube: FakeKube) -> None:
     done = serve(tmp_path, "--kubeconfig", str(kubeconfig), "--renew-deadline", "20s")
     assert done.returncode == 2, done.stderr
     assert "renew" in done.stderr
+
+
+def test_a_lease_too_short_to_fence_a_replica_in_is_refused(tmp_path: Path, kube: FakeKube) -> None:
+    """Checked every second, a replica cut off from the API must fence itself before the
+    leader stops counting it: a 1.4 s lease leaves no time for that."""
+    kubeconfig = kube.kubeconfig(tmp_path / "kubeconfig", namespace="sluice")
+    done = serve(
+        tmp_path,
+        "--kubeconfig",
+        str(kubeconfig),
+        *("--lease-duration", "1400ms", "--renew-deadline", "1s", "--retry-period", "500ms"),
+    )
+    assert done.returncode == 2, done.stderr
+    assert "leaves no time to fence a replica" in done.stderr
