@@ -55,14 +55,17 @@ def admit(
         StreamError: ``INVALID_ARGUMENT`` when the first request has no ``node.id`` or a request
             has no ``type_url`` (ADS multiplexes types: it cannot be inferred).
     """
-    if node is None:
-        if request_node is None or not request_node.id:
-            raise StreamError(
-                grpc.StatusCode.INVALID_ARGUMENT, "the first request on a stream must carry node.id"
-            )
-        node = cache.open_stream(request_node, flavour, wakeup, stream_id)
+    if node is None and (request_node is None or not request_node.id):
+        raise StreamError(
+            grpc.StatusCode.INVALID_ARGUMENT, "the first request on a stream must carry node.id"
+        )
+    # Checked before the stream is registered: a stream refused on its first request must
+    # leave nothing behind (its close cannot unregister a node it never learnt).
     if not type_url:
         raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, "type_url is required on an ADS stream")
+    if node is None:
+        assert request_node is not None
+        node = cache.open_stream(request_node, flavour, wakeup, stream_id)
     return node
 
 

@@ -359,6 +359,8 @@ async def test_empty_type_url_is_invalid_argument(ads, cache: SnapshotCache) -> 
     client = ads.sotw("envoy-a")
     await client.send("", ["public"])
     assert await client.ended_with() == grpc.StatusCode.INVALID_ARGUMENT
+    # Refused on its first request: the stream left nothing registered behind it.
+    assert "envoy-a" not in cache.connected_nodes()
 
 
 # --- make-before-break -----------------------------------------------------------------------
