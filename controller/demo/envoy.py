@@ -35,6 +35,26 @@ def envoy_binary() -> str:
     return found
 
 
+def envoy_argv(binary: str, bootstrap: Path, admin_address_path: Path) -> list[str]:
+    """The command line of a local Envoy: its bootstrap file, no hot restart, its admin
+    address written to ``admin_address_path`` (the bootstrap's admin port may be 0), 2 worker
+    threads, a 1 s drain, warnings only."""
+    return [
+        binary,
+        "-c",
+        str(bootstrap),
+        "--disable-hot-restart",
+        "--admin-address-path",
+        str(admin_address_path),
+        "--concurrency",
+        "2",
+        "--drain-time-s",
+        "1",
+        "-l",
+        "warning",
+    ]
+
+
 @dataclass
 class DemoEnvoy:
     """A started Envoy: its process and its admin API (``admin_url``)."""
@@ -60,31 +80,14 @@ class DemoEnvoy:
             xds_host="127.0.0.1",
             xds_port=xds_port,
             stats_flush_interval_s=1.0,
-        )
-        for service in bootstrap["dynamic_resources"]["ads_config"]["grpc_services"]:
             # The controller starts after Envoy: retry soon, not after Envoy's 0.5-30 s.
-            service["envoy_grpc"]["retry_policy"] = {
-                "retry_back_off": {"base_interval": "0.2s", "max_interval": "1s"}
-            }
+            xds_reconnect_s=(0.2, 1.0),
+        )
         bootstrap_path = workdir / "envoy-bootstrap.yaml"
         bootstrap_path.write_text(yaml.safe_dump(bootstrap))
         admin_path = workdir / "envoy-admin-address.txt"
         admin_path.unlink(missing_ok=True)  # a reused --workdir holds the last run's
-        argv = [
-            envoy_binary(),
-            "-c",
-            str(bootstrap_path),
-            "--disable-hot-restart",
-            "--admin-address-path",
-            str(admin_path),
-            "--concurrency",
-            "2",
-            "--drain-time-s",
-            "1",
-            "-l",
-            "warning",
-        ]
-        child = children.start("envoy", argv)
+        child = children.start("envoy", envoy_argv(envoy_binary(), bootstrap_path, admin_path))
         deadline = time.monotonic() + timeout_s
         while not (admin_path.exists() and admin_path.read_text().strip()):
             if not child.alive() or time.monotonic() > deadline:

@@ -31,6 +31,7 @@ from typing import Any, Literal, TypeVar
 import httpx
 import yaml
 
+from controller.demo.envoy import envoy_argv
 from controller.xds.bootstrap import envoy_bootstrap
 
 T = TypeVar("T")
@@ -450,32 +451,15 @@ class Envoy:
             api_type=API_TYPES[protocol],
             stats_flush_interval_s=1.0,
             initial_fetch_timeout_s=10.0,
+            xds_reconnect_s=(0.2, 1.0),
         )
         if not listeners:
             del bootstrap["dynamic_resources"]["lds_config"]
-        for service in bootstrap["dynamic_resources"]["ads_config"]["grpc_services"]:
-            service["envoy_grpc"]["retry_policy"] = {
-                "retry_back_off": {"base_interval": "0.2s", "max_interval": "1s"}
-            }
         bootstrap_path = workdir / f"{name}-bootstrap.yaml"
         bootstrap_path.write_text(yaml.safe_dump(bootstrap))
         admin_path = workdir / f"{name}-admin-address.txt"
         admin_path.unlink(missing_ok=True)
-        argv = [
-            "envoy",
-            "-c",
-            str(bootstrap_path),
-            "--disable-hot-restart",
-            "--admin-address-path",
-            str(admin_path),
-            "--concurrency",
-            "2",
-            "--drain-time-s",
-            "1",
-            "-l",
-            "warning",
-        ]
-        proc = Process.start(name, argv, workdir)
+        proc = Process.start(name, envoy_argv("envoy", bootstrap_path, admin_path), workdir)
         try:
             address = wait_until(
                 lambda: admin_path.exists() and admin_path.read_text().strip(),

@@ -24,6 +24,7 @@ import grpc
 import httpx
 import pytest
 import yaml
+from e2e.harness import BASELINE, CANDIDATE, LISTENER, gateway_document
 from envoy_data_plane.envoy.config.core.v3 import Node
 from envoy_data_plane.envoy.config.route.v3 import RouteConfiguration
 from envoy_data_plane.envoy.service.discovery.v3 import DiscoveryRequest, DiscoveryResponse
@@ -41,40 +42,8 @@ from controller.xds.server import SOTW_METHOD
 from controller.xds.typeurls import ROUTE
 
 NS = "sluice"
-PY, GO = "comments-python", "comments-go"
-GATEWAY = {
-    "apiVersion": "sluice.dev/v1alpha1",
-    "kind": "Gateway",
-    "metadata": {"name": "g"},
-    "spec": {
-        "listeners": [
-            {
-                "name": "public",
-                "address": "127.0.0.1",
-                "port": 0,
-                "virtualHosts": [
-                    {
-                        "name": "api",
-                        "routes": [
-                            {
-                                "name": "comments",
-                                "match": {"prefix": "/"},
-                                "weightedClusters": [
-                                    {"cluster": PY, "weight": 100},
-                                    {"cluster": GO, "weight": 0},
-                                ],
-                            }
-                        ],
-                    }
-                ],
-            }
-        ],
-        "clusters": [
-            {"name": PY, "endpoints": [{"address": "127.0.0.1", "port": 9}]},
-            {"name": GO, "endpoints": [{"address": "127.0.0.1", "port": 9}]},
-        ],
-    },
-}
+PY, GO = BASELINE, CANDIDATE
+GATEWAY = gateway_document(9, 9)  # port 9 (discard): no request reaches an upstream here
 POLICY = f"""apiVersion: sluice.dev/v1alpha1
 kind: RolloutPolicy
 metadata: {{name: comments}}
@@ -173,13 +142,13 @@ class RouteStream:
     async def weights(self) -> dict[str, int]:
         """Subscribe, ACK the first response; the ``comments`` route's weights in it."""
         node = Node(id=self.node_id, cluster="gateways")
-        ask = DiscoveryRequest(node=node, type_url=ROUTE, resource_names=["public"])
+        ask = DiscoveryRequest(node=node, type_url=ROUTE, resource_names=[LISTENER])
         await self.call.write(ask)
         resp = await asyncio.wait_for(self.call.read(), WAIT_S)
         assert isinstance(resp, DiscoveryResponse)
         ack = DiscoveryRequest(
             type_url=ROUTE,
-            resource_names=["public"],
+            resource_names=[LISTENER],
             version_info=resp.version_info,
             response_nonce=resp.nonce,
         )

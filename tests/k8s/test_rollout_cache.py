@@ -3,48 +3,13 @@ its clock in the test's hands: when it stops answering (watch down, a write not 
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 from fakekube import FakeKube
-from kubernetes import client as k8s_client
-from store_contract import policy
 
-from controller.k8s.crd import GROUP, PLURAL, VERSION
 from controller.k8s.rollout_cache import CacheUnfit, RolloutCache
-
-NS = "sluice"
-COLLECTION = rf"/namespaces/{NS}/rollouts$"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {cond}"
-        time.sleep(0.02)
-
-
-def create(kube: FakeKube, name: str) -> dict[str, Any]:
-    body = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "Rollout",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": policy(name).model_dump(mode="json", by_alias=True, exclude_none=True)["spec"],
-    }
-    api = k8s_client.CustomObjectsApi(kube.api_client())
-    made = api.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, body)
-    assert isinstance(made, dict)
-    return made
+from tests.k8s.rollout_objects import COLLECTION, NS, Clock, create, wait_for
 
 
 @pytest.fixture

@@ -7,49 +7,17 @@ clock in the test's hands."""
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
 from fakekube import FakeKube
-from kubernetes import client as k8s_client
-from store_contract import policy
 
 from controller.k8s.cache_freshness import revision, uid
 from controller.k8s.crd import GROUP, PLURAL, VERSION
 from controller.k8s.rollout_cache import MAX_SILENT_S, CacheUnfit, RolloutCache
 from controller.k8s.store import KubernetesRolloutStore
-
-NS = "sluice"
-COLLECTION = rf"/namespaces/{NS}/rollouts$"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {cond}"
-        time.sleep(0.02)
-
-
-def create(kube: FakeKube, name: str) -> dict[str, Any]:
-    body = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "Rollout",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": policy(name).model_dump(mode="json", by_alias=True, exclude_none=True)["spec"],
-    }
-    return cast(
-        dict[str, Any], api(kube).create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, body)
-    )
+from tests.k8s.rollout_objects import COLLECTION, NS, Clock, api, create, wait_for
 
 
 @pytest.fixture
@@ -67,10 +35,6 @@ def cache(kube: FakeKube, clock: Clock) -> Iterator[RolloutCache]:
     kube.stall_watches(False)
     kube.flap_watches(False)
     c.stop()
-
-
-def api(kube: FakeKube) -> k8s_client.CustomObjectsApi:
-    return k8s_client.CustomObjectsApi(kube.api_client())
 
 
 def with_revision(kube: FakeKube, name: str, rev: int) -> dict[str, Any]:

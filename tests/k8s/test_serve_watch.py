@@ -11,35 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
+from e2e.harness import gateway_document
 from fakekube import FakeKube
 
 from controller.k8s.crd import GROUP, PLURAL, VERSION, rollout_crd
 
 NS = "sluice"
 ROLLOUTS = f"/apis/{GROUP}/{VERSION}/namespaces/{NS}/{PLURAL}"
-GATEWAY = {
-    "apiVersion": "sluice.dev/v1alpha1",
-    "kind": "Gateway",
-    "metadata": {"name": "g"},
-    "spec": {
-        "listeners": [
-            {
-                "name": "public",
-                "address": "127.0.0.1",
-                "port": 0,
-                "virtualHosts": [
-                    {
-                        "name": "api",
-                        "routes": [
-                            {"name": "comments", "match": {"prefix": "/"}, "cluster": "comments"}
-                        ],
-                    }
-                ],
-            }
-        ],
-        "clusters": [{"name": "comments", "endpoints": [{"address": "127.0.0.1", "port": 9}]}],
-    },
-}
+GATEWAY = gateway_document(9, 9)  # port 9 (discard): no request reaches an upstream here
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:

@@ -47,6 +47,24 @@ def test_envoy_accepts_bootstrap(tmp_path: Path, host: str, api_type: str) -> No
     assert doc["dynamic_resources"]["ads_config"]["api_type"] == api_type
 
 
+def test_a_short_xds_reconnect_backoff_is_accepted_by_envoy(tmp_path: Path) -> None:
+    doc = envoy_bootstrap(
+        node_id="node-1",
+        node_cluster="gateway",
+        xds_host="127.0.0.1",
+        xds_port=18000,
+        xds_reconnect_s=(0.2, 1.0),
+    )
+    grpc = doc["dynamic_resources"]["ads_config"]["grpc_services"][0]["envoy_grpc"]
+    assert grpc["retry_policy"] == {
+        "retry_back_off": {"base_interval": "0.2s", "max_interval": "1s"}
+    }
+    path = tmp_path / "bootstrap.yaml"
+    path.write_text(dump(doc))
+    result = _validate(path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("node_id", ["n", "y", "on", "off", "1.0", "007", "null"])
 def test_cli_bootstrap_keeps_ambiguous_node_ids_strings(tmp_path: Path, node_id: str) -> None:
     """yaml-cpp reads a plain `n` as false: the CLI's YAML must quote such strings."""

@@ -40,6 +40,11 @@ class Exploding:
 
 
 class Quiet:
+    """1,000 requests a side, no error; keeps the windows it was asked for."""
+
+    def __init__(self) -> None:
+        self.windows: list[tuple[float, float]] = []
+
     async def sample(
         self,
         baseline: str,
@@ -48,6 +53,7 @@ class Quiet:
         end: float,
         custom: tuple[CustomQuery, ...] = (),
     ) -> SampleResult:
+        self.windows.append((start, end))
         return Sample(start, end, SideCounts(1000.0, 0.0), SideCounts(1000.0, 0.0))
 
     async def close(self) -> None:
@@ -85,27 +91,6 @@ async def test_a_raising_judge_holds_the_stage_and_says_so(monkeypatch: pytest.M
     assert "the judge failed (holding): ZeroDivisionError" in verdict.reason
 
 
-class Recording:
-    """Answers like :class:`Quiet` and keeps the windows it was asked for."""
-
-    def __init__(self) -> None:
-        self.windows: list[tuple[float, float]] = []
-
-    async def sample(
-        self,
-        baseline: str,
-        candidate: str,
-        start: float,
-        end: float,
-        custom: tuple[CustomQuery, ...] = (),
-    ) -> SampleResult:
-        self.windows.append((start, end))
-        return Sample(start, end, SideCounts(1000.0, 0.0), SideCounts(1000.0, 0.0))
-
-    async def close(self) -> None:
-        return None
-
-
 def _delayed(delay: str, acked_at: float) -> StoredRollout:
     policy = load_policy(POLICY + f"  analysis: {{initialDelay: {delay}}}\n", "p.yaml")
     rollout = _rollout()
@@ -122,7 +107,7 @@ def _delayed(delay: str, acked_at: float) -> StoredRollout:
 
 
 async def test_the_initial_delay_holds_the_verdict_and_then_opens_the_window_after_it() -> None:
-    provider = Recording()
+    provider = Quiet()
     acked_at = 1_000_000.0
     rollout = _delayed("3s", acked_at)
     early = await MetricsAnalyzer(provider).judge(rollout, acked_at + 2.0)
