@@ -179,11 +179,13 @@ def candidate_weights(envoy: Envoy) -> int | None:
     return None if weights is None else weights.get(CANDIDATE, 0)
 
 
-# Each provider judges each kind of candidate at least once across this module and the demo's
-# end-to-end test (tests/e2e/test_demo_e2e.py, Prometheus in CI): healthy (envoy_admin here,
-# prometheus there), a slow tail (envoy_admin here), a slower median (prometheus there), 5xx on
-# every method (prometheus here), failed writes (envoy_admin there). Running every pair would
-# cost CI ~2 more minutes for no new path.
+# Each provider judges each kind of candidate at least once across this module, the demo's
+# end-to-end test (tests/e2e/test_demo_e2e.py, Prometheus in CI) and
+# tests/e2e/test_candidate_down_e2e.py: healthy (envoy_admin here, prometheus in the demo), a
+# slow tail (envoy_admin here), a slower median (prometheus in the demo), errors (a candidate
+# down, prometheus; failed writes, envoy_admin in the demo). A 2% 5xx candidate judged by
+# Prometheus took 47-86 s of CI for no new path; the judge's power on such small drifts is
+# measured by benchmarks/judge_power.py. Running every pair would cost CI minutes.
 @pytest.mark.parametrize("provider", ["envoy_admin"])
 def test_a_healthy_candidate_is_promoted(
     setup_factory: Callable[..., Setup], provider: str
@@ -209,9 +211,8 @@ def test_a_healthy_candidate_is_promoted(
             (*NOISE[:4], "--error-rate", "0.005", "--slow-share", "0.05", "--slow-factor", "1.5"),
             "latency_p99",
         ),
-        ("prometheus", (*NOISE[:4], "--error-rate", "0.02"), "error_rate"),
     ],
-    ids=["slowest-5%-50%-slower-envoy_admin", "2%-5xx-prometheus"],
+    ids=["slowest-5%-50%-slower-envoy_admin"],
 )
 def test_a_bad_candidate_is_rolled_back_naming_the_slo(
     setup_factory: Callable[..., Setup], provider: str, candidate: tuple[str, ...], slo: str
