@@ -450,11 +450,20 @@ class _Worker:
     """A client worker process: groups of simulated Envoys, one per server (by tag)."""
 
     def __init__(self) -> None:
-        self.groups: dict[str, _ClientGroup] = {}
+        self.groups: dict[str, Any] = {}  # _ClientGroup or _h2ads.H2ClientGroup
 
-    async def connect(self, tag: str, *args: Any) -> int:
+    async def connect(self, tag: str, client: str, *args: Any) -> int:
+        """Connect a group of simulated Envoys: ``client`` is ``"h2"`` or ``"grpcio"``."""
         await self.close(tag)
-        group = self.groups[tag] = _ClientGroup()
+        if client == "h2":
+            from _h2ads import H2ClientGroup
+
+            group: Any = H2ClientGroup()
+        elif client == "grpcio":
+            group = _ClientGroup()
+        else:
+            raise ValueError(f"unknown client {client!r}")
+        self.groups[tag] = group
         return await group.connect(*args)
 
     async def route_results(self, tag: str, version: str, expected: int) -> list[Any]:

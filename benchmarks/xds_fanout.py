@@ -20,13 +20,16 @@ controller, ...) so that both see the same background load; the idle one costs n
   equal) to every stream and counts the ACKs without parsing them. It is what grpcio alone
   costs for this fan-out: the ratio says how much the controller adds.
 
-The simulated Envoys (``_adsclients.py``) live in ``--clients-procs`` worker processes, each
-holding N/K SotW ADS streams over ``grpc.aio`` channels (``--streams-per-channel`` streams per
-TCP connection), every stream with its own ``node.id``. A stream subscribes to CDS (wildcard)
-and RDS (the listener's route table ``http``), sends its node on every request (Envoy's
-default), ACKs every response with its version and nonce, and reconnects with a jittered
-backoff when the server rejects or ends it (as Envoy does). Every node has ACKed the initial
-version (warm-up) before ``--changes`` weight changes are made on each server, one at a time.
+The simulated Envoys live in ``--clients-procs`` worker processes, each holding N/K SotW ADS
+streams (``--streams-per-channel`` streams per TCP connection), every stream with its own
+``node.id``. By default they speak gRPC over HTTP/2 through the ``h2`` library (``_h2ads.py``);
+``--client grpcio`` runs them on ``grpc.aio`` channels instead (``_adsclients.py``), which
+costs the clients ~1.7x the CPU on the cores the server needs. A stream subscribes to CDS
+(wildcard) and RDS (the listener's route table ``http``), sends its node on every request
+(Envoy's default), ACKs every response with its version and nonce, and reconnects with a
+jittered backoff when the server rejects or ends it (as Envoy does). Every node has ACKed the
+initial version (warm-up) before ``--changes`` weight changes are made on each server, one at a
+time.
 
 Measures
 --------
@@ -535,7 +538,9 @@ def _connect(side: _Side, workers: list[ads.Child], args: argparse.Namespace) ->
     side.shares = [node_ids[w :: len(workers)] for w in range(len(workers))]
     connect_start = time.monotonic()
     for worker, ids in zip(workers, side.shares, strict=True):
-        worker.send("connect", kind, target, ids, subscriptions, args.streams_per_channel)
+        worker.send(
+            "connect", kind, args.client, target, ids, subscriptions, args.streams_per_channel
+        )
     for worker in workers:
         worker.reply(60)
     deadline = time.monotonic() + 30 + n / 20
@@ -693,6 +698,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients-procs", type=int, default=4, help="client worker processes")
     parser.add_argument("--streams-per-channel", type=int, default=100)
     parser.add_argument(
+        "--client",
+        choices=("h2", "grpcio"),
+        default="h2",
+        help="simulated Envoys on h2 (~30 us CPU per response) or grpc.aio (~280 us)",
+    )
+    parser.add_argument(
         "--subscribe", default="cds,rds", help="types each client subscribes to (cds,eds,lds,rds)"
     )
     parser.add_argument(
@@ -734,7 +745,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"xds_fanout: Python {platform.python_version()}, {len(cpus)} CPUs"
         f"{' (server pinned to CPU ' + str(cpus[0]) + ')' if server_cpus else ''},"
-        f" {args.clients_procs} client processes, {args.streams_per_channel} streams per"
+        f" {args.clients_procs} client processes ({args.client}),"
+        f" {args.streams_per_channel} streams per"
         f" channel, subscribe {args.subscribe}, {args.changes} changes per N"
         f"{', PROFILED (cProfile slows both servers)' if args.profile else ''}"
         f"{', EXPERIMENT gc.freeze() in the servers' if args.gc_freeze else ''}",
@@ -816,6 +828,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "xds_fanout",
         "cpus": len(cpus),
         "client_processes": args.clients_procs,
+        "client": args.client,
         "streams_per_channel": args.streams_per_channel,
         "subscribe": subscribe,
         "changes": args.changes,

@@ -1,0 +1,317 @@
+"""Simulated Envoy ADS clients on the ``h2`` library: the same protocol for less client CPU.
+
+Why a second client: the xDS benchmarks run their simulated Envoys on the cores the server
+under test uses. A ``grpc.aio`` stream costs its client ~250-280 us of CPU per pushed response
+(read, ACK write, two coroutine wake-ups), more than the server spends on it, so at N = 1,000
+the clients took more of the 2 cores than the server did and the figures measured the clients
+as much as the server. Real Envoys do this work in C++ on other hosts. This client speaks the
+same protocol on the wire, HTTP/2 with gRPC's length-prefixed messages (gRPC over HTTP/2,
+PROTOCOL-HTTP2.md in grpc/grpc), with ``h2`` doing the framing, HPACK and flow control on one
+``asyncio.Protocol`` per TCP connection. Measured at N = 1,000 (``xds_fanout.py --sizes 1000``):
+~150-175 us of client CPU per response, most of it the socket's send and epoll system calls;
+``h2`` itself takes ~30 us.
+
+Behaviour, as in :class:`_adsclients._ClientGroup`: each stream is one simulated Envoy with its
+own ``node.id``, sends its node on every request, subscribes to the configured types, ACKs every
+response with its ``version_info`` and ``nonce``, and after a stream the server rejects or ends
+(gRPC's pending-call backlog protection during a connection storm) re-opens it after Envoy's
+jittered exponential backoff (500 ms base) with the versions it holds. Route-table (RDS)
+responses record when they arrived and when their ACK was written to the socket (all ACKs
+decoded from one read are written together, and all get that write's time), on
+``CLOCK_MONOTONIC``.
+
+A lost TCP connection is not re-established: it fails its streams, and the benchmark reports
+them as failed rather than measuring through a reconnection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+from _adsclients import (
+    MAX_ATTEMPTS,
+    ROUTE,
+    SOTW_METHOD,
+    encode_node,
+    encode_request,
+    parse_response,
+)
+
+WINDOW = 2**31 - 1
+"""Our receive windows (stream and connection): the largest HTTP/2 allows (RFC 9113 6.9.1),
+so a large snapshot never waits on a WINDOW_UPDATE of ours."""
+
+
+def grpc_message(payload: bytes) -> bytes:
+    """One gRPC length-prefixed message: uncompressed flag, 4-byte big-endian length, bytes."""
+    return b"\x00" + len(payload).to_bytes(4, "big") + payload
+
+
+class _Stream:
+    """One simulated Envoy: its subscriptions, held versions and receive buffer."""
+
+    __slots__ = ("attempt", "buffer", "held", "names_of", "node", "node_id", "subscriptions")
+
+    def __init__(self, node_id: str, subscriptions: list[tuple[str, tuple[str, ...]]]) -> None:
+        self.node_id = node_id
+        self.node = encode_node(node_id)
+        self.subscriptions = subscriptions
+        self.names_of = dict(subscriptions)
+        self.held: dict[str, str] = {}  # type URL -> last ACKed version
+        self.buffer = bytearray()
+        self.attempt = 0
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP connection carrying many ADS streams, driven by ``h2``."""
+
+    def __init__(self, group: H2ClientGroup, authority: str) -> None:
+        self.group = group
+        self.headers = [
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":path", SOTW_METHOD.encode()),
+            (b":authority", authority.encode()),
+            (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"),
+            (b"user-agent", b"sluice-bench-h2"),
+        ]
+        self.h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None)
+        )
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, _Stream] = {}
+        self.blocked: list[tuple[int, bytes]] = []  # sends waiting on the server's window
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.h2.local_settings = h2.settings.Settings(
+            client=True,
+            initial_values={
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: WINDOW,
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 64 * 1024,
+            },
+        )
+        self.h2.initiate_connection()
+        self.h2.increment_flow_control_window(WINDOW - 65_535)
+        transport.write(self.h2.data_to_send())
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            self._fail_all(f"HTTP/2 protocol error: {exc!r}")
+            return
+        acked: list[tuple[str, float]] = []
+        for event in events:
+            if isinstance(event, h2.events.DataReceived):
+                self._on_data(event, acked)
+            elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                self._on_end(event)
+            elif isinstance(event, h2.events.WindowUpdated) and self.blocked:
+                self._flush_blocked()
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                self._fail_all(f"GOAWAY {event.error_code!r}")
+        self._write()
+        if acked:
+            written = time.monotonic()
+            times = self.group.route_times
+            for version, arrived in acked:
+                times.setdefault(version, []).append((arrived, written))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail_all(f"connection lost: {exc!r}" if exc else "connection closed")
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    # -- streams ---------------------------------------------------------------------------
+
+    def open(self, stream: _Stream) -> None:
+        """Open an ADS stream and send one request per subscription (held versions included)."""
+        stream_id = self.h2.get_next_available_stream_id()
+        self.h2.send_headers(stream_id, self.headers)
+        stream.buffer.clear()
+        self.streams[stream_id] = stream
+        for type_url, names in stream.subscriptions:
+            self._send(
+                stream_id,
+                encode_request(stream.node, type_url, names, stream.held.get(type_url, "")),
+            )
+        self._write()
+
+    def _on_data(self, event: h2.events.DataReceived, acked: list[tuple[str, float]]) -> None:
+        stream_id = event.stream_id
+        stream = self.streams.get(stream_id)
+        # h2 sends a WINDOW_UPDATE once half a window is consumed; the windows are 2 GiB.
+        self.h2.acknowledge_received_data(event.flow_controlled_length, stream_id)
+        if stream is None:
+            return
+        buffer = stream.buffer
+        buffer += event.data
+        while len(buffer) >= 5:
+            length = int.from_bytes(buffer[1:5], "big")
+            if len(buffer) < 5 + length:
+                break
+            message = bytes(buffer[5 : 5 + length])
+            del buffer[: 5 + length]
+            arrived = time.monotonic()
+            version, type_url, nonce = parse_response(message)
+            self._send(
+                stream_id,
+                encode_request(stream.node, type_url, stream.names_of[type_url], version, nonce),
+            )
+            if type_url == ROUTE:
+                acked.append((version, arrived))
+            stream.held[type_url] = version
+            stream.attempt = 0
+
+    def _on_end(self, event: h2.events.StreamEnded | h2.events.StreamReset) -> None:
+        stream = self.streams.pop(event.stream_id, None)
+        if stream is None:
+            return
+        if isinstance(event, h2.events.StreamReset):
+            reason = f"RST_STREAM {event.error_code!r}"
+        else:
+            reason = "the server ended the stream"
+            with contextlib.suppress(h2.exceptions.H2Error):
+                self.h2.end_stream(event.stream_id)
+        self.group.retry(self, stream, reason)
+
+    def _send(self, stream_id: int, payload: bytes) -> None:
+        data = grpc_message(payload)
+        if self.blocked or self.h2.local_flow_control_window(stream_id) < len(data):
+            self.blocked.append((stream_id, data))
+        else:
+            self.h2.send_data(stream_id, data)
+
+    def _flush_blocked(self) -> None:
+        pending, self.blocked = self.blocked, []
+        for index, (stream_id, data) in enumerate(pending):
+            if stream_id not in self.streams:
+                continue
+            if self.h2.local_flow_control_window(stream_id) < len(data):
+                self.blocked = pending[index:]
+                return
+            self.h2.send_data(stream_id, data)
+
+    def _write(self) -> None:
+        data = self.h2.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _fail_all(self, reason: str) -> None:
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            self.group.fail(stream, reason)
+
+    def close(self) -> None:
+        self.streams.clear()
+        if self.transport is not None:
+            self.transport.close()
+
+
+class H2ClientGroup:
+    """The simulated Envoys of one worker process connected to one server (``h2`` client).
+
+    The interface of :class:`_adsclients._ClientGroup`: ``connect``, ``route_results``,
+    ``status``, ``close`` and the ``route_times`` they fill.
+    """
+
+    def __init__(self) -> None:
+        self.connections: list[_Connection] = []
+        self.route_times: dict[str, list[tuple[float, float]]] = {}
+        self.retries = 0
+        self.retry_reasons: dict[str, int] = {}
+        self.failed: list[str] = []
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._closing = False
+
+    def retry(self, connection: _Connection, stream: _Stream, reason: str) -> None:
+        """Re-open a stream the server ended, after Envoy's jittered exponential backoff."""
+        if self._closing:
+            return
+        stream.attempt += 1
+        self.retry_reasons[reason] = self.retry_reasons.get(reason, 0) + 1
+        if stream.attempt > MAX_ATTEMPTS:
+            self.failed.append(f"{stream.node_id}: {reason}")
+            return
+        self.retries += 1
+        delay = random.uniform(0, min(4.0, 0.5 * 2 ** (stream.attempt - 1)))
+
+        def reopen() -> None:
+            self._timers.discard(timer)
+            if self._closing:
+                return
+            try:
+                connection.open(stream)
+            except h2.exceptions.H2Error as exc:
+                self.fail(stream, f"re-opening the stream: {exc!r}")
+
+        timer = asyncio.get_running_loop().call_later(delay, reopen)
+        self._timers.add(timer)
+
+    def fail(self, stream: _Stream, reason: str) -> None:
+        if not self._closing:
+            self.failed.append(f"{stream.node_id}: {reason}")
+
+    async def connect(
+        self,
+        target: str,
+        node_ids: list[str],
+        subscriptions: list[tuple[str, tuple[str, ...]]],
+        streams_per_channel: int,
+    ) -> int:
+        host, _, port = target.rpartition(":")
+        loop = asyncio.get_running_loop()
+        for start in range(0, len(node_ids), streams_per_channel):
+            _, connection = await loop.create_connection(
+                lambda: _Connection(self, target), host, int(port)
+            )
+            self.connections.append(connection)
+            for node_id in node_ids[start : start + streams_per_channel]:
+                connection.open(_Stream(node_id, subscriptions))
+        return len(node_ids)
+
+    async def route_results(
+        self, version: str, expected: int, wait_s: float = 5.0
+    ) -> list[tuple[float, float]]:
+        for _ in range(int(wait_s / 0.01)):
+            if len(self.route_times.get(version, ())) >= expected:
+                break
+            await asyncio.sleep(0.01)
+        return list(self.route_times.get(version, ()))
+
+    async def status(self) -> dict[str, Any]:
+        return {
+            "streams": sum(len(c.streams) for c in self.connections),
+            "retries": self.retries,
+            "retry_reasons": dict(self.retry_reasons),
+            "failed": self.failed[:5],
+            "failed_count": len(self.failed),
+        }
+
+    async def close(self) -> None:
+        self._closing = True
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        for connection in self.connections:
+            connection.close()
+        for connection in self.connections:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(connection.lost), 3)
+        self.connections.clear()
