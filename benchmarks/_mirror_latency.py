@@ -5,8 +5,8 @@ The stack is the end-to-end suite's (``tests/e2e/harness.py``): two ``items_serv
 upstreams (baseline and candidate), a real Envoy fed by ``sluice serve --parity-address``
 (the comparator in the controller's process, no metrics provider), and a gateway whose
 comparator cluster points at it. Mirroring is switched with the CLI: ``sluice rollout start``
-(then ``retry``) of a policy holding a shadow stage that mirrors 100% of GETs, and ``sluice
-rollout abort``; each switch waits for Envoy's ``/config_dump`` to show it.
+(then ``retry``) of a policy holding a shadow stage that mirrors a share of GETs (``--mirror``),
+and ``sluice rollout abort``; each switch waits for Envoy's ``/config_dump`` to show it.
 """
 
 from __future__ import annotations
@@ -47,11 +47,15 @@ ROLLOUT = "mirror-bench"
 STAT_PREFIX = "e2e"  # the harness gateway's listener statPrefix
 RQ_TIME = f"http.{STAT_PREFIX}.downstream_rq_time"
 VOLATILE = ["/meta/generated_at", "/meta/request_id"]
+TWIN_ROUTE = "twin"
+"""The paired design's second route: the same prefix and baseline, never under rollout, so
+never mirrored; it takes the requests whose :data:`ARM_HEADER` is ``twin``."""
+ARM_HEADER = "x-bench-arm"
 
 
-def policy_yaml() -> str:
-    """A shadow stage (0%) mirroring 100% of GETs and HEADs, baked for an hour: it holds for
-    the whole benchmark (no metrics provider: a stage with SLOs never passes)."""
+def policy_yaml(mirror_percent: float = 100.0) -> str:
+    """A shadow stage (0%) mirroring ``mirror_percent`` of GETs and HEADs, baked for an hour:
+    it holds for the whole benchmark (no metrics provider: a stage with SLOs never passes)."""
     return yaml.safe_dump(
         {
             "apiVersion": "sluice.dev/v1alpha1",
@@ -70,7 +74,7 @@ def policy_yaml() -> str:
                     "slos": [{"metric": "parity", "minValue": "99.9%"}],
                 },
                 "parity": {
-                    "mirror": "100%",
+                    "mirror": f"{mirror_percent:g}%",
                     "comparator": {"cluster": COMPARATOR},
                     "compare": {"ignore": VOLATILE},
                 },
@@ -186,7 +190,7 @@ class Bench:
             self.cli("start", ROLLOUT, "--policy", str(self.policy))
             self.started_rollout = True
         wait_until(
-            lambda: self.route_names() == [f"{ROUTE}.mirror", ROUTE],
+            lambda: self.route_names()[-2:] == [f"{ROUTE}.mirror", ROUTE],
             timeout=30,
             what="Envoy to apply the mirroring route",
             diagnostics=lambda: f"{self.route_names()}\n{self.controller.proc.logs(20)}",
@@ -205,7 +209,9 @@ class Bench:
         (so that it can be retried)."""
         self.cli("abort", ROLLOUT)
         wait_until(
-            lambda: self.route_names() == [ROUTE],
+            lambda: (
+                f"{ROUTE}.mirror" not in (names := self.route_names()) and names[-1:] == [ROUTE]
+            ),
             timeout=30,
             what="Envoy to drop the mirroring route",
             diagnostics=lambda: f"{self.route_names()}\n{self.controller.proc.logs(20)}",
@@ -255,8 +261,13 @@ class Bench:
 
 
 @contextlib.contextmanager
-def bench_stack(pinned: bool = False) -> Iterator[Bench]:
+def bench_stack(
+    pinned: bool = False, mirror_percent: float = 100.0, twin: bool = False
+) -> Iterator[Bench]:
     """Build the stack in a temporary directory; stop every process on the way out.
+
+    ``twin``: the gateway also has :data:`TWIN_ROUTE`, first in the virtual host, matching the
+    route's prefix and ``ARM_HEADER: twin`` to the baseline alone (the paired design).
 
     ``pinned``: the users' path (Envoy, the baseline, the load generator) on the first CPU,
     the mirror's consumers (the controller with the comparator, the candidate) on the
@@ -279,6 +290,20 @@ def bench_stack(pinned: bool = False) -> Iterator[Bench]:
             n: int(p.read_json_line("ready", timeout=10.0)["port"]) for n, p in upstreams.items()
         }
         document = gateway_document(ports[BASELINE], ports[CANDIDATE])
+        if twin:
+            routes = document["spec"]["listeners"][0]["virtualHosts"][0]["routes"]
+            routes.insert(
+                0,
+                {
+                    "name": TWIN_ROUTE,
+                    "match": {
+                        "prefix": ROUTE_PREFIX,
+                        "headers": [{"name": ARM_HEADER, "exact": "twin"}],
+                    },
+                    "cluster": BASELINE,
+                    "timeout": "5s",
+                },
+            )
         comparator_port = free_port()
         document["spec"]["clusters"].append(
             {
@@ -290,7 +315,7 @@ def bench_stack(pinned: bool = False) -> Iterator[Bench]:
         gateway = workdir / "gateway.yaml"
         gateway.write_text(yaml.safe_dump(document))
         policy = workdir / "policy.yaml"
-        policy.write_text(policy_yaml())
+        policy.write_text(policy_yaml(mirror_percent))
         state = workdir / "state.db"
         # The controller first: an Envoy started before it waits out its initial fetch
         # timeouts (10 s per resource type) before it is ready.
@@ -337,15 +362,24 @@ class Round:
     comparator: dict[str, int] | None
     envoy_buckets: list[tuple[float, float, int]]
     cpu_s: dict[str, float] = field(default_factory=dict)
+    twin: list[int] = field(default_factory=list)  # paired: 1 per request on the twin route
+    sent_by_arm: dict[str, int] = field(default_factory=dict)  # paired: requests sent per arm
 
 
-def run_round(bench: Bench, arm: str, rate: float, requests: int, warmup: int) -> Round:
-    """One round of user load through Envoy in the current mirroring state."""
+def run_round(
+    bench: Bench, arm: str, rate: float, requests: int, warmup: int, seed: int | None = None
+) -> Round:
+    """One round of user load through Envoy in the current mirroring state.
+
+    ``seed`` (the paired design): every request goes to the route or to its twin at random,
+    drawn with ``seed`` (``_mirror_load.py --arm-header``).
+    """
+    paired = [] if seed is None else ["--arm-header", ARM_HEADER, "--seed", str(seed)]
     pids = bench.processes()
     buckets_before = bench.rq_time_buckets()
     mirrored_before = bench.mirrored()
     # Consecutive "on" rounds share a rollout, hence the comparator's tally.
-    compared_before = (bench.comparator_counts() or {}) if arm == "on" else {}
+    compared_before = (bench.comparator_counts() or {}) if arm != "off" else {}
     cpu_before = {name: cpu_s(pid) for name, pid in pids.items()}
     done = subprocess.run(
         [
@@ -361,6 +395,7 @@ def run_round(bench: Bench, arm: str, rate: float, requests: int, warmup: int) -
             str(warmup),
             "--path",
             f"{ROUTE_PREFIX}/items",
+            *paired,
         ],
         capture_output=True,
         text=True,
@@ -380,7 +415,7 @@ def run_round(bench: Bench, arm: str, rate: float, requests: int, warmup: int) -
     deadline = time.monotonic() + 5.0
     while True:
         mirrored = bench.mirrored() - mirrored_before
-        now = bench.comparator_counts() if arm == "on" else None
+        now = bench.comparator_counts() if arm != "off" else None
         comparator = (
             None if now is None else {k: v - compared_before.get(k, 0) for k, v in now.items()}
         )
@@ -413,4 +448,6 @@ def run_round(bench: Bench, arm: str, rate: float, requests: int, warmup: int) -
         comparator,
         [b for b in delta if b[2] > 0],
         cpu,
+        load["twin"],
+        load["sent"],
     )

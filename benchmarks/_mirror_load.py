@@ -18,6 +18,10 @@ lists and counted in ``errors``. One JSON line on stdout at the end:
 ``{"event": "done", "latency_us": [...], "lag_us": [...], "statuses": {...}, "errors": N,
 "opened": N, "elapsed_s": S}`` (lists in send order). Replies without ``content-length``
 count as errors.
+
+``--arm-header NAME`` (the paired design): each request carries ``NAME: twin`` or
+``NAME: route`` at random, even odds, drawn with ``--seed``; the JSON line then also holds
+``twin`` (per measured request, 1 for ``twin``) and ``sent`` (requests sent per arm).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import time
 from collections import Counter
 
@@ -52,14 +57,35 @@ class _Connection:
         return int(head[9:12]), sent
 
 
+def _request(path: str, item: int, arm_header: str, arm: str) -> bytes:
+    extra = f"{arm_header}: {arm}\r\n" if arm_header else ""
+    return (
+        f"GET {path}/{item} HTTP/1.1\r\nhost: shop.test\r\nuser-agent: bench/1.0\r\n{extra}\r\n"
+    ).encode()
+
+
 async def run(
-    port: int, rate: float, requests: int, warmup: int, path: str, connections: int
+    port: int,
+    rate: float,
+    requests: int,
+    warmup: int,
+    path: str,
+    connections: int,
+    arm_header: str = "",
+    seed: int = 0,
 ) -> dict[str, object]:
-    """Send ``warmup + requests`` GETs at ``rate`` per second; the figures of the docstring."""
-    prebuilt = [
-        f"GET {path}/{i} HTTP/1.1\r\nhost: shop.test\r\nuser-agent: bench/1.0\r\n\r\n".encode()
-        for i in range(ITEMS)
-    ]
+    """Send ``warmup + requests`` GETs at ``rate`` per second; the figures of the docstring.
+
+    With ``arm_header``, each request carries ``arm_header: twin`` or ``arm_header: route``,
+    drawn at random (``seed``) with even odds: the paired design's two arms, interleaved
+    request by request; ``twin`` (1 per measured request, in send order) says which.
+    """
+    draw = random.Random(seed)
+    twin = [bool(arm_header) and draw.random() < 0.5 for _ in range(warmup + requests)]
+    prebuilt = {
+        flag: [_request(path, i, arm_header, "twin" if flag else "route") for i in range(ITEMS)]
+        for flag in (False, True)
+    }
     idle = [
         _Connection(*await asyncio.open_connection("127.0.0.1", port)) for _ in range(connections)
     ]
@@ -78,7 +104,7 @@ async def run(
             conn = _Connection(*await asyncio.open_connection("127.0.0.1", port))
             opened += 1
         try:
-            status, sent = await conn.exchange(prebuilt[i % ITEMS])
+            status, sent = await conn.exchange(prebuilt[twin[i]][i % ITEMS])
         except (OSError, ValueError, asyncio.IncompleteReadError):
             errors += 1
             conn.writer.close()
@@ -109,6 +135,9 @@ async def run(
         "event": "done",
         "latency_us": [latency[i] for i in kept],
         "lag_us": [lag[i] for i in kept],
+        "twin": [int(twin[i]) for i in kept],
+        # Every request sent (warm-up included) by arm, failed ones too.
+        "sent": {"twin": sum(twin), "route": total - sum(twin)},
         "statuses": {str(k): v for k, v in statuses.items()},
         "errors": errors,
         "opened": opened,
@@ -124,9 +153,20 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=0, help="requests sent first, unreported")
     parser.add_argument("--path", default="/api/comments/items")
     parser.add_argument("--connections", type=int, default=16, help="opened before starting")
+    parser.add_argument("--arm-header", default="", help="paired design: the arm's header")
+    parser.add_argument("--seed", type=int, default=0, help="paired design: the arms' draw")
     args = parser.parse_args()
     figures = asyncio.run(
-        run(args.port, args.rate, args.requests, args.warmup, args.path, args.connections)
+        run(
+            args.port,
+            args.rate,
+            args.requests,
+            args.warmup,
+            args.path,
+            args.connections,
+            args.arm_header,
+            args.seed,
+        )
     )
     print(json.dumps(figures), flush=True)
 
