@@ -48,12 +48,14 @@ STAT_PREFIX = "e2e"  # the harness gateway's listener statPrefix
 RQ_TIME = f"http.{STAT_PREFIX}.downstream_rq_time"
 VOLATILE = ["/meta/generated_at", "/meta/request_id"]
 TWIN_ROUTE = "twin"
-"""The paired design's second route: the same prefix and baseline, never under rollout, so
-never mirrored; it takes the requests whose :data:`ARM_HEADER` is ``twin``."""
+"""The paired design's second route: the same prefix and weighted clusters, never under
+rollout, so never mirrored; it takes the requests whose :data:`ARM_HEADER` is ``twin``."""
 ARM_HEADER = "x-bench-arm"
+PRIMARY = "baseline-parity"
+"""``--primary``: a second baseline process, the policy's ``parity.primary``."""
 
 
-def policy_yaml(mirror_percent: float = 100.0) -> str:
+def policy_yaml(mirror_percent: float = 100.0, primary: bool = False) -> str:
     """A shadow stage (0%) mirroring ``mirror_percent`` of GETs and HEADs, baked for an hour:
     it holds for the whole benchmark (no metrics provider: a stage with SLOs never passes)."""
     return yaml.safe_dump(
@@ -77,6 +79,7 @@ def policy_yaml(mirror_percent: float = 100.0) -> str:
                     "mirror": f"{mirror_percent:g}%",
                     "comparator": {"cluster": COMPARATOR},
                     "compare": {"ignore": VOLATILE},
+                    **({"primary": {"cluster": PRIMARY}} if primary else {}),
                 },
                 "ackTimeout": "5s",
             },
@@ -262,9 +265,12 @@ class Bench:
 
 @contextlib.contextmanager
 def bench_stack(
-    pinned: bool = False, mirror_percent: float = 100.0, twin: bool = False
+    pinned: bool = False, mirror_percent: float = 100.0, twin: bool = False, primary: bool = False
 ) -> Iterator[Bench]:
     """Build the stack in a temporary directory; stop every process on the way out.
+
+    ``primary``: a second baseline process (cluster :data:`PRIMARY`) answers the comparator's
+    primary requests (the policy's ``parity.primary``), on the mirror's CPU when pinned.
 
     ``twin``: the gateway also has :data:`TWIN_ROUTE`, first in the virtual host, matching the
     route's prefix and ``ARM_HEADER: twin`` to the baseline alone (the paired design).
@@ -280,9 +286,11 @@ def bench_stack(
     ):
         workdir = Path(tmp)
         upstreams: dict[str, Process] = {}
-        for name in (BASELINE, CANDIDATE):
+        for name in (BASELINE, CANDIDATE, *([PRIMARY] if primary else [])):
+            # The primary replica serves what the baseline serves.
+            content = BASELINE if name == PRIMARY else name
             proc = Process.start(
-                f"items-{name}", [sys.executable, str(ITEMS_SCRIPT), name], workdir
+                f"items-{name}", [sys.executable, str(ITEMS_SCRIPT), content], workdir
             )
             stack.callback(proc.stop, grace=3.0)
             upstreams[name] = proc
@@ -300,9 +308,19 @@ def bench_stack(
                         "prefix": ROUTE_PREFIX,
                         "headers": [{"name": ARM_HEADER, "exact": "twin"}],
                     },
-                    "cluster": BASELINE,
+                    # The route's own split (all to the baseline), so that the arms differ
+                    # only by the mirror.
+                    "weightedClusters": [dict(w) for w in routes[0]["weightedClusters"]],
                     "timeout": "5s",
                 },
+            )
+        if primary:
+            document["spec"]["clusters"].append(
+                {
+                    "name": PRIMARY,
+                    "connectTimeout": "1s",
+                    "endpoints": [{"address": "127.0.0.1", "port": ports[PRIMARY]}],
+                }
             )
         comparator_port = free_port()
         document["spec"]["clusters"].append(
@@ -315,7 +333,7 @@ def bench_stack(
         gateway = workdir / "gateway.yaml"
         gateway.write_text(yaml.safe_dump(document))
         policy = workdir / "policy.yaml"
-        policy.write_text(policy_yaml(mirror_percent))
+        policy.write_text(policy_yaml(mirror_percent, primary))
         state = workdir / "state.db"
         # The controller first: an Envoy started before it waits out its initial fetch
         # timeouts (10 s per resource type) before it is ready.
@@ -341,8 +359,9 @@ def bench_stack(
             user_cpus, mirror_cpus = {cpus[0]}, {cpus[1]}
             for pid in (envoy.proc.pid, upstreams[BASELINE].pid):
                 pin(pid, user_cpus)
-            for pid in (controller.proc.pid, upstreams[CANDIDATE].pid):
-                pin(pid, mirror_cpus)
+            for name in (CANDIDATE, *([PRIMARY] if primary else [])):
+                pin(upstreams[name].pid, mirror_cpus)
+            pin(controller.proc.pid, mirror_cpus)
         yield Bench(workdir, envoy, controller, upstreams, state, policy, user_cpus)
 
 

@@ -39,6 +39,7 @@ class EnvoyConfig:
     mirror_percent: float = 100.0  # the policy's parity.mirror, in percent of the GETs
     aa: bool = False  # calibration: mirroring stays off in the "on" rounds too
     paired: bool = False  # the paired design: both arms in every round, request by request
+    primary: bool = False  # a baseline replica kept for the comparator (parity.primary)
 
 
 def order(rounds: int) -> list[str]:
@@ -53,7 +54,7 @@ def measure_envoy(cfg: EnvoyConfig) -> dict[str, Any]:
     JSON line)."""
     loadavg_before = os.getloadavg()
     rounds: list[Round] = []
-    with bench_stack(cfg.pinned, cfg.mirror_percent, twin=cfg.paired) as bench:
+    with bench_stack(cfg.pinned, cfg.mirror_percent, twin=cfg.paired, primary=cfg.primary) as bench:
         ours = set(bench.processes().values()) | {os.getpid()}
         cpu_before, busy_before, t0 = all_cpu(), busy_cpu_s(), time.monotonic()
         if cfg.paired:
@@ -161,8 +162,9 @@ def summarize(rounds: list[Round], cfg: EnvoyConfig) -> dict[str, Any]:
         "design": "rounds",
         "pinned": _pinned(cfg),
         "aa_calibration": cfg.aa,
-        "rate_per_s": cfg.rate,
+        "primary_replica": cfg.primary,
         "mirror_percent": cfg.mirror_percent,
+        "rate_per_s": cfg.rate,
         "requests_per_round": cfg.requests,
         "warmup_per_round": cfg.warmup,
         "order": [r.arm for r in rounds],
@@ -223,6 +225,7 @@ def summarize_paired(rounds: list[Round], cfg: EnvoyConfig) -> dict[str, Any]:
         "comparator_in": "sluice serve --parity-address (the controller's process)",
         "pinned": _pinned(cfg),
         "aa_calibration": cfg.aa,
+        "primary_replica": cfg.primary,
         "mirror_percent": cfg.mirror_percent,
         "rate_per_s": cfg.rate,
         "requests_per_round": cfg.requests,
@@ -275,7 +278,10 @@ def verdict(
 
 def report(envoy: dict[str, Any]) -> str:
     """Human-readable lines for the figures of :func:`measure_envoy`."""
-    lines = [f"mirror: {envoy['mirror_percent']:g}% of the GETs"]
+    lines = [
+        f"mirror: {envoy['mirror_percent']:g}% of the GETs; the comparator's primary:"
+        + (" a baseline replica of its own" if envoy["primary_replica"] else " the baseline")
+    ]
     if envoy["aa_calibration"]:
         lines[0] = (
             "A/A CALIBRATION: mirroring off in both arms; a sound method finds no difference"

@@ -1,12 +1,13 @@
 """Parity comparator throughput (compared requests per second on one core, against a floor)
 and Envoy's downstream latency for users with mirroring on versus off.
 
-    python3 benchmarks/parity_throughput.py                  # both parts (~2.5 min)
+    python3 benchmarks/parity_throughput.py                  # both parts, both designs (~6 min)
     python3 benchmarks/parity_throughput.py --part throughput --secondary   # + a secondary
     python3 benchmarks/parity_throughput.py --part envoy --rounds 40        # more rounds
     python3 benchmarks/parity_throughput.py --part envoy --mirror 100 --pin # the stress case
     python3 benchmarks/parity_throughput.py --part envoy --aa   # calibration: off in both arms
-    python3 benchmarks/parity_throughput.py --quick          # a smoke run (~20 s)
+    python3 benchmarks/parity_throughput.py --part envoy --design paired --pin --primary
+    python3 benchmarks/parity_throughput.py --quick          # a smoke run (~27 s)
 
 Method
 ------
@@ -405,8 +406,21 @@ def envoy_mirror_latency(args: argparse.Namespace, paired: bool = False) -> dict
       synthetic rig a difference (``tests/unit/test_latency_compare.py``), and many short
       rounds (24 of 1,500 requests) narrow the interval more than a few long ones. ``--aa``
       runs the calibration on the real stack: mirroring off in both arms;
-    * verdict: no measurable increase when the p99 difference's interval includes 0 (or lies
-      below it), or stays under ``--p99-bound-ratio`` (10%) of the off arm's p99.
+    * the **paired design** (``--design paired``; ``both``, the default, runs it and then the
+      rounds design above): the gateway also has a twin route (same prefix, same baseline,
+      matched by a header, never under rollout) and mirroring stays on; every request goes at
+      random to the route under rollout (on) or to its twin (off). Both arms then share every
+      moment of the machine, so round effects and pauses cancel in the difference
+      (:func:`_latency_compare.paired_bootstrap_differences`: rounds and blocks drawn once for
+      both arms). It measures what mirroring does to the mirrored route's own requests (Envoy's
+      work, the baseline answering the comparator at the same instant); the machine-wide cost
+      of a co-located comparator and candidate falls on both arms and is the rounds design's
+      to see;
+    * ``--primary``: the policy's ``parity.primary`` names a second baseline process, so the
+      comparator's primary requests leave the baseline users reach;
+    * verdict: no measurable increase only when the whole interval of the p99 difference lies
+      under ``--p99-bound-ratio`` (10%) of the off arm's p99; an interval that includes 0 but
+      reaches beyond the bound is inconclusive.
 
     The mirror costs users only what it costs the machine: Envoy sends every GET twice, the
     baseline answers each mirrored request again (the comparator's primary), and the
@@ -431,6 +445,7 @@ def envoy_mirror_latency(args: argparse.Namespace, paired: bool = False) -> dict
             mirror_percent=args.mirror,
             aa=args.aa,
             paired=paired,
+            primary=args.primary,
         )
     )
 
@@ -464,6 +479,12 @@ def main() -> None:
         default="both",
         help="Envoy part: paired (route vs twin route, request by request), rounds (mirroring"
         " switched on and off between rounds), or both",
+    )
+    parser.add_argument(
+        "--primary",
+        action="store_true",
+        help="Envoy part: the comparator's primary is a baseline replica of its own"
+        " (parity.primary), not the baseline users reach",
     )
     parser.add_argument(
         "--aa",

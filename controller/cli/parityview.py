@@ -66,9 +66,10 @@ def render(data: dict[str, Any]) -> None:
     counts = data["counts"]
     compared = counts["compared"]
     secondary = f", secondary {data['secondary']}" if data.get("secondary") else ""
+    primary = f" (primary replica {data['primary']})" if data.get("primary") else ""
     console.print(
-        f"route [bold]{_safe(data['route'])}[/bold]: baseline {_safe(data['baseline'])} vs"
-        f" candidate {_safe(data['candidate'])}{_safe(secondary)}"
+        f"route [bold]{_safe(data['route'])}[/bold]: baseline {_safe(data['baseline'])}"
+        f"{_safe(primary)} vs candidate {_safe(data['candidate'])}{_safe(secondary)}"
     )
     console.print(
         f"compared {compared}: matched {counts['matched']} ({share(counts['matched'], compared)}),"

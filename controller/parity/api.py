@@ -7,7 +7,7 @@
 A ``<route>`` object::
 
     {"route": "comments", "baseline": "comments-python", "candidate": "comments-go",
-     "secondary": "comments-python-2" | null,
+     "primary": "comments-python-parity" | null, "secondary": "comments-python-2" | null,
      "counts": {"matched": 0, "noisy": 0, "mismatched": 0, "errors": 0, "skipped": 0,
                 "dropped": 0, "exercised": 0, "compared": 0},
      "paths": {"/items/*/price": {"mismatched": 3, "noisy": 0},

@@ -1,6 +1,7 @@
-"""The comparator: receives the requests Envoy mirrors, sends each to the baseline (primary),
-an optional second baseline replica (secondary) and the candidate, and tallies how their
-replies compare (tap-compare; design section 8).
+"""The comparator: receives the requests Envoy mirrors, sends each to the baseline (primary:
+the baseline cluster, or the replica the policy's ``parity.primary`` names), an optional
+second baseline replica (secondary) and the candidate, and tallies how their replies compare
+(tap-compare; design section 8).
 
 Per mirrored request (Envoy's ``RequestMirrorPolicy`` adds ``x-sluice-parity-route: <route>``):
 
@@ -25,15 +26,18 @@ Per mirrored request (Envoy's ``RequestMirrorPolicy`` adds ``x-sluice-parity-rou
    * the primary (the baseline): the request is an ``error``, not compared (nothing to
      compare the candidate with);
    * the candidate, when the primary replied: the request is compared and ``mismatched`` at
-     the field path :data:`UNANSWERED` (a candidate failing on 20% of requests must fail
-     parity, not vanish from it), sampled with a synthetic candidate reply (status 0, no
-     headers, the failure's reason as the body); nothing is learnt from its secondary;
+     the field path :data:`~controller.parity.fanout.UNANSWERED` (a candidate failing on 20%
+     of requests must fail parity, not vanish from it), sampled with a synthetic candidate
+     reply (status 0, no headers, the failure's reason as the body); nothing is learnt from
+     its secondary;
    * the secondary: the request is compared without it.
 6. Classified by :func:`controller.parity.classify.classify` and recorded in the route's
    :class:`~controller.parity.tally.RouteTally`, with a redacted
    :class:`~controller.parity.samples.MismatchSample` for a mismatch.
 
-Metrics: :mod:`controller.parity.metrics`; admin API: :mod:`controller.parity.api`.
+Items 3, 5 and 6 run in :func:`controller.parity.fanout.compare_mirrored`; route state:
+:mod:`controller.parity.route_state`; metrics: :mod:`controller.parity.metrics`; admin API:
+:mod:`controller.parity.api`.
 """
 
 from __future__ import annotations
@@ -43,93 +47,26 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from controller.parity import api
-from controller.parity.classify import classify
-from controller.parity.diff import Reply
-from controller.parity.forward import ROUTE_HEADER, Failure, forwarded_headers, send
-from controller.parity.http1 import DEFAULT_MAX_BODY_BYTES, Pool, encode_request
+from controller.parity.fanout import compare_mirrored
+from controller.parity.forward import ROUTE_HEADER, forwarded_headers
+from controller.parity.http1 import DEFAULT_MAX_BODY_BYTES, Pool
 from controller.parity.metrics import RouteFigures, TallyCollector
-from controller.parity.noise import NoiseModel
-from controller.parity.rules import CompareRules
-from controller.parity.samples import MismatchSample, redact_url
+from controller.parity.route_state import RouteParity as RouteParity
+from controller.parity.route_state import RouteState, route_clusters
+from controller.parity.samples import redact_url
 from controller.parity.tally import RouteTally
 from controller.parity.targets import Targets
 from controller.policy.gateway import Gateway
-from controller.policy.parity import SAFE_METHODS, ParityPolicy
 
 log = logging.getLogger(__name__)
 
 _NONE: frozenset[str] = frozenset()
-_SAFE = frozenset(SAFE_METHODS)
-
-UNANSWERED = ":unanswered"
-"""The field path of a candidate that gave no reply where the primary did (module doc, 5)."""
-_UNANSWERED = frozenset({UNANSWERED})
-
-
-@dataclass(frozen=True)
-class RouteParity:
-    """One route under comparison.
-
-    Attributes:
-        route: the route's name (the value of the mirrored request's route header).
-        policy: its policy's ``parity`` section.
-        baseline: the baseline's cluster (the primary).
-        candidate: the candidate's cluster.
-    """
-
-    route: str
-    policy: ParityPolicy
-    baseline: str
-    candidate: str
-
-
-@dataclass
-class _Route:
-    """A route's configuration as used per request, and its state kept across configures."""
-
-    parity: RouteParity
-    rules: CompareRules
-    timeout_s: float
-    redact: frozenset[str]
-    compared_methods: frozenset[str]
-    sister_methods: frozenset[str]
-    tally: RouteTally
-    noise: NoiseModel
-    exercised: int = 0
-    last_error: tuple[float, Failure] | None = None
-
-    def configured(self, parity: RouteParity) -> None:
-        """Take ``parity``'s rules, keeping the tally, the learnt noise and the counts."""
-        policy = parity.policy
-        self.parity = parity
-        self.rules = CompareRules.from_policy(policy.compare)
-        self.timeout_s = policy.timeout.total_seconds()
-        self.redact = frozenset(policy.redact)
-        methods = frozenset(policy.methods)
-        self.compared_methods = methods & _SAFE
-        self.sister_methods = methods - _SAFE if policy.sister is not None else _NONE
-
-    @classmethod
-    def new(cls, parity: RouteParity) -> _Route:
-        route = cls(
-            parity,
-            CompareRules.from_policy(parity.policy.compare),
-            0.0,
-            _NONE,
-            _NONE,
-            _NONE,
-            RouteTally(samples=parity.policy.samples),
-            NoiseModel(),
-        )
-        route.configured(parity)
-        return route
 
 
 RETIRED_ROUTES = 32
@@ -168,8 +105,8 @@ class Comparator:
         self._targets = Targets(gateway)
         self._clock = clock
         self._max_in_flight = max_in_flight
-        self._routes: dict[str, _Route] = {}
-        self._retired: dict[str, _Route] = {}
+        self._routes: dict[str, RouteState] = {}
+        self._retired: dict[str, RouteState] = {}
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._unrouted = 0
@@ -202,15 +139,15 @@ class Comparator:
         for parity in routes:
             if parity.route in wanted:
                 raise ValueError(f"route {parity.route!r} is listed twice")
-            for cluster in _clusters(parity):
+            for cluster in route_clusters(parity):
                 self._targets.check(cluster)
             wanted[parity.route] = parity
-        updated: dict[str, _Route] = {}
+        updated: dict[str, RouteState] = {}
         for name, parity in wanted.items():
             current = self._routes.get(name)
             if current is None:
                 self._retired.pop(name, None)
-                updated[name] = _Route.new(parity)
+                updated[name] = RouteState.new(parity)
             else:
                 current.configured(parity)
                 updated[name] = current
@@ -232,7 +169,7 @@ class Comparator:
         """
         targets = Targets(gateway)
         for route in self._routes.values():
-            for cluster in _clusters(route.parity):
+            for cluster in route_clusters(route.parity):
                 targets.check(cluster)
         self._targets = targets
 
@@ -358,7 +295,7 @@ class Comparator:
 
     async def _compare(
         self,
-        route: _Route,
+        route: RouteState,
         sister: bool,
         method: str,
         path_qs: str,
@@ -366,8 +303,19 @@ class Comparator:
         body: bytes,
         at: float,
     ) -> None:
+        assert self._pool is not None, "start() opens the client pool"
         try:
-            await self._compare_one(route, sister, method, path_qs, headers, body, at)
+            await compare_mirrored(
+                route,
+                sister,
+                method,
+                path_qs,
+                headers,
+                body,
+                at,
+                pool=self._pool,
+                targets=self._targets,
+            )
         except Exception:  # a bug must not silence the route: count it, say why
             # The URL's query values may be secrets (tokens, e-mail addresses): redacted as in
             # samples.
@@ -380,113 +328,6 @@ class Comparator:
             route.tally.record("error", _NONE, _NONE, at)
         finally:
             self._in_flight -= 1
-
-    async def _compare_one(
-        self,
-        route: _Route,
-        sister: bool,
-        method: str,
-        path_qs: str,
-        headers: tuple[tuple[str, str], ...],
-        body: bytes,
-        at: float,
-    ) -> None:
-        parity = route.parity
-        policy = parity.policy
-        if sister:
-            assert policy.sister is not None
-            primary_cluster = policy.sister.baseline.cluster if policy.sister.baseline else None
-            candidate_cluster = policy.sister.candidate.cluster
-            secondary_cluster = None
-        else:
-            primary_cluster = parity.baseline
-            candidate_cluster = parity.candidate
-            secondary_cluster = policy.secondary.cluster if policy.secondary else None
-        assert self._pool is not None, "start() opens the client pool"
-        pool, deadline_s = self._pool, route.timeout_s
-        # One encoding for every target: the Host is the one received (Envoy's -shadow one).
-        data = encode_request(method, path_qs, headers, body)
-
-        def call(cluster: str) -> asyncio.Task[Reply | Failure]:
-            target = self._targets.next(cluster)
-            return asyncio.ensure_future(send(pool, target, method, data, deadline_s))
-
-        # The candidate is sent first: with the primary awaited inline below, one task less.
-        candidate_call = call(candidate_cluster)
-        secondary_call = call(secondary_cluster) if secondary_cluster else None
-        if primary_cluster is None:
-            candidate = await candidate_call
-            if isinstance(candidate, Failure):
-                self._failed(route, at, candidate)
-            else:
-                route.exercised += 1
-            return
-        target = self._targets.next(primary_cluster)
-        primary = await send(pool, target, method, data, deadline_s)
-        candidate = await candidate_call
-        secondary = await secondary_call if secondary_call is not None else None
-        if isinstance(primary, Failure):
-            self._failed(route, at, primary)
-            return
-        if isinstance(secondary, Failure):
-            route.last_error = (at, secondary)
-            secondary = None
-        if isinstance(candidate, Failure):
-            route.last_error = (at, candidate)
-            # Nothing is learnt from the secondary here: noise is learnt in classify() alone,
-            # and leaving the request out of the noise model's counts keeps its rates unbiased.
-            failed = Reply(0, (), candidate.reason.encode("utf-8", "replace"))
-            sample = self._sample(route, at, method, path_qs, headers, body, primary, failed)
-            route.tally.record("mismatched", _UNANSWERED, _NONE, at, sample)
-            return
-        result = classify(primary, candidate, secondary, route.rules, route.noise)
-        sample = None
-        if result.outcome == "mismatched":
-            sample = self._sample(
-                route,
-                at,
-                method,
-                path_qs,
-                headers,
-                body,
-                primary,
-                candidate,
-                secondary=secondary,
-                paths=result.mismatched,
-            )
-        route.tally.record(result.outcome, result.mismatched, result.noisy, at, sample)
-
-    @staticmethod
-    def _sample(
-        route: _Route,
-        at: float,
-        method: str,
-        path_qs: str,
-        headers: tuple[tuple[str, str], ...],
-        body: bytes,
-        primary: Reply,
-        candidate: Reply,
-        secondary: Reply | None = None,
-        paths: frozenset[str] = _UNANSWERED,
-    ) -> MismatchSample | None:
-        if route.parity.policy.samples <= 0:
-            return None
-        return MismatchSample(
-            at=at,
-            method=method,
-            url=path_qs,
-            request_headers=headers,
-            request_body=body,
-            primary=primary,
-            candidate=candidate,
-            secondary=secondary,
-            paths=tuple(sorted(paths)),
-            redact=route.redact,
-        )
-
-    def _failed(self, route: _Route, at: float, failure: Failure) -> None:
-        route.last_error = (at, failure)
-        route.tally.record("error", _NONE, _NONE, at)
 
     # --- reading -------------------------------------------------------------------------
 
@@ -513,24 +354,13 @@ class Comparator:
             "route": name,
             "baseline": parity.baseline,
             "candidate": parity.candidate,
+            "primary": parity.policy.primary.cluster if parity.policy.primary else None,
             "secondary": secondary.cluster if secondary is not None else None,
             "counts": {**counts.to_json(), "exercised": route.exercised},
             "paths": {path: c.to_json() for path, c in sorted(route.tally.paths().items())},
             "samples": [sample.to_json() for sample in route.tally.samples()],
             "last_error": last_error,
         }
-
-
-def _clusters(parity: RouteParity) -> list[str]:
-    policy = parity.policy
-    out = [parity.baseline, parity.candidate]
-    if policy.secondary is not None:
-        out.append(policy.secondary.cluster)
-    if policy.sister is not None:
-        out.append(policy.sister.candidate.cluster)
-        if policy.sister.baseline is not None:
-            out.append(policy.sister.baseline.cluster)
-    return out
 
 
 def _bound_port(runner: web.AppRunner, asked: int) -> int:

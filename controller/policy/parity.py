@@ -125,6 +125,13 @@ class ParityPolicy(PolicyModel):
         default=Side(cluster="sluice-parity"),
         description="The gateway cluster where the comparator listens.",
     )
+    primary: Side | None = Field(
+        default=None,
+        description="A baseline replica kept for the comparator: it answers every mirrored"
+        " request as the primary, so the instances serving users do not answer each mirrored"
+        " request a second time (at `mirror: 100%`, twice their load). Omitted: the baseline"
+        " cluster.",
+    )
     secondary: Side | None = Field(
         default=None,
         description="A second baseline replica: differences between the two baseline replies"

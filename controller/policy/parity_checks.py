@@ -24,9 +24,11 @@ def check_parity(policy: RolloutPolicy) -> list[Problem]:
     never pass); a first stage at 0% (a shadow stage) without ``spec.parity`` or without a
     parity SLO (only mirroring happens there, and only parity can judge it); a method other
     than GET and HEAD in ``parity.methods`` without ``parity.sister`` (a mirrored write would
-    reach the production datastores a second time); a comparator, secondary or sister cluster
-    that is the baseline or the candidate (the comparator would receive its own users'
-    traffic, a "sister" would write to production).
+    reach the production datastores a second time); a comparator, primary, secondary or
+    sister cluster that is the baseline or the candidate (the comparator would receive its
+    own users' traffic, a primary on the candidate would compare the candidate with itself, a
+    "sister" would write to production); a secondary that is the primary (noise would be
+    learnt from one replica).
 
     A shadow stage after the first is reported by
     :func:`controller.policy.rollout_checks.check_policy` (stage order).
@@ -68,10 +70,11 @@ def check_parity(policy: RolloutPolicy) -> list[Problem]:
 
 
 def check_parity_against_gateway(policy: RolloutPolicy, gateway: Gateway) -> list[Problem]:
-    """Problems of the parity clusters on ``gateway``: the comparator, the secondary and the
-    sister clusters must be declared there (Envoy mirrors to the comparator's cluster, and the
-    comparator forwards to the clusters' endpoints); the clusters the comparator forwards to
-    (baseline, candidate, secondary, sisters) must speak HTTP/1.1, the only protocol its
+    """Problems of the parity clusters on ``gateway``: the comparator, the primary, the
+    secondary and the sister clusters must be declared there (Envoy mirrors to the
+    comparator's cluster, and the comparator forwards to the clusters' endpoints); the clusters
+    the comparator forwards to (baseline, candidate, primary, secondary, sisters) must speak
+    HTTP/1.1, the only protocol its
     client speaks, and have static endpoints (it does not follow EndpointSlices). Empty
     without ``spec.parity``."""
     parity = policy.spec.parity
@@ -120,10 +123,12 @@ def check_parity_against_gateway(policy: RolloutPolicy, gateway: Gateway) -> lis
 
 def parity_clusters(parity: ParityPolicy) -> list[tuple[FieldPath, str]]:
     """Every cluster the parity section names, with its field path: the comparator, the
-    secondary, the sister targets (in that order)."""
+    primary, the secondary, the sister targets (in that order)."""
     found: list[tuple[FieldPath, str]] = [
         ((*_PARITY, "comparator", "cluster"), parity.comparator.cluster)
     ]
+    if parity.primary is not None:
+        found.append(((*_PARITY, "primary", "cluster"), parity.primary.cluster))
     if parity.secondary is not None:
         found.append(((*_PARITY, "secondary", "cluster"), parity.secondary.cluster))
     if parity.sister is not None:
@@ -165,6 +170,18 @@ def _distinct_clusters(policy: RolloutPolicy, parity: ParityPolicy) -> list[Prob
             problems.append(
                 (path, f"must not be the comparator ({cluster}): it would forward to itself")
             )
+    if (
+        parity.primary is not None
+        and parity.secondary is not None
+        and parity.secondary.cluster == parity.primary.cluster
+    ):
+        problems.append(
+            (
+                (*_PARITY, "secondary", "cluster"),
+                f"must not be the primary ({parity.primary.cluster}): the secondary is a second"
+                " baseline replica, whose differences from the primary are noise",
+            )
+        )
     return problems
 
 
@@ -173,4 +190,9 @@ def _why(path: FieldPath) -> str:
         return "the comparator is a cluster of its own, which Envoy mirrors to"
     if "sister" in path:
         return "a sister target writes to its own datastores, never to production's"
+    if "primary" in path:
+        return (
+            "the primary is a baseline replica kept for the comparator; omit parity.primary"
+            " to send the primary requests to the baseline"
+        )
     return "the secondary is a second baseline replica, apart from both sides"

@@ -135,6 +135,7 @@ async def upstreams() -> AsyncIterator[dict[str, Upstream]]:
         u.name: u
         for u in (
             Upstream("base"),
+            Upstream("base-replica"),
             Upstream("nested", bump_every=4),
             Upstream("noisy-base", noisy_meta=True),
             Upstream("noisy-base-2", noisy_meta=True),
@@ -157,6 +158,7 @@ async def upstreams() -> AsyncIterator[dict[str, Upstream]]:
 
 ROUTES = [
     RouteParity("items", parity(), "base", "nested"),
+    RouteParity("replica", parity(primary={"cluster": "base-replica"}), "base", "nested"),
     RouteParity("noise", parity(secondary={"cluster": "noisy-base-2"}), "noisy-base", "noisy-cand"),
     RouteParity(
         "ignored",
@@ -251,6 +253,28 @@ async def metrics(client: aiohttp.ClientSession, comp: Comparator) -> dict[tuple
         for s in family.samples:
             out[(s.name, *(f"{k}={v}" for k, v in sorted(s.labels.items())))] = s.value
     return out
+
+
+async def test_a_primary_replica_answers_instead_of_the_baseline(
+    comparator: Comparator, client: aiohttp.ClientSession, upstreams: dict[str, Upstream]
+) -> None:
+    """``parity.primary``: the production baseline never sees a mirrored request; the replica
+    answers each one and the candidate is compared with it."""
+    for item in range(8):
+        assert await mirror(client, comparator, "replica", f"/items/{item}") == 202
+    await until(lambda: recorded(comparator, "replica") == 8, "8 requests recorded")
+    assert upstreams["base"].seen == []
+    assert sorted(s.path for s in upstreams["base-replica"].seen) == [
+        f"/items/{i}" for i in range(8)
+    ]
+    assert len(upstreams["nested"].seen) == 8
+    tally = comparator.tally("replica")
+    assert tally is not None
+    counts = tally.counts()
+    assert (counts.compared, counts.mismatched, counts.errors) == (8, 2, 0)  # ids 0 and 4
+    status, body = await admin_json(client, comparator, "/v1/parity/routes/replica")
+    assert status == 200
+    assert (body["baseline"], body["primary"]) == ("base", "base-replica")
 
 
 async def test_nested_field_mismatch_is_counted_sampled_redacted_and_exported(
@@ -506,7 +530,7 @@ async def test_unrouted_requests_are_refused_and_counted_apart(
     assert "items" in data["error"]
     status, data = await admin_json(client, comparator, "/v1/parity/routes")
     assert [r["route"] for r in data["routes"]] == [
-        "ignored", "items", "noise", "slow", "slow-base", "writes",
+        "ignored", "items", "noise", "replica", "slow", "slow-base", "writes",
     ]  # fmt: skip
 
 

@@ -213,11 +213,45 @@ def test_unsafe_methods_need_a_sister() -> None:
             "spec.parity.secondary.cluster",
             "must not be the comparator (sluice-parity): it would forward to itself",
         ),
+        (
+            # The candidate compared with itself: every request would match.
+            "primary: {cluster: comments-go}",
+            "spec.parity.primary.cluster",
+            "must not be the candidate (comments-go): the primary is a baseline replica kept"
+            " for the comparator; omit parity.primary to send the primary requests to the"
+            " baseline",
+        ),
+        (
+            "primary: {cluster: comments-python}",
+            "spec.parity.primary.cluster",
+            "must not be the baseline (comments-python): the primary is a baseline replica kept"
+            " for the comparator; omit parity.primary to send the primary requests to the"
+            " baseline",
+        ),
     ],
 )
 def test_parity_clusters_are_apart_from_the_sides(parity: str, field: str, message: str) -> None:
     text = _edit("    mirror: 100%\n", f"    mirror: 100%\n    {parity}\n")
     assert _issues(text) == [(_line(text, parity), field, message)]
+
+
+def test_the_secondary_is_apart_from_the_primary() -> None:
+    text = _edit(
+        "    mirror: 100%\n",
+        "    mirror: 100%\n"
+        "    primary: {cluster: comments-python-2}\n"
+        "    secondary: {cluster: comments-python-3}\n",
+    )
+    assert _load(text).spec.parity is not None
+    same = text.replace("comments-python-3", "comments-python-2")
+    assert _issues(same) == [
+        (
+            _line(same, "secondary: "),
+            "spec.parity.secondary.cluster",
+            "must not be the primary (comments-python-2): the secondary is a second baseline"
+            " replica, whose differences from the primary are noise",
+        )
+    ]
 
 
 def test_parity_clusters_must_exist_in_the_gateway() -> None:
@@ -227,6 +261,7 @@ def test_parity_clusters_must_exist_in_the_gateway() -> None:
         "    mirror: 100%\n",
         "    mirror: 100%\n"
         "    comparator: {cluster: parity-x}\n"
+        "    primary: {cluster: comments-python-8}\n"
         "    secondary: {cluster: comments-python-9}\n"
         "    sister:\n"
         "      candidate: {cluster: go-sister}\n"
@@ -235,6 +270,7 @@ def test_parity_clusters_must_exist_in_the_gateway() -> None:
     issues = _issues(text, gateway)
     assert [(line, field) for line, field, _ in issues] == [
         (_line(text, "parity-x"), "spec.parity.comparator.cluster"),
+        (_line(text, "comments-python-8"), "spec.parity.primary.cluster"),
         (_line(text, "comments-python-9"), "spec.parity.secondary.cluster"),
         (_line(text, "go-sister"), "spec.parity.sister.candidate.cluster"),
         (_line(text, "python-sister"), "spec.parity.sister.baseline.cluster"),
@@ -243,12 +279,13 @@ def test_parity_clusters_must_exist_in_the_gateway() -> None:
     assert "sluice-parity" in issues[0][2]
 
 
-def test_parity_refuses_clusters_the_comparator_cannot_speak_to() -> None:
-    # The comparator forwards over HTTP/1.1 only: a gRPC (http2) secondary could never answer.
-    text = _edit("    mirror: 100%\n", "    mirror: 100%\n    secondary: {cluster: search-grpc}\n")
+@pytest.mark.parametrize("field", ["primary", "secondary"])
+def test_parity_refuses_clusters_the_comparator_cannot_speak_to(field: str) -> None:
+    # The comparator forwards over HTTP/1.1 only: a gRPC (http2) replica could never answer.
+    text = _edit("    mirror: 100%\n", f"    mirror: 100%\n    {field}: {{cluster: search-grpc}}\n")
     issues = _issues(text, _gateway())
     assert [(line, field) for line, field, _ in issues] == [
-        (_line(text, "search-grpc"), "spec.parity.secondary.cluster")
+        (_line(text, "search-grpc"), f"spec.parity.{field}.cluster")
     ]
     assert "speaks http2" in issues[0][2]
     assert "HTTP/1.1 only" in issues[0][2]
