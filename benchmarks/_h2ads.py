@@ -17,7 +17,8 @@ response with its ``version_info`` and ``nonce``, and after a stream the server 
 (gRPC's pending-call backlog protection during a connection storm) re-opens it after Envoy's
 jittered exponential backoff (500 ms base) with the versions it holds. Route-table (RDS)
 responses record when they arrived and when their ACK was written to the socket (all ACKs
-decoded from one read are written together, and all get that write's time), on
+decoded from one read are written together, and all get that write's time; an ACK held back
+by the server's flow-control window is not timed), on
 ``CLOCK_MONOTONIC``.
 
 A lost TCP connection is not re-established: it fails its streams, and the benchmark reports
@@ -91,6 +92,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Stream] = {}
         self.blocked: list[tuple[int, bytes]] = []  # sends waiting on the server's window
+        self.statuses: dict[int, str] = {}  # stream id -> its grpc-status, once received
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # -- asyncio.Protocol ----------------------------------------------------------------
@@ -120,6 +122,8 @@ class _Connection(asyncio.Protocol):
         for event in events:
             if isinstance(event, h2.events.DataReceived):
                 self._on_data(event, acked)
+            elif isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                self._on_headers(event)
             elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
                 self._on_end(event)
             elif isinstance(event, h2.events.WindowUpdated) and self.blocked:
@@ -170,43 +174,66 @@ class _Connection(asyncio.Protocol):
             del buffer[: 5 + length]
             arrived = time.monotonic()
             version, type_url, nonce = parse_response(message)
-            self._send(
+            sent = self._send(
                 stream_id,
                 encode_request(stream.node, type_url, stream.names_of[type_url], version, nonce),
             )
-            if type_url == ROUTE:
+            if type_url == ROUTE and sent:
                 acked.append((version, arrived))
             stream.held[type_url] = version
             stream.attempt = 0
 
+    def _on_headers(self, event: h2.events.ResponseReceived | h2.events.TrailersReceived) -> None:
+        # A gRPC status arrives in the trailers, or in the headers of a trailers-only reply.
+        fields = dict(event.headers or ())
+        if b"grpc-status" in fields:
+            self.statuses[event.stream_id] = (
+                f"grpc-status {fields[b'grpc-status'].decode()}:"
+                f" {fields.get(b'grpc-message', b'').decode(errors='replace')}"
+            )
+
     def _on_end(self, event: h2.events.StreamEnded | h2.events.StreamReset) -> None:
+        status = self.statuses.pop(event.stream_id, None)
         stream = self.streams.pop(event.stream_id, None)
         if stream is None:
             return
         if isinstance(event, h2.events.StreamReset):
             reason = f"RST_STREAM {event.error_code!r}"
         else:
-            reason = "the server ended the stream"
+            reason = f"the server ended the stream ({status or 'no grpc-status'})"
             with contextlib.suppress(h2.exceptions.H2Error):
                 self.h2.end_stream(event.stream_id)
         self.group.retry(self, stream, reason)
 
-    def _send(self, stream_id: int, payload: bytes) -> None:
+    def _send(self, stream_id: int, payload: bytes) -> bool:
+        """Queue one request on the stream; True when it goes out with this read's write.
+
+        False when it waits for the server's flow-control window (sent on a WINDOW_UPDATE,
+        never timed: the run then misses that ACK time and says so) or when the server
+        already closed the stream in this same read (its end is handled next, as a retry).
+        """
         data = grpc_message(payload)
-        if self.blocked or self.h2.local_flow_control_window(stream_id) < len(data):
-            self.blocked.append((stream_id, data))
-        else:
+        try:
+            if self.blocked or self.h2.local_flow_control_window(stream_id) < len(data):
+                self.blocked.append((stream_id, data))
+                return False
             self.h2.send_data(stream_id, data)
+        except h2.exceptions.StreamClosedError:
+            return False
+        return True
 
     def _flush_blocked(self) -> None:
         pending, self.blocked = self.blocked, []
         for index, (stream_id, data) in enumerate(pending):
             if stream_id not in self.streams:
                 continue
-            if self.h2.local_flow_control_window(stream_id) < len(data):
-                self.blocked = pending[index:]
-                return
-            self.h2.send_data(stream_id, data)
+            try:
+                if self.h2.local_flow_control_window(stream_id) < len(data):
+                    self.blocked = pending[index:]
+                    return
+                self.h2.send_data(stream_id, data)
+            except h2.exceptions.StreamClosedError:
+                continue
 
     def _write(self) -> None:
         data = self.h2.data_to_send()
@@ -221,7 +248,7 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         self.streams.clear()
         if self.transport is not None:
-            self.transport.close()
+            self.transport.abort()  # nothing buffered is worth waiting for at the end
 
 
 class H2ClientGroup:
@@ -255,6 +282,9 @@ class H2ClientGroup:
         def reopen() -> None:
             self._timers.discard(timer)
             if self._closing:
+                return
+            if connection.lost.done():
+                self.fail(stream, "its connection was lost before the retry")
                 return
             try:
                 connection.open(stream)
@@ -311,7 +341,6 @@ class H2ClientGroup:
         self._timers.clear()
         for connection in self.connections:
             connection.close()
-        for connection in self.connections:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(connection.lost), 3)
+        if self.connections:
+            await asyncio.wait([c.lost for c in self.connections], timeout=3)
         self.connections.clear()

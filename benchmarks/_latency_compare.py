@@ -119,7 +119,8 @@ def _draw_rounds(
     rng: np.random.Generator, tables: Sequence[npt.NDArray[np.float64]], row: int
 ) -> npt.NDArray[np.float64]:
     """Stage 1 of one resample: as many rounds as the arm has, drawn with replacement, each
-    taken as its ``row``-th block resample (stage 2)."""
+    taken as its ``row``-th block resample (stage 2). A round drawn twice repeats the same
+    stage-2 resample, which errs on the wide side."""
     drawn = rng.integers(0, len(tables), size=len(tables))
     return np.concatenate([tables[k][row] for k in drawn])
 
@@ -174,6 +175,8 @@ def paired_bootstrap_differences(
             if not len(on) or not len(off):
                 continue  # a resample without one arm says nothing about the difference
             diffs.append(np.quantile(on, qs) - np.quantile(off, qs))
+    if not diffs:
+        raise ValueError("no resample held both arms: too few requests per arm")
     table = np.vstack(diffs)
     tail = (1 - confidence) / 2
     lows = np.quantile(table, tail, axis=0)
@@ -182,6 +185,28 @@ def paired_bootstrap_differences(
         Difference(q, float(a), float(b), float(b - a), float(lo), float(hi))
         for q, a, b, lo, hi in zip(qs, point_off, point_on, lows, highs, strict=True)
     ]
+
+
+def verdict(
+    p99: Difference, bound: float, narrower: str = "more rounds, or the paired design"
+) -> str:
+    """The reading of the p99 difference's 95% interval against ``bound`` (ms).
+
+    "No measurable increase" is claimed only when the whole interval lies under the bound:
+    an interval that includes 0 but reaches beyond the bound is inconclusive (absence of
+    evidence is not evidence of absence), whatever its point estimate.
+    """
+    span = f"p99 on - off {p99.diff:+.3f} ms, 95% CI [{p99.low:+.3f}, {p99.high:+.3f}] ms"
+    if p99.high <= bound:
+        if p99.low > 0:
+            return f"a measurable increase within the bound ({span}; bound {bound:.3f} ms)"
+        return f"no measurable increase ({span}: under the bound {bound:.3f} ms)"
+    if p99.low <= 0:
+        return (
+            f"inconclusive ({span}: includes 0 and increases above the bound {bound:.3f} ms;"
+            f" {narrower} would narrow it)"
+        )
+    return f"a measurable increase beyond the bound ({span}; bound {bound:.3f} ms)"
 
 
 def mann_whitney(off: Samples, on: Samples) -> tuple[float, float] | None:

@@ -17,6 +17,7 @@ from _latency_compare import (
     mann_whitney,
     paired_bootstrap_differences,
     quantiles,
+    verdict,
 )
 from _mirror_latency import Round, all_cpu, bench_stack, busy_cpu_s, run_round
 
@@ -245,35 +246,14 @@ def _pinned(cfg: EnvoyConfig) -> str | None:
     if not cfg.pinned:
         return None
     return (
-        "users' path (Envoy, baseline, load) on one CPU, controller+comparator and"
-        " candidate on the other"
+        "users' path (Envoy, baseline, load) on one CPU, controller+comparator, candidate"
+        + (" and primary replica" if cfg.primary else "")
+        + " on the other"
     )
 
 
 def _difference(d: Difference) -> dict[str, float]:
     return {"diff": round(d.diff, 3), "ci95_low": round(d.low, 3), "ci95_high": round(d.high, 3)}
-
-
-def verdict(
-    p99: Difference, bound: float, narrower: str = "more rounds, or the paired design"
-) -> str:
-    """The reading of the p99 difference's 95% interval against ``bound`` (ms).
-
-    "No measurable increase" is claimed only when the whole interval lies under the bound:
-    an interval that includes 0 but reaches beyond the bound is inconclusive (absence of
-    evidence is not evidence of absence), whatever its point estimate.
-    """
-    span = f"p99 on - off {p99.diff:+.3f} ms, 95% CI [{p99.low:+.3f}, {p99.high:+.3f}] ms"
-    if p99.high <= bound:
-        if p99.low > 0:
-            return f"a measurable increase within the bound ({span}; bound {bound:.3f} ms)"
-        return f"no measurable increase ({span}: under the bound {bound:.3f} ms)"
-    if p99.low <= 0:
-        return (
-            f"inconclusive ({span}: includes 0 and increases above the bound {bound:.3f} ms;"
-            f" {narrower} would narrow it)"
-        )
-    return f"a measurable increase beyond the bound ({span}; bound {bound:.3f} ms)"
 
 
 def report(envoy: dict[str, Any]) -> str:

@@ -701,7 +701,7 @@ def main(argv: list[str] | None = None) -> int:
         "--client",
         choices=("h2", "grpcio"),
         default="h2",
-        help="simulated Envoys on h2 (~30 us CPU per response) or grpc.aio (~280 us)",
+        help="simulated Envoys on h2 (~160 us CPU per response) or grpc.aio (~260 us)",
     )
     parser.add_argument(
         "--subscribe", default="cds,rds", help="types each client subscribes to (cds,eds,lds,rds)"

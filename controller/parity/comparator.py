@@ -133,7 +133,8 @@ class Comparator:
 
         Raises:
             ValueError: two entries name the same route, or a cluster (baseline, candidate,
-                secondary, sisters) is not in the gateway (``UnknownCluster``); nothing changes.
+                primary, secondary, sisters) is not in the gateway (``UnknownCluster``);
+                nothing changes.
         """
         wanted: dict[str, RouteParity] = {}
         for parity in routes:
@@ -303,8 +304,8 @@ class Comparator:
         body: bytes,
         at: float,
     ) -> None:
-        assert self._pool is not None, "start() opens the client pool"
         try:
+            assert self._pool is not None, "start() opens the client pool"
             await compare_mirrored(
                 route,
                 sister,

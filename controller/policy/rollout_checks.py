@@ -88,7 +88,7 @@ def check_against_gateway(policy: RolloutPolicy, gateway: Gateway) -> list[Probl
     Reported: the route is not in the gateway; the baseline or candidate cluster is not
     declared (Envoy would answer 503); the route does not send traffic to the baseline today
     (the rollout would move traffic from somewhere else); a parity cluster (comparator,
-    secondary, sister) the gateway does not declare.
+    primary, secondary, sister) the gateway does not declare.
     """
     problems: list[Problem] = []
     routes = gateway.routes()

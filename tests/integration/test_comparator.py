@@ -277,6 +277,37 @@ async def test_a_primary_replica_answers_instead_of_the_baseline(
     assert (body["baseline"], body["primary"]) == ("base", "base-replica")
 
 
+async def test_a_primary_replica_is_checked_and_writes_go_to_the_sisters_alone(
+    upstreams: dict[str, Upstream], client: aiohttp.ClientSession
+) -> None:
+    """An unknown primary cluster is refused like any other; a mirrored write goes to the
+    sister targets, never to the primary replica."""
+    comp = Comparator(gateway_for(upstreams))
+    with pytest.raises(UnknownCluster):
+        comp.configure([RouteParity("r", parity(primary={"cluster": "nowhere"}), "base", "nested")])
+    writes = parity(
+        methods=["GET", "POST"],
+        sister={"candidate": {"cluster": "sister"}},
+        primary={"cluster": "base-replica"},
+    )
+    comp.configure([RouteParity("w", writes, "base", "nested")])
+    await comp.start()
+    try:
+        assert await mirror(client, comp, "w", "/items/3", method="POST", body=b"{}") == 202
+        await until(lambda: recorded(comp, "w") + comp_exercised(comp, "w") == 1, "the write")
+        assert [s.method for s in upstreams["sister"].seen] == ["POST"]
+        assert upstreams["base-replica"].seen == []
+        assert upstreams["base"].seen == []
+    finally:
+        await comp.stop()
+
+
+def comp_exercised(comp: Comparator, route: str) -> int:
+    data = comp.route_json(route)
+    assert data is not None
+    return int(data["counts"]["exercised"])
+
+
 async def test_nested_field_mismatch_is_counted_sampled_redacted_and_exported(
     comparator: Comparator, client: aiohttp.ClientSession, upstreams: dict[str, Upstream]
 ) -> None:
