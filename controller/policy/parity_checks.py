@@ -74,9 +74,8 @@ def check_parity_against_gateway(policy: RolloutPolicy, gateway: Gateway) -> lis
     secondary and the sister clusters must be declared there (Envoy mirrors to the
     comparator's cluster, and the comparator forwards to the clusters' endpoints); the clusters
     the comparator forwards to (baseline, candidate, primary, secondary, sisters) must speak
-    HTTP/1.1, the only protocol its
-    client speaks, and have static endpoints (it does not follow EndpointSlices). Empty
-    without ``spec.parity``."""
+    HTTP/1.1, the only protocol its client speaks, and have static endpoints (it does not
+    follow EndpointSlices). Empty without ``spec.parity``."""
     parity = policy.spec.parity
     if parity is None:
         return []
