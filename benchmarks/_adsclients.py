@@ -321,6 +321,22 @@ def parse_response(buf: bytes) -> tuple[str, str, str]:
 # --- the client worker --------------------------------------------------------------------
 
 
+async def route_results(
+    route_times: dict[str, list[tuple[float, float]]],
+    version: str,
+    expected: int,
+    wait_s: float = 5.0,
+) -> list[tuple[float, float]]:
+    """The (arrived, ACK written) times of RDS ``version`` once ``expected`` streams recorded
+    them, or what was recorded after ``wait_s`` seconds. An ACK may reach the server a moment
+    before its writer records it here."""
+    for _ in range(int(wait_s / 0.01)):
+        if len(route_times.get(version, ())) >= expected:
+            break
+        await asyncio.sleep(0.01)
+    return list(route_times.get(version, ()))
+
+
 @dataclass
 class _ClientGroup:
     """The simulated Envoys of one worker process connected to one server."""
@@ -415,15 +431,8 @@ class _ClientGroup:
                 self.tasks.append(asyncio.create_task(self.stream(channel, node_id, subscriptions)))
         return len(self.tasks)
 
-    async def route_results(
-        self, version: str, expected: int, wait_s: float = 5.0
-    ) -> list[tuple[float, float]]:
-        # An ACK may reach the server a moment before its writer records it here.
-        for _ in range(int(wait_s / 0.01)):
-            if len(self.route_times.get(version, ())) >= expected:
-                break
-            await asyncio.sleep(0.01)
-        return list(self.route_times.get(version, ()))
+    async def route_results(self, version: str, expected: int) -> list[tuple[float, float]]:
+        return await route_results(self.route_times, version, expected)
 
     async def status(self) -> dict[str, Any]:
         return {

@@ -45,6 +45,7 @@ from _adsclients import (
     encode_node,
     encode_request,
     parse_response,
+    route_results,
 )
 
 WINDOW = 2**31 - 1
@@ -316,14 +317,8 @@ class H2ClientGroup:
                 connection.open(_Stream(node_id, subscriptions))
         return len(node_ids)
 
-    async def route_results(
-        self, version: str, expected: int, wait_s: float = 5.0
-    ) -> list[tuple[float, float]]:
-        for _ in range(int(wait_s / 0.01)):
-            if len(self.route_times.get(version, ())) >= expected:
-                break
-            await asyncio.sleep(0.01)
-        return list(self.route_times.get(version, ()))
+    async def route_results(self, version: str, expected: int) -> list[tuple[float, float]]:
+        return await route_results(self.route_times, version, expected)
 
     async def status(self) -> dict[str, Any]:
         return {

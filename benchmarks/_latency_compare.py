@@ -105,14 +105,7 @@ def bootstrap_differences(
             off = _draw_rounds(rng, off_tables, row)
             on = _draw_rounds(rng, on_tables, row)
             diffs.append(np.quantile(on, qs) - np.quantile(off, qs))
-    table = np.vstack(diffs)
-    tail = (1 - confidence) / 2
-    lows = np.quantile(table, tail, axis=0)
-    highs = np.quantile(table, 1 - tail, axis=0)
-    return [
-        Difference(q, float(a), float(b), float(b - a), float(lo), float(hi))
-        for q, a, b, lo, hi in zip(qs, point_off, point_on, lows, highs, strict=True)
-    ]
+    return _percentile_intervals(qs, point_off, point_on, diffs, confidence)
 
 
 def _draw_rounds(
@@ -177,6 +170,18 @@ def paired_bootstrap_differences(
             diffs.append(np.quantile(on, qs) - np.quantile(off, qs))
     if not diffs:
         raise ValueError("no resample held both arms: too few requests per arm")
+    return _percentile_intervals(qs, point_off, point_on, diffs, confidence)
+
+
+def _percentile_intervals(
+    qs: Sequence[float],
+    point_off: npt.NDArray[np.float64],
+    point_on: npt.NDArray[np.float64],
+    diffs: list[npt.NDArray[np.float64]],
+    confidence: float,
+) -> list[Difference]:
+    """One :class:`Difference` per quantile: the point estimates, and the central
+    ``confidence`` share of the resampled differences (``diffs``: one row per resample)."""
     table = np.vstack(diffs)
     tail = (1 - confidence) / 2
     lows = np.quantile(table, tail, axis=0)

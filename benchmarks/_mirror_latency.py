@@ -273,7 +273,8 @@ def bench_stack(
     primary requests (the policy's ``parity.primary``), on the mirror's CPU when pinned.
 
     ``twin``: the gateway also has :data:`TWIN_ROUTE`, first in the virtual host, matching the
-    route's prefix and ``ARM_HEADER: twin`` to the baseline alone (the paired design).
+    route's prefix and ``ARM_HEADER: twin`` with the route's own weighted clusters (the paired
+    design).
 
     ``pinned``: the users' path (Envoy, the baseline, the load generator) on the first CPU,
     the mirror's consumers (the controller with the comparator, the candidate) on the
@@ -314,22 +315,16 @@ def bench_stack(
                     "timeout": "5s",
                 },
             )
-        if primary:
-            document["spec"]["clusters"].append(
-                {
-                    "name": PRIMARY,
-                    "connectTimeout": "1s",
-                    "endpoints": [{"address": "127.0.0.1", "port": ports[PRIMARY]}],
-                }
-            )
         comparator_port = free_port()
-        document["spec"]["clusters"].append(
+        extra = {COMPARATOR: comparator_port, **({PRIMARY: ports[PRIMARY]} if primary else {})}
+        document["spec"]["clusters"] += [
             {
-                "name": COMPARATOR,
+                "name": name,
                 "connectTimeout": "1s",
-                "endpoints": [{"address": "127.0.0.1", "port": comparator_port}],
+                "endpoints": [{"address": "127.0.0.1", "port": port}],
             }
-        )
+            for name, port in extra.items()
+        ]
         gateway = workdir / "gateway.yaml"
         gateway.write_text(yaml.safe_dump(document))
         policy = workdir / "policy.yaml"

@@ -156,27 +156,15 @@ def summarize(rounds: list[Round], cfg: EnvoyConfig) -> dict[str, Any]:
         np.concatenate([_ms(r.latency_us) for r in off]),
         np.concatenate([_ms(r.latency_us) for r in on]),
     )
-    p99 = diffs[1]
-    bound = cfg.bound_ratio * p99.off
     return {
-        "comparator_in": "sluice serve --parity-address (the controller's process)",
-        "design": "rounds",
-        "pinned": _pinned(cfg),
-        "aa_calibration": cfg.aa,
-        "primary_replica": cfg.primary,
-        "mirror_percent": cfg.mirror_percent,
-        "rate_per_s": cfg.rate,
-        "requests_per_round": cfg.requests,
-        "warmup_per_round": cfg.warmup,
+        **_setup(cfg, "rounds"),
         "order": [r.arm for r in rounds],
         **arms,
         "diff_ms": {label: _difference(d) for label, d in zip(LABELS, diffs, strict=True)},
         "mann_whitney": None
         if test is None
         else {"p_value": float(f"{test[0]:.3g}"), "p_on_slower": round(test[1], 4)},
-        "p99_bound_ms": round(bound, 3),
-        "verdict": verdict(p99, bound),
-        "target_met": p99.high <= bound,
+        **_reading(diffs[1], cfg, "more rounds, or the paired design"),
         "per_round": [
             {
                 "arm": r.arm,
@@ -217,39 +205,49 @@ def summarize_paired(rounds: list[Round], cfg: EnvoyConfig) -> dict[str, Any]:
         block=block,
         seed=cfg.seed,
     )
-    p99 = diffs[1]
-    bound = cfg.bound_ratio * p99.off
     both = _arm(rounds)
     both["comparator"] = _comparator(rounds)
     return {
-        "design": "paired",
+        **_setup(cfg, "paired"),
+        "rounds": len(rounds),
+        **arms,
+        "both": both,
+        "diff_ms": {label: _difference(d) for label, d in zip(LABELS, diffs, strict=True)},
+        **_reading(diffs[1], cfg, "more rounds"),
+        "bootstrap": {"iterations": cfg.iterations, "block_requests": block},
+    }
+
+
+def _setup(cfg: EnvoyConfig, design: str) -> dict[str, Any]:
+    """What both designs' figures open with: how the stack and the load were set up."""
+    pinned = None
+    if cfg.pinned:
+        pinned = (
+            "users' path (Envoy, baseline, load) on one CPU, controller+comparator, candidate"
+            + (" and primary replica" if cfg.primary else "")
+            + " on the other"
+        )
+    return {
+        "design": design,
         "comparator_in": "sluice serve --parity-address (the controller's process)",
-        "pinned": _pinned(cfg),
+        "pinned": pinned,
         "aa_calibration": cfg.aa,
         "primary_replica": cfg.primary,
         "mirror_percent": cfg.mirror_percent,
         "rate_per_s": cfg.rate,
         "requests_per_round": cfg.requests,
         "warmup_per_round": cfg.warmup,
-        "rounds": len(rounds),
-        **arms,
-        "both": both,
-        "diff_ms": {label: _difference(d) for label, d in zip(LABELS, diffs, strict=True)},
-        "p99_bound_ms": round(bound, 3),
-        "verdict": verdict(p99, bound, "more rounds"),
-        "target_met": p99.high <= bound,
-        "bootstrap": {"iterations": cfg.iterations, "block_requests": block},
     }
 
 
-def _pinned(cfg: EnvoyConfig) -> str | None:
-    if not cfg.pinned:
-        return None
-    return (
-        "users' path (Envoy, baseline, load) on one CPU, controller+comparator, candidate"
-        + (" and primary replica" if cfg.primary else "")
-        + " on the other"
-    )
+def _reading(p99: Difference, cfg: EnvoyConfig, narrower: str) -> dict[str, Any]:
+    """The p99 difference against the bound (``--p99-bound-ratio`` of the off arm's p99)."""
+    bound = cfg.bound_ratio * p99.off
+    return {
+        "p99_bound_ms": round(bound, 3),
+        "verdict": verdict(p99, bound, narrower),
+        "target_met": p99.high <= bound,
+    }
 
 
 def _difference(d: Difference) -> dict[str, float]:

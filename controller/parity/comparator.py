@@ -53,20 +53,18 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from controller.parity import api
-from controller.parity.fanout import compare_mirrored
+from controller.parity.fanout import MirroredRequest, compare_mirrored
 from controller.parity.forward import ROUTE_HEADER, forwarded_headers
 from controller.parity.http1 import DEFAULT_MAX_BODY_BYTES, Pool
 from controller.parity.metrics import RouteFigures, TallyCollector
 from controller.parity.route_state import RouteParity as RouteParity
 from controller.parity.route_state import RouteState, route_clusters
 from controller.parity.samples import redact_url
-from controller.parity.tally import RouteTally
+from controller.parity.tally import NO_PATHS, RouteTally
 from controller.parity.targets import Targets
 from controller.policy.gateway import Gateway
 
 log = logging.getLogger(__name__)
-
-_NONE: frozenset[str] = frozenset()
 
 
 RETIRED_ROUTES = 32
@@ -275,10 +273,10 @@ class Comparator:
         elif method in route.sister_methods:
             sister = True
         else:
-            route.tally.record("skipped", _NONE, _NONE, at)
+            route.tally.record("skipped", NO_PATHS, NO_PATHS, at)
             return web.Response(status=202)
         if self._in_flight >= self._max_in_flight:
-            route.tally.record("dropped", _NONE, _NONE, at)
+            route.tally.record("dropped", NO_PATHS, NO_PATHS, at)
             return web.Response(status=202)
         self._in_flight += 1  # before the read: the bound holds while bodies arrive
         try:
@@ -286,47 +284,28 @@ class Comparator:
         except BaseException:
             self._in_flight -= 1
             raise
-        headers = forwarded_headers(request.raw_headers)
-        task = asyncio.get_running_loop().create_task(
-            self._compare(route, sister, method, request.raw_path, headers, body, at)
+        mirrored = MirroredRequest(
+            method, request.raw_path, forwarded_headers(request.raw_headers), body, at, sister
         )
+        task = asyncio.get_running_loop().create_task(self._compare(route, mirrored))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return web.Response(status=202)
 
-    async def _compare(
-        self,
-        route: RouteState,
-        sister: bool,
-        method: str,
-        path_qs: str,
-        headers: tuple[tuple[str, str], ...],
-        body: bytes,
-        at: float,
-    ) -> None:
+    async def _compare(self, route: RouteState, request: MirroredRequest) -> None:
         try:
             assert self._pool is not None, "start() opens the client pool"
-            await compare_mirrored(
-                route,
-                sister,
-                method,
-                path_qs,
-                headers,
-                body,
-                at,
-                pool=self._pool,
-                targets=self._targets,
-            )
+            await compare_mirrored(route, request, pool=self._pool, targets=self._targets)
         except Exception:  # a bug must not silence the route: count it, say why
             # The URL's query values may be secrets (tokens, e-mail addresses): redacted as in
             # samples.
             log.exception(
                 "comparing %s %s on route %s failed",
-                method,
-                redact_url(path_qs),
+                request.method,
+                redact_url(request.path_qs),
                 route.parity.route,
             )
-            route.tally.record("error", _NONE, _NONE, at)
+            route.tally.record("error", NO_PATHS, NO_PATHS, request.at)
         finally:
             self._in_flight -= 1
 

@@ -5,6 +5,7 @@ tally (:mod:`controller.parity.comparator` describes the rules)."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 from controller.parity.classify import classify
 from controller.parity.diff import Reply
@@ -12,9 +13,8 @@ from controller.parity.forward import Failure, send
 from controller.parity.http1 import Pool, encode_request
 from controller.parity.route_state import RouteState
 from controller.parity.samples import MismatchSample
+from controller.parity.tally import NO_PATHS
 from controller.parity.targets import Targets
-
-_NONE: frozenset[str] = frozenset()
 
 UNANSWERED = ":unanswered"
 """The field path of a candidate that gave no reply where the primary did (comparator module
@@ -22,32 +22,42 @@ doc, item 5)."""
 _UNANSWERED = frozenset({UNANSWERED})
 
 
+@dataclass(frozen=True)
+class MirroredRequest:
+    """One request Envoy mirrored, as the comparator received it.
+
+    Attributes:
+        method: the HTTP method.
+        path_qs: the raw path and query.
+        headers: the headers to forward (``forward.forwarded_headers``).
+        body: the body, bytes.
+        at: when it was received, seconds since the epoch.
+        sister: a write for the sister targets, not a safe method for the replicas.
+    """
+
+    method: str
+    path_qs: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    at: float
+    sister: bool
+
+
 async def compare_mirrored(
-    route: RouteState,
-    sister: bool,
-    method: str,
-    path_qs: str,
-    headers: tuple[tuple[str, str], ...],
-    body: bytes,
-    at: float,
-    *,
-    pool: Pool,
-    targets: Targets,
+    route: RouteState, request: MirroredRequest, *, pool: Pool, targets: Targets
 ) -> None:
     """Send one mirrored request to its targets and record how the replies compare in the
     route's tally (items 3, 5 and 6 of :mod:`controller.parity.comparator`'s docstring).
 
     Args:
         route: the route's state; its tally, noise model and last error are updated.
-        sister: a write sent to the sister targets, not a safe method to the replicas.
-        method, path_qs, headers, body: the request as received (``path_qs``: the raw path
-            and query; ``headers``: already filtered by ``forward.forwarded_headers``).
-        at: when it was received, seconds since the epoch.
+        request: the mirrored request.
         pool: the HTTP/1.1 client pool; targets: the clusters' endpoints.
     """
     parity = route.parity
     policy = parity.policy
-    if sister:
+    at, method = request.at, request.method
+    if request.sister:
         assert policy.sister is not None
         primary_cluster = policy.sister.baseline.cluster if policy.sister.baseline else None
         candidate_cluster = policy.sister.candidate.cluster
@@ -58,7 +68,7 @@ async def compare_mirrored(
         secondary_cluster = policy.secondary.cluster if policy.secondary else None
     deadline_s = route.timeout_s
     # One encoding for every target: the Host is the one received (Envoy's -shadow one).
-    data = encode_request(method, path_qs, headers, body)
+    data = encode_request(method, request.path_qs, request.headers, request.body)
 
     def call(cluster: str) -> asyncio.Task[Reply | Failure]:
         target = targets.next(cluster)
@@ -89,34 +99,21 @@ async def compare_mirrored(
         # Nothing is learnt from the secondary here: noise is learnt in classify() alone,
         # and leaving the request out of the noise model's counts keeps its rates unbiased.
         failed = Reply(0, (), candidate.reason.encode("utf-8", "replace"))
-        sample = _sample(route, at, method, path_qs, headers, body, primary, failed)
-        route.tally.record("mismatched", _UNANSWERED, _NONE, at, sample)
+        sample = _sample(route, request, primary, failed)
+        route.tally.record("mismatched", _UNANSWERED, NO_PATHS, at, sample)
         return
     result = classify(primary, candidate, secondary, route.rules, route.noise)
     sample = None
     if result.outcome == "mismatched":
         sample = _sample(
-            route,
-            at,
-            method,
-            path_qs,
-            headers,
-            body,
-            primary,
-            candidate,
-            secondary=secondary,
-            paths=result.mismatched,
+            route, request, primary, candidate, secondary=secondary, paths=result.mismatched
         )
     route.tally.record(result.outcome, result.mismatched, result.noisy, at, sample)
 
 
 def _sample(
     route: RouteState,
-    at: float,
-    method: str,
-    path_qs: str,
-    headers: tuple[tuple[str, str], ...],
-    body: bytes,
+    request: MirroredRequest,
     primary: Reply,
     candidate: Reply,
     secondary: Reply | None = None,
@@ -125,11 +122,11 @@ def _sample(
     if route.parity.policy.samples <= 0:
         return None
     return MismatchSample(
-        at=at,
-        method=method,
-        url=path_qs,
-        request_headers=headers,
-        request_body=body,
+        at=request.at,
+        method=request.method,
+        url=request.path_qs,
+        request_headers=request.headers,
+        request_body=request.body,
         primary=primary,
         candidate=candidate,
         secondary=secondary,
@@ -140,4 +137,4 @@ def _sample(
 
 def _failed(route: RouteState, at: float, failure: Failure) -> None:
     route.last_error = (at, failure)
-    route.tally.record("error", _NONE, _NONE, at)
+    route.tally.record("error", NO_PATHS, NO_PATHS, at)

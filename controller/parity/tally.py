@@ -35,6 +35,8 @@ OUTCOMES: tuple[Outcome, ...] = ("matched", "noisy", "mismatched", "error", "ski
 MAX_PATHS = 200
 """Distinct field paths counted per route; differences at further paths count under
 :data:`OTHER_PATH` (a body with ids as keys must not grow memory without bound)."""
+NO_PATHS: frozenset[str] = frozenset()
+"""The path set of an outcome with no differing field (skipped, dropped, an error)."""
 OTHER_PATH = "(other)"
 RESOLUTION_S = 1.0
 RETENTION_S = 2 * 3600.0
