@@ -14,8 +14,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,36 @@ def _die_with_parent(libc: Any, parent: int) -> Callable[[], None]:
             os._exit(1)
 
     return setup
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""The signals that stop the demo (Ctrl-C, and ``kill``/Kubernetes)."""
+
+
+@contextlib.contextmanager
+def signals_deferred(signums: Sequence[signal.Signals] = STOP_SIGNALS) -> Iterator[None]:
+    """Hold ``signums`` back until the block ends, then raise each that came, once, through
+    its usual handler (SIGINT: ``KeyboardInterrupt``).
+
+    Why: a Ctrl-C inside ``subprocess.Popen``, after the fork and before it returns, would
+    leave a child that nothing holds and nothing stops. Python runs signal handlers in the
+    main thread only, so elsewhere (and for a handler not set from Python) this defers nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    previous: dict[signal.Signals, Any] = {}
+    for signum in signums:
+        if signal.getsignal(signum) is not None:
+            previous[signum] = signal.signal(signum, lambda n, _frame: came.append(n))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for came_signum in dict.fromkeys(came):
+            signal.raise_signal(came_signum)
 
 
 def tail(path: Path, lines: int = 20) -> str:
@@ -139,27 +170,30 @@ class Children:
 
         Raises:
             ChildError: the program cannot be started (missing, not executable).
+            KeyboardInterrupt: Ctrl-C (or SIGTERM, as the demo maps it) came during the
+                start: raised once the child is in ``started``, so stop_all stops it.
         """
         out_path = self.workdir / f"{name}.stdout"
         err_path = self.workdir / f"{name}.stderr"
         libc = _libc()
         preexec = None if libc is None else _die_with_parent(libc, os.getpid())
-        try:
-            with out_path.open("wb") as out, err_path.open("wb") as err:
-                popen = subprocess.Popen(
-                    list(argv),
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    cwd=self.workdir,
-                    env=dict(self.env),
-                    start_new_session=True,
-                    preexec_fn=preexec,
-                )
-        except OSError as exc:
-            raise ChildError(f"cannot start {name} ({argv[0]}): {exc}") from exc
-        child = Child(name, popen, out_path, err_path)
-        self.started.append(child)
+        with signals_deferred():  # the child is in ``started`` before a Ctrl-C is raised
+            try:
+                with out_path.open("wb") as out, err_path.open("wb") as err:
+                    popen = subprocess.Popen(
+                        list(argv),
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=err,
+                        cwd=self.workdir,
+                        env=dict(self.env),
+                        start_new_session=True,
+                        preexec_fn=preexec,
+                    )
+            except OSError as exc:
+                raise ChildError(f"cannot start {name} ({argv[0]}): {exc}") from exc
+            child = Child(name, popen, out_path, err_path)
+            self.started.append(child)
         return child
 
     def dead(self) -> list[Child]:

@@ -204,8 +204,9 @@ def test_a_signal_stops_every_child_before_the_demo_exits(
         def reached() -> bool:
             if demo.poll() is not None:
                 raise AssertionError(f"the demo exited: {demo.communicate()}")
-            if when == "starting":
-                return envoy_started.exists()
+            if when == "starting":  # Envoy forked (its output file is opened just before)
+                forked = psutil.Process(demo.pid).children(recursive=True)
+                return envoy_started.exists() and len(forked) >= 3
             if not state.exists():
                 return False
             try:

@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 import pytest
@@ -136,3 +139,44 @@ def test_children_get_the_users_environment_without_sluices_settings(
     assert seen["SLUICE_PROMETHEUS"] == "/opt/prometheus"  # the binary the demo runs
     assert seen["DEMO_TEST_KEPT"] == "yes"
     assert children.stop_all() == {child.pid: 0}
+
+
+def _raise_interrupt(signum: int, frame: object) -> NoReturn:
+    raise KeyboardInterrupt  # as ``sluice demo`` does on SIGTERM
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_while_a_child_starts_leaves_it_recorded_and_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sig: signal.Signals
+) -> None:
+    """A Ctrl-C that lands inside ``subprocess.Popen`` (after the fork, before it returns) is
+    raised only once the child is in ``started``: stop_all then stops it, where it used to be
+    left running, held by nothing, until the demo's death ended it (CI caught one)."""
+    real_popen = subprocess.Popen
+    forked: list[subprocess.Popen[bytes]] = []
+
+    def popen_then_signal(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        popen = real_popen(*args, **kwargs)
+        forked.append(popen)
+        os.kill(os.getpid(), sig)
+        time.sleep(0.2)  # the handler runs here unless it is deferred
+        return popen
+
+    monkeypatch.setattr(subprocess, "Popen", popen_then_signal)  # as the module calls it
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    children = Children(tmp_path, child_env(os.environ))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            children.start("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"])
+        assert [c.pid for c in children.started] == [p.pid for p in forked]
+        codes = children.stop_all()
+        assert codes == {forked[0].pid: -signal.SIGTERM}
+        assert forked[0].poll() is not None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for popen in forked:
+            if popen.poll() is None:
+                popen.kill()
+                popen.wait()
+    # The handlers are the test's own again: a later signal is not swallowed.
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
