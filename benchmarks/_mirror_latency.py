@@ -103,12 +103,19 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def pin(pid: int, cpus: set[int]) -> None:
+PIN_LAYOUTS = ("users", "gateway")
+"""``--pin`` layouts of the Envoy part's processes on two CPUs (:func:`bench_stack`)."""
+
+
+def pin(pid: int, cpus: set[int], idle: bool = False) -> None:
     """Pin every thread of ``pid`` to ``cpus`` (``sched_setaffinity`` acts per thread; threads
-    started later inherit their creator's set)."""
+    started later inherit their creator's set, and their scheduling policy); ``idle``: under
+    ``SCHED_IDLE`` too."""
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(ProcessLookupError):
             os.sched_setaffinity(int(task.name), cpus)
+            if idle:
+                os.sched_setscheduler(int(task.name), os.SCHED_IDLE, os.sched_param(0))
 
 
 def all_cpu() -> dict[int, tuple[str, float]]:
@@ -265,7 +272,10 @@ class Bench:
 
 @contextlib.contextmanager
 def bench_stack(
-    pinned: bool = False, mirror_percent: float = 100.0, twin: bool = False, primary: bool = False
+    pinned: str | None = None,
+    mirror_percent: float = 100.0,
+    twin: bool = False,
+    primary: bool = False,
 ) -> Iterator[Bench]:
     """Build the stack in a temporary directory; stop every process on the way out.
 
@@ -276,10 +286,16 @@ def bench_stack(
     route's prefix and ``ARM_HEADER: twin`` with the route's own weighted clusters (the paired
     design).
 
-    ``pinned``: the users' path (Envoy, the baseline, the load generator) on the first CPU,
-    the mirror's consumers (the controller with the comparator, the candidate) on the
-    second, as if they ran on other machines; the baseline still answers the comparator's
-    primary requests on the users' CPU (it does in production too).
+    ``pinned`` (``--pin``), one of :data:`PIN_LAYOUTS`:
+
+    * ``users``: the users' path (Envoy, the baseline, the load generator) on the first CPU,
+      the mirror's consumers (the controller with the comparator, the candidate, the primary
+      replica) on the second, as if they ran on other machines; the baseline still answers
+      the comparator's primary requests on the users' CPU (it does in production too);
+    * ``gateway``: Envoy alone on the second CPU, as a gateway on cores of its own; the
+      baseline and the load generator on the first, with the mirror's consumers under
+      ``SCHED_IDLE`` there (sched(7): they run only when nothing else on that CPU can, and a
+      waking user-path process preempts them), as if they ran on other machines.
     """
     with (
         tempfile.TemporaryDirectory(prefix="mirror-bench-") as tmp,
@@ -347,16 +363,26 @@ def bench_stack(
         controller.wait_node_synced(envoy.node_id, timeout=30, diag=envoy.logs)
         envoy.listener_port()
         user_cpus: set[int] | None = None
-        if pinned:
+        if pinned is not None:
             cpus = sorted(os.sched_getaffinity(0))
             if len(cpus) < 2:
                 raise RuntimeError("--pin needs two CPUs")
-            user_cpus, mirror_cpus = {cpus[0]}, {cpus[1]}
-            for pid in (envoy.proc.pid, upstreams[BASELINE].pid):
-                pin(pid, user_cpus)
-            for name in (CANDIDATE, *([PRIMARY] if primary else [])):
-                pin(upstreams[name].pid, mirror_cpus)
-            pin(controller.proc.pid, mirror_cpus)
+            mirror_pids = [
+                controller.proc.pid,
+                *(upstreams[n].pid for n in (CANDIDATE, *([PRIMARY] if primary else []))),
+            ]
+            user_cpus = {cpus[0]}
+            pin(upstreams[BASELINE].pid, user_cpus)
+            if pinned == "users":
+                pin(envoy.proc.pid, user_cpus)
+                for pid in mirror_pids:
+                    pin(pid, {cpus[1]})
+            elif pinned == "gateway":
+                pin(envoy.proc.pid, {cpus[1]})
+                for pid in mirror_pids:
+                    pin(pid, user_cpus, idle=True)
+            else:
+                raise ValueError(f"--pin: {pinned!r} is not one of {PIN_LAYOUTS}")
         yield Bench(workdir, envoy, controller, upstreams, state, policy, user_cpus)
 
 

@@ -36,7 +36,7 @@ class EnvoyConfig:
     iterations: int  # bootstrap resamples
     bound_ratio: float  # the p99 increase tolerated, as a ratio of the off arm's p99
     seed: int
-    pinned: bool = False  # users' path on one CPU, the mirror's consumers on the other
+    pinned: str | None = None  # a layout of _mirror_latency.PIN_LAYOUTS (bench_stack)
     mirror_percent: float = 100.0  # the policy's parity.mirror, in percent of the GETs
     aa: bool = False  # calibration: mirroring stays off in the "on" rounds too
     paired: bool = False  # the paired design: both arms in every round, request by request
@@ -220,13 +220,13 @@ def summarize_paired(rounds: list[Round], cfg: EnvoyConfig) -> dict[str, Any]:
 
 def _setup(cfg: EnvoyConfig, design: str) -> dict[str, Any]:
     """What both designs' figures open with: how the stack and the load were set up."""
-    pinned = None
-    if cfg.pinned:
-        pinned = (
-            "users' path (Envoy, baseline, load) on one CPU, controller+comparator, candidate"
-            + (" and primary replica" if cfg.primary else "")
-            + " on the other"
-        )
+    consumers = "controller+comparator, candidate" + (" and primary replica" if cfg.primary else "")
+    pinned = {
+        None: None,
+        "users": f"users' path (Envoy, baseline, load) on one CPU, {consumers} on the other",
+        "gateway": f"Envoy alone on one CPU; baseline and load on the other, {consumers}"
+        " there under SCHED_IDLE",
+    }[cfg.pinned]
     return {
         "design": design,
         "comparator_in": "sluice serve --parity-address (the controller's process)",

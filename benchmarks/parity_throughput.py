@@ -7,6 +7,7 @@ and Envoy's downstream latency for users with mirroring on versus off.
     python3 benchmarks/parity_throughput.py --part envoy --mirror 100 --pin # the stress case
     python3 benchmarks/parity_throughput.py --part envoy --aa   # calibration: off in both arms
     python3 benchmarks/parity_throughput.py --part envoy --design paired --pin --primary
+    python3 benchmarks/parity_throughput.py --part envoy --design paired --pin gateway
     python3 benchmarks/parity_throughput.py --quick          # a smoke run (~27 s)
 
 Method
@@ -498,7 +499,14 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=20260505, help="bootstrap seed")
     parser.add_argument(
-        "--pin", action="store_true", help="Envoy part: users' path and mirror's consumers apart"
+        "--pin",
+        nargs="?",
+        const="users",
+        choices=("users", "gateway"),  # _mirror_latency.PIN_LAYOUTS, imported only to run
+        default=None,
+        help="Envoy part: users (the users' path on one CPU, the mirror's consumers on the"
+        " other; the default of a bare --pin) or gateway (Envoy alone on one CPU, the mirror's"
+        " consumers under SCHED_IDLE on the other)",
     )
     parser.add_argument(
         "--mirror",
