@@ -321,33 +321,75 @@ def parse_response(buf: bytes) -> tuple[str, str, str]:
 # --- the client worker --------------------------------------------------------------------
 
 
-async def route_results(
-    route_times: dict[str, list[tuple[float, float]]],
-    version: str,
-    expected: int,
-    wait_s: float = 5.0,
-) -> list[tuple[float, float]]:
-    """The (arrived, ACK written) times of RDS ``version`` once ``expected`` streams recorded
-    them, or what was recorded after ``wait_s`` seconds. An ACK may reach the server a moment
-    before its writer records it here."""
-    for _ in range(int(wait_s / 0.01)):
-        if len(route_times.get(version, ())) >= expected:
-            break
-        await asyncio.sleep(0.01)
-    return list(route_times.get(version, ()))
-
-
 @dataclass
-class _ClientGroup:
-    """The simulated Envoys of one worker process connected to one server."""
+class ClientTally:
+    """What a group of simulated Envoys records, whichever client runs them (this module's
+    :class:`_ClientGroup` on ``grpc.aio``, ``_h2ads.H2ClientGroup`` on ``h2``)."""
 
-    channels: list[Any] = field(default_factory=list)
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    # RDS version -> [(arrived, ack written)] over this worker's streams
+    # RDS version -> [(arrived, ACK written)] over this worker's streams, CLOCK_MONOTONIC
     route_times: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     retries: int = 0
     retry_reasons: dict[str, int] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)
+
+    def backoff_s(self, node_id: str, attempt: int, reason: str) -> float | None:
+        """Count the ``attempt``-th retry (from 1) of ``node_id``'s stream, ended for
+        ``reason``: the seconds to wait first, Envoy's jittered exponential backoff (ADS
+        default: 500 ms base, here capped at 4 s); None past :data:`MAX_ATTEMPTS`, the
+        stream then counted as failed."""
+        self.retry_reasons[reason] = self.retry_reasons.get(reason, 0) + 1
+        if attempt > MAX_ATTEMPTS:
+            self.failed.append(f"{node_id}: {reason}")
+            return None
+        self.retries += 1
+        return random.uniform(0, min(4.0, 0.5 * 2 ** (attempt - 1)))
+
+    async def route_results(
+        self, version: str, expected: int, wait_s: float = 5.0
+    ) -> list[tuple[float, float]]:
+        """The (arrived, ACK written) times of RDS ``version`` once ``expected`` streams
+        recorded them, or what was recorded after ``wait_s`` seconds. An ACK may reach the
+        server a moment before its writer records it here."""
+        for _ in range(int(wait_s / 0.01)):
+            if len(self.route_times.get(version, ())) >= expected:
+                break
+            await asyncio.sleep(0.01)
+        return list(self.route_times.get(version, ()))
+
+    def figures(self, streams: int) -> dict[str, Any]:
+        """The group's status: ``streams`` open now, retries and failures."""
+        return {
+            "streams": streams,
+            "retries": self.retries,
+            "retry_reasons": dict(self.retry_reasons),
+            "failed": self.failed[:5],
+            "failed_count": len(self.failed),
+        }
+
+    async def connect(
+        self,
+        target: str,
+        node_ids: list[str],
+        subscriptions: list[tuple[str, tuple[str, ...]]],
+        streams_per_channel: int,
+    ) -> int:
+        """Open one stream per node id to ``target`` (``host:port``), ``streams_per_channel``
+        per TCP connection; returns how many."""
+        raise NotImplementedError
+
+    async def status(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class _ClientGroup(ClientTally):
+    """The simulated Envoys of one worker process connected to one server (``grpc.aio``)."""
+
+    channels: list[Any] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stream(
         self, channel: Any, node_id: str, subscriptions: list[tuple[str, tuple[str, ...]]]
@@ -396,12 +438,10 @@ class _ClientGroup:
                     )
                 call.cancel()
                 attempt += 1
-                self.retry_reasons[reason] = self.retry_reasons.get(reason, 0) + 1
-                if attempt > MAX_ATTEMPTS:
-                    self.failed.append(f"{node_id}: {reason}")
+                delay = self.backoff_s(node_id, attempt, reason)
+                if delay is None:
                     return
-                self.retries += 1
-                await asyncio.sleep(random.uniform(0, min(4.0, 0.5 * 2 ** (attempt - 1))))
+                await asyncio.sleep(delay)
         except asyncio.CancelledError:
             with contextlib.suppress(NameError):
                 call.cancel()
@@ -431,17 +471,8 @@ class _ClientGroup:
                 self.tasks.append(asyncio.create_task(self.stream(channel, node_id, subscriptions)))
         return len(self.tasks)
 
-    async def route_results(self, version: str, expected: int) -> list[tuple[float, float]]:
-        return await route_results(self.route_times, version, expected)
-
     async def status(self) -> dict[str, Any]:
-        return {
-            "streams": len(self.tasks),
-            "retries": self.retries,
-            "retry_reasons": dict(self.retry_reasons),
-            "failed": self.failed[:5],
-            "failed_count": len(self.failed),
-        }
+        return self.figures(len(self.tasks))
 
     async def close(self) -> None:
         for task in self.tasks:
@@ -459,7 +490,7 @@ class _Worker:
     """A client worker process: groups of simulated Envoys, one per server (by tag)."""
 
     def __init__(self) -> None:
-        self.groups: dict[str, Any] = {}  # _ClientGroup or _h2ads.H2ClientGroup
+        self.groups: dict[str, ClientTally] = {}
 
     async def connect(self, tag: str, client: str, *args: Any) -> int:
         """Connect a group of simulated Envoys: ``client`` is ``"h2"`` or ``"grpcio"``."""
@@ -467,7 +498,7 @@ class _Worker:
         if client == "h2":
             from _h2ads import H2ClientGroup
 
-            group: Any = H2ClientGroup()
+            group: ClientTally = H2ClientGroup()
         elif client == "grpcio":
             group = _ClientGroup()
         else:

@@ -11,7 +11,8 @@ PROTOCOL-HTTP2.md in grpc/grpc), with ``h2`` doing the framing, HPACK and flow c
 ~150-175 us of client CPU per response, most of it the socket's send and epoll system calls;
 ``h2`` itself takes ~30 us.
 
-Behaviour, as in :class:`_adsclients._ClientGroup`: each stream is one simulated Envoy with its
+Behaviour, as in :class:`_adsclients._ClientGroup` (both record into
+:class:`_adsclients.ClientTally`): each stream is one simulated Envoy with its
 own ``node.id``, sends its node on every request, subscribes to the configured types, ACKs every
 response with its ``version_info`` and ``nonce``, and after a stream the server rejects or ends
 (gRPC's pending-call backlog protection during a connection storm) re-opens it after Envoy's
@@ -29,8 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import h2.config
@@ -39,13 +40,12 @@ import h2.events
 import h2.exceptions
 import h2.settings
 from _adsclients import (
-    MAX_ATTEMPTS,
     ROUTE,
     SOTW_METHOD,
+    ClientTally,
     encode_node,
     encode_request,
     parse_response,
-    route_results,
 )
 
 WINDOW = 2**31 - 1
@@ -252,33 +252,22 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()  # nothing buffered is worth waiting for at the end
 
 
-class H2ClientGroup:
-    """The simulated Envoys of one worker process connected to one server (``h2`` client).
+@dataclass
+class H2ClientGroup(ClientTally):
+    """The simulated Envoys of one worker process connected to one server (``h2`` client)."""
 
-    The interface of :class:`_adsclients._ClientGroup`: ``connect``, ``route_results``,
-    ``status``, ``close`` and the ``route_times`` they fill.
-    """
-
-    def __init__(self) -> None:
-        self.connections: list[_Connection] = []
-        self.route_times: dict[str, list[tuple[float, float]]] = {}
-        self.retries = 0
-        self.retry_reasons: dict[str, int] = {}
-        self.failed: list[str] = []
-        self._timers: set[asyncio.TimerHandle] = set()
-        self._closing = False
+    connections: list[_Connection] = field(default_factory=list)
+    _timers: set[asyncio.TimerHandle] = field(default_factory=set)
+    _closing: bool = False
 
     def retry(self, connection: _Connection, stream: _Stream, reason: str) -> None:
         """Re-open a stream the server ended, after Envoy's jittered exponential backoff."""
         if self._closing:
             return
         stream.attempt += 1
-        self.retry_reasons[reason] = self.retry_reasons.get(reason, 0) + 1
-        if stream.attempt > MAX_ATTEMPTS:
-            self.failed.append(f"{stream.node_id}: {reason}")
+        delay = self.backoff_s(stream.node_id, stream.attempt, reason)
+        if delay is None:
             return
-        self.retries += 1
-        delay = random.uniform(0, min(4.0, 0.5 * 2 ** (stream.attempt - 1)))
 
         def reopen() -> None:
             self._timers.discard(timer)
@@ -317,17 +306,8 @@ class H2ClientGroup:
                 connection.open(_Stream(node_id, subscriptions))
         return len(node_ids)
 
-    async def route_results(self, version: str, expected: int) -> list[tuple[float, float]]:
-        return await route_results(self.route_times, version, expected)
-
     async def status(self) -> dict[str, Any]:
-        return {
-            "streams": sum(len(c.streams) for c in self.connections),
-            "retries": self.retries,
-            "retry_reasons": dict(self.retry_reasons),
-            "failed": self.failed[:5],
-            "failed_count": len(self.failed),
-        }
+        return self.figures(sum(len(c.streams) for c in self.connections))
 
     async def close(self) -> None:
         self._closing = True

@@ -34,6 +34,11 @@ def quantiles(samples: Samples, qs: Sequence[float]) -> list[float]:
     return [float(v) for v in np.quantile(samples, qs)]
 
 
+_CHUNK = 50
+"""Bootstrap iterations resampled at a time: every round block-resampled at once for them
+(memory: a few MB)."""
+
+
 def _block_indices(
     rng: np.random.Generator, n: int, block: int, draws: int
 ) -> npt.NDArray[np.intp]:
@@ -96,9 +101,8 @@ def bootstrap_differences(
     point_off = np.quantile(np.concatenate(off_rounds), qs)
     point_on = np.quantile(np.concatenate(on_rounds), qs)
     diffs: list[npt.NDArray[np.float64]] = []
-    chunk = 50  # iterations at a time: every round block-resampled at once (memory: MBs)
-    for start in range(0, iterations, chunk):
-        draws = min(chunk, iterations - start)
+    for start in range(0, iterations, _CHUNK):
+        draws = min(_CHUNK, iterations - start)
         off_tables = [_resample_round(rng, r, block, draws) for r in off_rounds]
         on_tables = [_resample_round(rng, r, block, draws) for r in on_rounds]
         for row in range(draws):
@@ -153,9 +157,8 @@ def paired_bootstrap_differences(
     point_off = np.quantile(off_all, qs)
     point_on = np.quantile(on_all, qs)
     diffs: list[npt.NDArray[np.float64]] = []
-    chunk = 50
-    for start in range(0, iterations, chunk):
-        draws = min(chunk, iterations - start)
+    for start in range(0, iterations, _CHUNK):
+        draws = min(_CHUNK, iterations - start)
         tables = []
         for latency, flags in rounds:
             index = _block_indices(rng, len(latency), block, draws)

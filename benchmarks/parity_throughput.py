@@ -505,8 +505,8 @@ def main() -> None:
         choices=("users", "gateway"),  # _mirror_latency.PIN_LAYOUTS, imported only to run
         default=None,
         help="Envoy part: users (the users' path on one CPU, the mirror's consumers on the"
-        " other; the default of a bare --pin) or gateway (Envoy alone on one CPU, the mirror's"
-        " consumers under SCHED_IDLE on the other)",
+        " other; the default of a bare --pin) or gateway (Envoy alone on one CPU; the baseline,"
+        " the load and, under SCHED_IDLE, the mirror's consumers on the other)",
     )
     parser.add_argument(
         "--mirror",

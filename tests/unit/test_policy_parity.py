@@ -284,7 +284,7 @@ def test_parity_refuses_clusters_the_comparator_cannot_speak_to(field: str) -> N
     # The comparator forwards over HTTP/1.1 only: a gRPC (http2) replica could never answer.
     text = _edit("    mirror: 100%\n", f"    mirror: 100%\n    {field}: {{cluster: search-grpc}}\n")
     issues = _issues(text, _gateway())
-    assert [(line, field) for line, field, _ in issues] == [
+    assert [(line, path) for line, path, _ in issues] == [
         (_line(text, "search-grpc"), f"spec.parity.{field}.cluster")
     ]
     assert "speaks http2" in issues[0][2]
