@@ -39,6 +39,8 @@ from controller.policy.rollout_policy import RolloutPolicy
 pytestmark = pytest.mark.timeout(90)
 
 BASELINE, CANDIDATE = "items-v1", "items-v2"
+WINDOW_S = 6.0
+"""The window the parity SLI is judged over, seconds (the fixture scrapes a little longer)."""
 CLUSTER_RATES = {BASELINE: 50.0, CANDIDATE: 0.0}  # a shadow stage: no user reaches the candidate
 PARITY_RATES = {
     "items": {
@@ -104,7 +106,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
         with prometheus_fixture.factory(tmp_path_factory.mktemp("prometheus")) as start:
             prometheus = start([ScrapeTarget("comparator", address, "/metrics")])
             first = prometheus.wait_scraped(0.0)
-            prometheus.wait_scraped(first + 3.5, timeout=15.0)
+            prometheus.wait_scraped(first + WINDOW_S + 0.5, timeout=15.0)
             yield Scraped(prometheus, address)
     finally:
         server.shutdown()
@@ -157,9 +159,11 @@ def policy(no_data: str) -> RolloutPolicy:
 
 def test_the_parity_sli_is_read_per_outcome(scraped: Scraped) -> None:
     """compared = matched + noisy + mismatched (212/s), errors apart; skipped and dropped
-    requests are not counted. The judge fails 1% mismatches against 99.9% at a shadow stage."""
+    requests are not counted. The judge fails 1% mismatches against 99.9% at a shadow stage
+    (over :data:`WINDOW_S`: over 3 s, ~636 compared with 6 mismatches sat on the anytime-valid
+    test's boundary, and the scrape's jitter decided the verdict)."""
     end = last_scrape_time(scraped.prometheus)
-    result = sample(scraped.prometheus.url, "items", end - 3, end)
+    result = sample(scraped.prometheus.url, "items", end - WINDOW_S, end)
     assert isinstance(result, Sample), result
     assert PARITY_GAP not in result.gaps, result.gaps
     parity = result.parity
@@ -168,13 +172,13 @@ def test_the_parity_sli_is_read_per_outcome(scraped: Scraped) -> None:
     # The exporter computes its counts when scraped, Prometheus stamps them when the scrape
     # starts: on a busy machine the gap varies by tens of ms over a 2 s span of samples, so
     # the totals carry a few percent of jitter; the ratios between outcomes are exact.
-    assert parity.compared == pytest.approx(212 * 3, rel=0.1), parity
+    assert parity.compared == pytest.approx(212 * WINDOW_S, rel=0.1), parity
     assert parity.mismatched / parity.compared == pytest.approx(rates["mismatched"] / 212)
     assert parity.noisy / parity.compared == pytest.approx(rates["noisy"] / 212)
     assert parity.errors / parity.compared == pytest.approx(rates["error"] / 212)
-    assert result.baseline.requests == pytest.approx(50 * 3, rel=0.1)
+    assert result.baseline.requests == pytest.approx(50 * WINDOW_S, rel=0.1)
     assert result.candidate.requests == 0.0
-    verdict = judge(policy("hold"), 0, result, window_s=3)
+    verdict = judge(policy("hold"), 0, result, window_s=WINDOW_S)
     assert verdict.outcome == "fail", verdict.reason
     assert verdict.reason.startswith("parity failed: mismatch rate 0.943%"), verdict.reason
 
