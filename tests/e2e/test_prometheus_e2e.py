@@ -33,10 +33,32 @@ def envoy_prometheus_text(stack: Stack, cluster: str) -> str:
     return "\n".join(line for line in text.splitlines() if f'"{cluster}"' in line)
 
 
-def last_sample_time(prometheus: Prometheus) -> float:
-    """The timestamp of the newest scraped sample of Envoy's request counters."""
-    data = prometheus.query("max(timestamp(envoy_cluster_upstream_rq_total))")
-    return float(data["result"][0]["value"][1])
+def scrape_times(prometheus: Prometheus, since: float, until: float) -> list[float]:
+    """The timestamps of the baseline counter's samples in ``(since, until)`` (every series of
+    a scrape carries the scrape's timestamp)."""
+    series = prometheus.query(
+        f'{{__name__="envoy_cluster_upstream_rq_total", envoy_cluster_name="{BASELINE}"}}[2m]'
+    )["result"]
+    assert len(series) == 1, series
+    return [float(t) for t, _ in series[0]["values"] if since < float(t) < until]
+
+
+def edges_on_scrapes(starts: list[float], ends: list[float]) -> tuple[float, float]:
+    """A window ``(start, end)`` with a scrape on each edge that lasts whole seconds, so that
+    ``increase()`` over it (a range of whole seconds ending at ``end``) is the counters' exact
+    delta: no extrapolation, and the start's sample inside the range.
+
+    Why pick: Prometheus aligns scrape timestamps to the interval only within 2 ms; a scrape
+    that a busy host delayed more keeps its own timestamp. The provider rounds the window to
+    whole seconds, so an end 3 ms late moved the range's start 3 ms past the first sample,
+    and ``increase()`` extrapolated the rest from the second one: 828 of 1,029 requests read
+    (a CI run, scrapes at ...20.679, ..., ...24.679, ...25.682). Every candidate edge here is
+    flat (no traffic between it and the load), so any aligned pair gives the same delta.
+    """
+    pairs = [(e - s - round(e - s), s, e) for s in starts for e in ends]
+    aligned = [(s, e) for off, s, e in pairs if -0.002 <= off < 0.0005]  # ms timestamps
+    assert aligned, f"no pair of scrapes a whole number of seconds apart: {starts} / {ends}"
+    return max(aligned, key=lambda pair: pair[1] - pair[0])
 
 
 @pytest.mark.parametrize("protocol", ["sotw"])
@@ -52,10 +74,10 @@ def test_sample_matches_what_clients_saw(
     the window to the window's edges. The window here ends on a scrape's timestamp and lasts a
     whole number of seconds, so with 1 s scrapes whose timestamps Prometheus aligns (within
     its 2 ms tolerance) a sample sits on each edge and nothing is extrapolated: the result is
-    the exact counter delta. Counts are flat at both edges (no traffic there), so a scrape that
-    missed its alignment scales the delta by at most (its jitter / window), well under 1% for
-    jitters of tens of ms over this ~5 s window. Envoy's counters are live and the route has no
-    retries, so Envoy's count is the clients' count.
+    the exact counter delta. A scrape a busy host delayed past that tolerance keeps its own
+    timestamp, so the edges are picked among flat scrapes (no traffic between them and the
+    load) to be a whole number of seconds apart (:func:`edges_on_scrapes`). Envoy's counters
+    are live and the route has no retries, so Envoy's count is the clients' count.
     """
     address = stack.envoy.admin_url.removeprefix("http://")
     prometheus = prometheus_factory([ScrapeTarget("envoy", address)])
@@ -67,16 +89,21 @@ def test_sample_matches_what_clients_saw(
     assert warmup.count(BASELINE), warmup.describe()
     assert warmup.count(CANDIDATE), warmup.describe()
     time.sleep(1.2)  # Envoy flushes histograms every stats_flush_interval (1 s here)
-    prometheus.wait_scraped(time.time(), scrapes=2)
-    before = last_sample_time(prometheus)
+    flushed = time.time()
+    prometheus.wait_scraped(flushed, scrapes=3)  # three flat scrapes: candidate starts
 
+    loaded_from = time.time()
     summary = stack.load(concurrency=8).run(REQUESTS, duration=60.0)
     assert summary.total == REQUESTS, summary.describe()
     assert summary.ok == REQUESTS, f"{summary.describe()}\n{stack.diagnostics()}"
 
     time.sleep(1.2)  # the last histogram flush
-    prometheus.wait_scraped(time.time(), scrapes=2)
-    end = last_sample_time(prometheus)
+    settled = time.time()
+    prometheus.wait_scraped(settled, scrapes=3)  # three flat scrapes: candidate ends
+    before, end = edges_on_scrapes(
+        scrape_times(prometheus, flushed, loaded_from),
+        scrape_times(prometheus, settled, time.time() + 1),
+    )
     provider = PrometheusProvider(prometheus.url, timeout_s=2, retry_budget_s=3)
 
     async def sample() -> object:
