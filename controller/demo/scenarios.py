@@ -5,7 +5,10 @@ Pure: documents ready for ``yaml.safe_dump``, no I/O. The sample services are
 differs in its candidate (the rewrite):
 
 - ``healthy``: the candidate behaves as the baseline: the rollout ends promoted.
-- ``latency``: the candidate is 60% slower (median 32 ms vs 20 ms): ``latency_p99`` fails.
+- ``latency``: the candidate is twice as slow (median 40 ms vs 20 ms): ``latency_p99`` fails.
+  (At 60% slower, the p99s of a machine that loses CPU to its host or its other work are set
+  by that machine's stalls on both sides alike: a CI run, its baseline's p99 92 ms instead of
+  64, held such a candidate inconclusive to its 120 s deadline.)
 - ``errors``: a quarter of the candidate's writes (``POST``) fail with 503s: ``error_rate``
   fails once users reach it. Tap-compare cannot see it (writes are never mirrored), which is
   why the error rate is gated too.
@@ -101,8 +104,8 @@ SCENARIOS: dict[ScenarioName, Scenario] = {
     ),
     "latency": Scenario(
         "latency",
-        "the rewrite is 60% slower (median 32 ms vs 20 ms): expect a rollback on latency_p99",
-        Behaviour(median_ms=32.0),
+        "the rewrite is twice as slow (median 40 ms vs 20 ms): expect a rollback on latency_p99",
+        Behaviour(median_ms=40.0),
         "rolled_back",
         "latency_p99",
     ),
