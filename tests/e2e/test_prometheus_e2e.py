@@ -101,7 +101,8 @@ def test_sample_matches_what_clients_saw(
     settled = time.time()
     prometheus.wait_scraped(settled, scrapes=3)  # three flat scrapes: candidate ends
     before, end = edges_on_scrapes(
-        scrape_times(prometheus, flushed, loaded_from),
+        # A scrape's timestamp is its start: one begun just before the load may hold some.
+        scrape_times(prometheus, flushed, loaded_from - 0.25),
         scrape_times(prometheus, settled, time.time() + 1),
     )
     provider = PrometheusProvider(prometheus.url, timeout_s=2, retry_budget_s=3)
