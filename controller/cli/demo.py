@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.live import Live
 
 from controller.cli import exitcodes
@@ -152,11 +153,22 @@ def _run_live(options: DemoOptions) -> None:
         console.print(event_line(event), markup=False)
 
     demo_run = _demo(options, console, on_progress=on_progress, on_event=on_event)
-    with Live(live_view(demo_run.progress), console=console, refresh_per_second=4) as live:
+    with live_display(console, live_view(demo_run.progress)) as live:
         screen.append(live)
         outcome = _run(demo_run, console)
     console.print(outcome_view(outcome))
     raise typer.Exit(exitcodes.OK if outcome.as_expected else exitcodes.FAILED)
+
+
+@contextmanager
+def live_display(console: Console, renderable: RenderableType) -> Iterator[Live]:
+    """A :class:`rich.live.Live` of ``renderable`` on ``console`` whose last frame ends its
+    line also when the console is not a terminal (output piped or sent to a file): rich ends
+    it only on a terminal (Textualize/rich#4192), so the next line printed was glued to it."""
+    with Live(renderable, console=console, refresh_per_second=4) as live:
+        yield live
+    if not console.is_terminal:
+        console.line()
 
 
 def _demo(
