@@ -165,10 +165,12 @@ def live_display(console: Console, renderable: RenderableType) -> Iterator[Live]
     """A :class:`rich.live.Live` of ``renderable`` on ``console`` whose last frame ends its
     line also when the console is not a terminal (output piped or sent to a file): rich ends
     it only on a terminal (Textualize/rich#4192), so the next line printed was glued to it."""
-    with Live(renderable, console=console, refresh_per_second=4) as live:
-        yield live
-    if not console.is_terminal:
-        console.line()
+    try:
+        with Live(renderable, console=console, refresh_per_second=4) as live:
+            yield live
+    finally:  # also before an error's or an interruption's message
+        if not console.is_terminal:
+            console.line()
 
 
 def _demo(
