@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -15,6 +14,9 @@ from rich.table import Table
 from controller.cli import exitcodes
 from controller.cli.admin import ADMIN_DEFAULT, AdminOption, request
 from controller.policy.units import parse_duration
+
+if TYPE_CHECKING:
+    import httpx
 
 app = typer.Typer(help="Inspect and drive the xDS server.", no_args_is_help=True)
 
